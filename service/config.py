@@ -1,0 +1,236 @@
+"""The typed configuration tree: YAML file + `HARKEN_…` environment variables.
+
+Built once at start and passed down; there is no module-level settings object. Unknown
+keys and bad values are rejected with the dotted path of the offending key, e.g.
+``mqtt.port: Input should be a valid integer (got 'abc')``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENV_PREFIX = "HARKEN_"
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message names the key and the problem."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceConfig(Section):
+    name: str = Field("default", description="Name of the source, e.g. the room; carried by its events.",
+                      min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")
+    url: str = Field("mic", description="mic | mic:NAME_OR_INDEX | file:PATH | demo | - (stdin PCM) | url:rtsp://…")
+    realtime: bool = Field(True, description="Play file sources at real time (the daemon); false = as fast as possible.")
+    loop: bool = Field(False, description="Loop a file source forever (the demo source always loops).")
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        from service.audio.sources import parse_source_url
+
+        parse_source_url(value)  # raises ValueError naming the problem
+        return value
+
+
+class DecisionOverrides(Section):
+    """Per-class overrides of the decision parameters the model ships with."""
+
+    on_threshold: float | None = Field(None, gt=0, le=1, description="Smoothed score that starts an event.")
+    off_threshold: float | None = Field(None, ge=0, le=1, description="Smoothed score below which an event ends.")
+    smoothing_frames: int | None = Field(None, ge=1, le=500, description="Moving-average length in frames.")
+    onset_k: int | None = Field(None, ge=1, description="Frames above on_threshold needed among the last onset_n.")
+    onset_n: int | None = Field(None, ge=1, description="Window of the k-of-n onset rule, in frames.")
+    min_duration_s: float | None = Field(None, ge=0, description="Minimum duration before an event is published.")
+    merge_gap_s: float | None = Field(None, ge=0, description="Gaps shorter than this stay inside one event.")
+    cooldown_s: float | None = Field(None, ge=0, description="No new event of the class this long after one ends.")
+
+
+class ClassConfig(Section):
+    enabled: bool = Field(True, description="Publish events of this class.")
+    sensitivity: float = Field(0.5, ge=0.0, le=1.0, description="0 = only certain sounds, 0.5 = as tuned, 1 = most sensitive.")
+    decision: DecisionOverrides = Field(default_factory=DecisionOverrides, description="Decision parameter overrides.")
+
+
+class DecisionConfig(Section):
+    arbitration_margin: float | None = Field(
+        0.3, ge=0.0, le=1.0,
+        description="A class does not start while another target class scores this much higher; null disables.",
+    )
+
+
+class StoreConfig(Section):
+    path: Path | None = Field(None, description="SQLite file; default: harken.db in the user data directory.")
+    retention_days: float = Field(30, gt=0, description="Events and clips older than this are pruned.")
+    clip_pre_s: float = Field(2.0, ge=0, le=30, description="Audio kept before an event's start in its clip.")
+    clip_post_s: float = Field(3.0, ge=0, le=30, description="Audio kept after an event's end in its clip.")
+
+
+class ApiConfig(Section):
+    enabled: bool = Field(True, description="Serve the REST API, WebSocket and dashboard.")
+    host: str = Field("127.0.0.1", description="Listen address; beyond loopback a token is required.")
+    port: int = Field(8080, ge=0, le=65535, description="Listen port (0 picks a free one).")
+    token: str | None = Field(None, min_length=8, description="Bearer token required by every endpoint but health.")
+
+
+class TlsConfig(Section):
+    enabled: bool = Field(False, description="Connect to the broker over TLS.")
+    ca_file: Path | None = Field(None, description="CA bundle that signs the broker's certificate.")
+    cert_file: Path | None = Field(None, description="Client certificate for mutual TLS.")
+    key_file: Path | None = Field(None, description="Key of the client certificate.")
+    verify: bool = Field(True, description="Verify the broker's certificate and host name.")
+
+
+class MqttConfig(Section):
+    enabled: bool = Field(False, description="Publish to an MQTT broker (Home Assistant).")
+    host: str = Field("localhost", description="Broker host.")
+    port: int = Field(1883, ge=1, le=65535, description="Broker port.")
+    username: str | None = Field(None, description="Broker user name.")
+    password: str | None = Field(None, description="Broker password.")
+    client_id: str | None = Field(None, description="MQTT client id; default harken-<node_id>.")
+    tls: TlsConfig = Field(default_factory=TlsConfig, description="TLS settings.")
+    topic_prefix: str = Field("harken", min_length=1, description="First level of every harken topic.")
+    node_id: str = Field("harken", min_length=1, pattern=r"^[A-Za-z0-9_\-]+$",
+                         description="Identifies this harken when several share a broker.")
+    discovery_prefix: str = Field("homeassistant", min_length=1, description="Home Assistant discovery prefix.")
+    qos: Literal[0, 1, 2] = Field(1, description="QoS of event messages.")
+    level_interval_s: float = Field(5.0, gt=0, description="How often the sound level is published.")
+    keepalive_s: int = Field(30, ge=5, description="MQTT keepalive.")
+
+
+class WebhookConfig(Section):
+    name: str | None = Field(None, description="Name of the target, for logs and `harken notify-test NAME`.")
+    url: str = Field(..., description="Where to POST.", pattern=r"^https?://")
+    format: Literal["generic", "ntfy", "gotify", "homeassistant"] = Field("generic", description="Request body format.")
+    classes: list[str] | None = Field(None, description="Classes to notify; default all.")
+    on: list[Literal["start", "end"]] = Field(default_factory=lambda: ["start"], description="Event transitions to send.")
+    secret: str | None = Field(None, description="HMAC-SHA256 key for the X-Harken-Signature header.")
+    cooldown_s: float = Field(0.0, ge=0, description="Minimum time between notifications of one class.")
+    timeout_s: float = Field(10.0, gt=0, le=120, description="Request timeout.")
+    headers: dict[str, str] = Field(default_factory=dict, description="Extra request headers (e.g. an ntfy token).")
+    message: dict[str, str] = Field(default_factory=dict,
+                                    description="Per-class message template, e.g. {smoke_alarm: 'Smoke alarm in {source}!'}.")
+
+
+class LogConfig(Section):
+    level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    json_format: bool = Field(False, alias="json", description="One JSON object per log line.")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Settings(Section):
+    """The whole harken configuration."""
+
+    sources: list[SourceConfig] = Field(default_factory=lambda: [SourceConfig()], min_length=1,
+                                        description="Audio sources; each has its own decisions.")
+    model: Path | None = Field(None, description="Path to a .onnx model; default: the bundled model.")
+    classes: dict[str, ClassConfig] = Field(default_factory=dict, description="Per-class settings.")
+    decision: DecisionConfig = Field(default_factory=DecisionConfig, description="Cross-class decision settings.")
+    store: StoreConfig = Field(default_factory=StoreConfig, description="Event store.")
+    api: ApiConfig = Field(default_factory=ApiConfig, description="HTTP API and dashboard.")
+    mqtt: MqttConfig = Field(default_factory=MqttConfig, description="MQTT / Home Assistant.")
+    webhooks: list[WebhookConfig] = Field(default_factory=list, description="Webhook targets.")
+    log: LogConfig = Field(default_factory=LogConfig, description="Logging.")
+
+    @model_validator(mode="after")
+    def _unique_sources(self) -> Settings:
+        names = [s.name for s in self.sources]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"source names must be unique, repeated: {', '.join(duplicates)}")
+        return self
+
+    def with_source(self, url: str) -> Settings:
+        """The `--source` flag: replace the configured sources with one."""
+        name = "demo" if url == "demo" else "default"
+        return self.model_copy(update={"sources": [SourceConfig(name=name, url=url)]})
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """HARKEN_MQTT__HOST=x -> {"mqtt": {"host": "x"}}; values parsed as YAML scalars."""
+    tree: dict[str, Any] = {}
+    for key, raw in environ.items():
+        if not key.startswith(ENV_PREFIX) or key in ("HARKEN_CONFIG",):
+            continue
+        path = [part.lower() for part in key[len(ENV_PREFIX) :].split("__") if part]
+        if not path:
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"environment {key}: {'.'.join(path)} conflicts with another variable")
+        node[path[-1]] = value
+    return tree
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _describe(error: ValidationError, origin: str) -> str:
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif "input" in item and not isinstance(item["input"], dict | list):
+            message += f" (got {item['input']!r})"
+        lines.append(f"{where}: {message}")
+    return f"{origin}: " + "; ".join(lines)
+
+
+def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read the YAML file (optional) and the environment into one validated Settings."""
+    environ = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    origin = "embedded defaults"
+    if path is not None:
+        origin = str(path)
+        config_path = Path(path)
+        try:
+            text = config_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read config file ({exc})") from exc
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(loaded).__name__}")
+        data = loaded
+    env = _env_overrides(environ)
+    if env:
+        origin += " + environment"
+        data = _merge(data, env)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, origin)) from None

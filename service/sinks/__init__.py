@@ -1,0 +1,1 @@
+"""Outputs of harken: the store, MQTT, webhooks and the live API, behind one dispatcher."""
