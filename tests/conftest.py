@@ -1,0 +1,63 @@
+"""Shared fixtures. Tests make their own signals; nothing here reads ../shared."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from models import synth
+from service.detector import Detector
+
+STRICT = os.environ.get("HARKEN_TEST_STRICT") == "1"
+
+
+def require(condition: bool, what: str) -> None:
+    """Skip locally when a component is missing; fail loudly under HARKEN_TEST_STRICT=1 (CI)."""
+    if condition:
+        return
+    if STRICT:
+        pytest.fail(f"required component missing: {what}")
+    pytest.skip(f"component missing: {what} (set HARKEN_TEST_STRICT=1 to fail instead)")
+
+
+def require_program(name: str) -> str:
+    path = shutil.which(name)
+    require(path is not None, f"program {name!r} (scripts/test installs it)")
+    assert path is not None
+    return path
+
+
+@pytest.fixture(scope="session")
+def detector() -> Detector:
+    return Detector.load()
+
+
+@pytest.fixture
+def write_wav(tmp_path: Path) -> Callable[..., Path]:
+    def write(audio: np.ndarray, name: str = "clip.wav", rate: int = 16000, subtype: str = "PCM_16") -> Path:
+        path = tmp_path / name
+        sf.write(str(path), audio, rate, subtype=subtype)
+        return path
+
+    return write
+
+
+def t3_scene(seconds: float = 20.0, alarm_at_s: float = 4.0, seed: int = 3) -> np.ndarray:
+    """Quiet room noise with a two-cycle T3 smoke alarm starting at `alarm_at_s`."""
+    rng = np.random.default_rng(seed)
+    audio = (synth.background(seconds, rng) * 0.02).astype(np.float32)
+    alarm, _ = synth.alarm("t3", 2, rng)
+    start = int(alarm_at_s * 16000)
+    audio[start : start + len(alarm)] += 0.3 * alarm[: len(audio) - start]
+    return audio
+
+
+@pytest.fixture
+def t3_wav(write_wav: Callable[..., Path]) -> Path:
+    return write_wav(t3_scene(), "t3_alarm.wav")
