@@ -14,16 +14,19 @@ import soundfile as sf
 from models import synth
 from service.detector import Detector
 
-STRICT = os.environ.get("HARKEN_TEST_STRICT") == "1"
+STRICT = os.environ.get("STRICT_COMPONENTS") == "1"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# Subprocesses (the daemon, the CLI) import this checkout even when harken is not installed.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
 
 
 def require(condition: bool, what: str) -> None:
-    """Skip locally when a component is missing; fail loudly under HARKEN_TEST_STRICT=1 (CI)."""
+    """Skip locally when a component is missing; fail loudly under STRICT_COMPONENTS=1 (CI)."""
     if condition:
         return
     if STRICT:
         pytest.fail(f"required component missing: {what}")
-    pytest.skip(f"component missing: {what} (set HARKEN_TEST_STRICT=1 to fail instead)")
+    pytest.skip(f"component missing: {what} (set STRICT_COMPONENTS=1 to fail instead)")
 
 
 def require_program(name: str) -> str:
