@@ -196,7 +196,7 @@ class EventDecider:
             starts = np.maximum(0, ends - state.params.smoothing_frames)
             smoothed[:, c] = (cumsum[ends, c] - cumsum[starts, c]) / (ends - starts)
         keep = max(self._max_smooth - 1, 0)
-        self._raw_tail = history[history.shape[0] - keep :] if keep else history[:0]
+        self._raw_tail = history[-keep:] if keep else history[:0]
         return smoothed
 
     # ----------------------------------------------------------------- main entry
@@ -229,7 +229,7 @@ class EventDecider:
             i += 1
         self.frames_seen += n
         keep = max(self._max_onset_n - 1, 0)
-        self._smooth_tail = with_tail[with_tail.shape[0] - keep :] if keep else with_tail[:0]
+        self._smooth_tail = with_tail[-keep:] if keep else with_tail[:0]
         return decisions
 
     def _step(

@@ -151,4 +151,6 @@ def level_dbfs(samples: np.ndarray) -> float:
     if samples.size == 0:
         return -120.0
     mean_square = float(np.mean(np.square(samples, dtype=np.float64)))
-    return max(-120.0, 10.0 * np.log10(mean_square + 1e-12) + 3.0103)  # +3 dB: full-scale sine = 0 dBFS
+    if not mean_square > 1e-12:  # also catches NaN
+        return -120.0
+    return max(-120.0, 10.0 * np.log10(mean_square) + 3.0103)  # +3 dB: full-scale sine = 0 dBFS

@@ -1,0 +1,164 @@
+"""The event decision state machine: one test per rule, on hand-made score sequences."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from service.decision import DecisionParams, EventDecider, EventEnded, EventStarted, decide
+
+HOP = 0.02
+PLAIN = DecisionParams(on_threshold=0.5, off_threshold=0.3, smoothing_frames=1, onset_k=1, onset_n=1,
+                       min_duration_s=0.0, merge_gap_s=0.0, cooldown_s=0.0)
+
+
+def scores(*segments: tuple[float, int], classes: int = 1, column: int = 0) -> np.ndarray:
+    """Build (frames, classes) scores from (value, n_frames) runs in one column."""
+    values = np.concatenate([np.full(n, v) for v, n in segments])
+    out = np.zeros((values.size, classes))
+    out[:, column] = values
+    return out
+
+
+def run(x: np.ndarray, **changes: float) -> list[EventEnded]:
+    params = DecisionParams(**{**PLAIN.to_dict(), **changes})
+    return decide(x, ["a"], {"a": params}, HOP)
+
+
+def test_plain_threshold_gives_one_event_with_times_from_frame_indices() -> None:
+    events = run(scores((0.0, 50), (0.9, 25), (0.0, 50)))
+    assert len(events) == 1
+    assert events[0].start_s == pytest.approx(50 * HOP)
+    assert events[0].end_s == pytest.approx(75 * HOP)
+    assert events[0].peak_score == pytest.approx(0.9)
+
+
+def test_hysteresis_keeps_an_event_between_off_and_on_threshold() -> None:
+    x = scores((0.0, 10), (0.9, 10), (0.4, 30), (0.1, 10))
+    assert [(e.start_s, e.end_s) for e in run(x)] == [(pytest.approx(0.2), pytest.approx(1.0))]
+    # Without hysteresis (off == on) the 0.4 stretch ends the event early.
+    assert run(x, off_threshold=0.5)[0].end_s == pytest.approx(0.4)
+
+
+def test_smoothing_removes_a_single_frame_spike() -> None:
+    spike = scores((0.0, 20), (1.0, 1), (0.0, 20))
+    assert len(run(spike)) == 1
+    assert run(spike, smoothing_frames=5) == []
+
+
+def test_k_of_n_onset_needs_enough_frames_and_dates_the_event_at_the_first() -> None:
+    sparse = scores((0.0, 10), (0.9, 1), (0.0, 2), (0.9, 1), (0.0, 20))
+    assert run(sparse, onset_k=3, onset_n=5, off_threshold=0.0) == []
+    dense = scores((0.0, 10), (0.9, 1), (0.0, 1), (0.9, 1), (0.9, 1), (0.0, 20))
+    events = run(dense, onset_k=3, onset_n=5, merge_gap_s=0.1)
+    assert len(events) == 1
+    assert events[0].start_s == pytest.approx(10 * HOP)  # the first of the k frames
+    assert events[0].detected_s == pytest.approx(13 * HOP)  # when the k-th arrived
+
+
+def test_min_duration_drops_short_bursts_and_delays_the_decision() -> None:
+    short = scores((0.0, 10), (0.9, 4), (0.0, 10))
+    assert run(short, min_duration_s=0.2) == []
+    long = scores((0.0, 10), (0.9, 20), (0.0, 10))
+    (event,) = run(long, min_duration_s=0.2)
+    assert event.start_s == pytest.approx(10 * HOP)
+    assert event.detected_s == pytest.approx(19 * HOP)
+
+
+def test_merge_gap_joins_the_beeps_of_a_t3_alarm() -> None:
+    beep, gap = (0.9, 25), (0.0, 25)  # 0.5 s on, 0.5 s off
+    t3 = scores((0.0, 10), beep, gap, beep, gap, beep, (0.0, 100))
+    assert len(run(t3)) == 3
+    merged = run(t3, merge_gap_s=1.0)
+    assert len(merged) == 1
+    assert merged[0].end_s == pytest.approx((10 + 125) * HOP)
+    assert merged[0].flicker == 4  # four on/off changes inside the merged event
+
+
+def test_cooldown_suppresses_a_retrigger() -> None:
+    x = scores((0.0, 5), (0.9, 10), (0.0, 10), (0.9, 10), (0.0, 100), (0.9, 10), (0.0, 5))
+    assert len(run(x)) == 3
+    events = run(x, cooldown_s=1.0)
+    assert len(events) == 2
+    assert events[1].start_s == pytest.approx(135 * HOP)
+
+
+def test_arbitration_lets_the_louder_class_own_the_sound() -> None:
+    x = np.zeros((60, 2))
+    x[10:40, 0] = 0.95  # smoke alarm, clearly
+    x[10:40, 1] = 0.55  # the same sound leaking into baby cry
+    params = {"smoke_alarm": PLAIN, "baby_cry": PLAIN}
+    names = ["smoke_alarm", "baby_cry"]
+    assert [e.class_name for e in decide(x, names, params, HOP)] == ["smoke_alarm"]
+    assert sorted(e.class_name for e in decide(x, names, params, HOP, arbitration_margin=None)) == [
+        "baby_cry", "smoke_alarm"]
+    # Both confidently present (a baby crying during an alarm): both are reported.
+    x[10:40, 1] = 0.9
+    assert len(decide(x, names, params, HOP)) == 2
+
+
+def test_decisions_do_not_depend_on_block_size() -> None:
+    rng = np.random.default_rng(5)
+    x = np.clip(np.repeat(rng.random((60, 2)), 10, axis=0) ** 2, 0, 1)
+    params = {"a": DecisionParams(0.5, 0.3, 3, 3, 5, 0.1, 0.3, 0.5), "b": DecisionParams(0.6, 0.2, 5, 2, 4, 0.0, 1.0, 0.0)}
+    whole = decide(x, ["a", "b"], params, HOP)
+    for block in (1, 7, 64):
+        decider = EventDecider(["a", "b"], params, HOP)
+        out = []
+        for i in range(0, x.shape[0], block):
+            out += decider.update(x[i : i + block])
+        out += decider.flush()
+        assert [d for d in out if isinstance(d, EventEnded)] == whole
+    assert len(whole) > 3
+
+
+def test_started_precedes_ended_and_flush_closes_open_events() -> None:
+    decider = EventDecider(["a"], {"a": PLAIN}, HOP, frame_offset_s=0.016)
+    out = decider.update(scores((0.0, 5), (0.9, 10)))
+    assert [type(d) for d in out] == [EventStarted]
+    assert out[0].start_s == pytest.approx(5 * HOP + 0.016)
+    ended = decider.flush()
+    assert [type(d) for d in ended] == [EventEnded]
+    assert ended[0].end_s == pytest.approx(15 * HOP + 0.016)
+
+
+def test_a_vetoed_class_does_not_start_and_can_be_ended_on_demand() -> None:
+    allowed = {"a": False}
+    decider = EventDecider(["a"], {"a": PLAIN}, HOP, is_allowed=lambda name: allowed[name])
+    assert decider.update(scores((0.9, 10))) == []
+    allowed["a"] = True
+    assert [type(d) for d in decider.update(scores((0.0, 5), (0.9, 5)))] == [EventStarted]
+    assert [type(d) for d in decider.end_class("a")] == [EventEnded]
+    assert not decider.is_active("a")
+
+
+def test_sensitivity_moves_both_thresholds_monotonically() -> None:
+    base = DecisionParams(0.5, 0.3)
+    assert base.with_sensitivity(0.5) == base
+    more, less = base.with_sensitivity(0.9), base.with_sensitivity(0.1)
+    assert more.on_threshold < base.on_threshold < less.on_threshold
+    assert more.off_threshold < base.off_threshold < less.off_threshold
+    assert more.off_threshold <= more.on_threshold
+    with pytest.raises(ValueError, match="sensitivity"):
+        base.with_sensitivity(1.5)
+
+
+def test_nan_scores_count_as_silence_and_bad_shapes_are_refused() -> None:
+    x = scores((0.0, 5), (0.9, 10), (0.0, 5))
+    x[7] = np.nan
+    assert len(run(x, merge_gap_s=0.1)) == 1
+    decider = EventDecider(["a"], {"a": PLAIN}, HOP)
+    with pytest.raises(ValueError, match=r"shape \(frames, 1\)"):
+        decider.update(np.zeros((4, 2)))
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [({"on_threshold": 0.0}, "on_threshold"), ({"off_threshold": 0.6}, "off_threshold"),
+     ({"onset_k": 6, "onset_n": 5}, "onset_k"), ({"merge_gap_s": -1}, "merge_gap_s")],
+)
+def test_invalid_parameters_name_the_parameter(changes: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        DecisionParams(**{**DecisionParams().to_dict(), **changes})
+    with pytest.raises(ValueError, match="unknown decision parameter"):
+        DecisionParams.from_dict({"threshold": 0.5})
