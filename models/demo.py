@@ -39,7 +39,8 @@ def build_demo(seed: int = 2026) -> tuple[np.ndarray, list[tuple[str, float, flo
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "service" / "assets" / "demo.flac")
+    default_out = Path(__file__).resolve().parent.parent / "service" / "assets" / "demo.flac"
+    parser.add_argument("--out", type=Path, default=default_out)
     args = parser.parse_args(argv)
     audio, truth = build_demo()
     sf.write(str(args.out), audio, synth.SAMPLE_RATE, subtype="PCM_16")

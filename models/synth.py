@@ -34,7 +34,9 @@ def _tone(freq_hz: float, duration_s: float, rng: np.random.Generator, square: b
     return wave.astype(np.float32)
 
 
-def alarm(pattern: str, cycles: int, rng: np.random.Generator, sr: int = SAMPLE_RATE) -> tuple[np.ndarray, list[tuple[float, float]]]:
+def alarm(
+    pattern: str, cycles: int, rng: np.random.Generator, sr: int = SAMPLE_RATE
+) -> tuple[np.ndarray, list[tuple[float, float]]]:
     """An alarm signal and its tone spans in seconds. pattern: t3 | t4 | low (520 Hz T3)."""
     if pattern not in ("t3", "t4", "low"):
         raise ValueError(f"unknown alarm pattern {pattern!r}: use t3, t4 or low")

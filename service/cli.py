@@ -102,7 +102,8 @@ def cmd_devices(args: argparse.Namespace) -> int:
         return 0
     for d in devices:
         mark = "*" if d["default"] else " "
-        print(f"{mark} {d['index']:>3}  {d['name']}  ({d['channels']} ch, {d['default_samplerate']:.0f} Hz, {d['hostapi']})")
+        details = f"{d['channels']} ch, {d['default_samplerate']:.0f} Hz, {d['hostapi']}"
+        print(f"{mark} {d['index']:>3}  {d['name']}  ({details})")
     print("use --source mic:INDEX or mic:NAME; * marks the default device")
     return 0
 

@@ -27,10 +27,14 @@ class Section(BaseModel):
 
 
 class SourceConfig(Section):
-    name: str = Field("default", description="Name of the source, e.g. the room; carried by its events.",
-                      min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")
+    name: str = Field(
+        "default", description="Name of the source, e.g. the room; carried by its events.",
+        min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$",
+    )
     url: str = Field("mic", description="mic | mic:NAME_OR_INDEX | file:PATH | demo | - (stdin PCM) | url:rtsp://…")
-    realtime: bool = Field(True, description="Play file sources at real time (the daemon); false = as fast as possible.")
+    realtime: bool = Field(
+        True, description="Play file sources at real time (the daemon); false = as fast as possible."
+    )
     loop: bool = Field(False, description="Loop a file source forever (the demo source always loops).")
 
     @field_validator("url")
@@ -57,7 +61,9 @@ class DecisionOverrides(Section):
 
 class ClassConfig(Section):
     enabled: bool = Field(True, description="Publish events of this class.")
-    sensitivity: float = Field(0.5, ge=0.0, le=1.0, description="0 = only certain sounds, 0.5 = as tuned, 1 = most sensitive.")
+    sensitivity: float = Field(
+        0.5, ge=0.0, le=1.0, description="0 = only certain sounds, 0.5 = as tuned, 1 = most sensitive."
+    )
     decision: DecisionOverrides = Field(default_factory=DecisionOverrides, description="Decision parameter overrides.")
 
 
@@ -110,15 +116,21 @@ class MqttConfig(Section):
 class WebhookConfig(Section):
     name: str | None = Field(None, description="Name of the target, for logs and `harken notify-test NAME`.")
     url: str = Field(..., description="Where to POST.", pattern=r"^https?://")
-    format: Literal["generic", "ntfy", "gotify", "homeassistant"] = Field("generic", description="Request body format.")
+    format: Literal["generic", "ntfy", "gotify", "homeassistant"] = Field(
+        "generic", description="Request body format."
+    )
     classes: list[str] | None = Field(None, description="Classes to notify; default all.")
-    on: list[Literal["start", "end"]] = Field(default_factory=lambda: ["start"], description="Event transitions to send.")
+    on: list[Literal["start", "end"]] = Field(
+        default_factory=lambda: ["start"], description="Event transitions to send."
+    )
     secret: str | None = Field(None, description="HMAC-SHA256 key for the X-Harken-Signature header.")
     cooldown_s: float = Field(0.0, ge=0, description="Minimum time between notifications of one class.")
     timeout_s: float = Field(10.0, gt=0, le=120, description="Request timeout.")
     headers: dict[str, str] = Field(default_factory=dict, description="Extra request headers (e.g. an ntfy token).")
-    message: dict[str, str] = Field(default_factory=dict,
-                                    description="Per-class message template, e.g. {smoke_alarm: 'Smoke alarm in {source}!'}.")
+    message: dict[str, str] = Field(
+        default_factory=dict,
+        description="Per-class message template, e.g. {smoke_alarm: 'Smoke alarm in {source}!'}.",
+    )
 
 
 class LogConfig(Section):

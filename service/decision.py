@@ -326,7 +326,7 @@ class EventDecider:
             )
         )
         state.phase = _IDLE
-        state.cooldown_until_frame = end_frame + int(round(p.cooldown_s / self.hop_s))
+        state.cooldown_until_frame = end_frame + round(p.cooldown_s / self.hop_s)
 
     def end_class(self, class_name: str) -> list[Decision]:
         """End an open event of one class now (e.g. the class was disabled)."""

@@ -69,9 +69,13 @@ class Detector:
         inputs = {i.name: i for i in self._session.get_inputs()}  # type: ignore[attr-defined]
         outputs = {o.name for o in self._session.get_outputs()}  # type: ignore[attr-defined]
         if c.input_name not in inputs:
-            raise ContractError(f"{self.path}: contract input {c.input_name!r} not in model inputs {list(inputs)}")
+            raise ContractError(
+                f"{self.path}: contract input {c.input_name!r} not in model inputs {list(inputs)}"
+            )
         if c.output_name not in outputs:
-            raise ContractError(f"{self.path}: contract output {c.output_name!r} not in model outputs {sorted(outputs)}")
+            raise ContractError(
+                f"{self.path}: contract output {c.output_name!r} not in model outputs {sorted(outputs)}"
+            )
         probe = np.tile(self.silence_frame, (c.receptive_field_frames + 1, 1))
         try:
             out = self.raw_scores(probe)

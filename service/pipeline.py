@@ -250,7 +250,8 @@ class SourceRunner:
         self.audio_s += block.shape[0] / TARGET_RATE
         self.latest_level = level_dbfs(block)
         if scores.shape[0]:
-            self.latest_scores = {c: round(float(v), 4) for c, v in zip(self.detector.class_names, scores.max(axis=0), strict=True)}
+            peaks = scores.max(axis=0)
+            self.latest_scores = {c: round(float(v), 4) for c, v in zip(self.detector.class_names, peaks, strict=True)}
         for open_event in self._open.values():
             open_event.peak_level = max(open_event.peak_level, self.latest_level)
         self._feed_clips(block)

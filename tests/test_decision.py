@@ -100,7 +100,10 @@ def test_arbitration_lets_the_louder_class_own_the_sound() -> None:
 def test_decisions_do_not_depend_on_block_size() -> None:
     rng = np.random.default_rng(5)
     x = np.clip(np.repeat(rng.random((60, 2)), 10, axis=0) ** 2, 0, 1)
-    params = {"a": DecisionParams(0.5, 0.3, 3, 3, 5, 0.1, 0.3, 0.5), "b": DecisionParams(0.6, 0.2, 5, 2, 4, 0.0, 1.0, 0.0)}
+    params = {
+        "a": DecisionParams(0.5, 0.3, 3, 3, 5, 0.1, 0.3, 0.5),
+        "b": DecisionParams(0.6, 0.2, 5, 2, 4, 0.0, 1.0, 0.0),
+    }
     whole = decide(x, ["a", "b"], params, HOP)
     for block in (1, 7, 64):
         decider = EventDecider(["a", "b"], params, HOP)

@@ -14,7 +14,6 @@ from service.audio.features import (
     mel_filterbank,
 )
 
-
 GOLDEN_BANDS_19_23 = [-13.816, 9.085, 9.622, 6.49, -13.816]
 
 

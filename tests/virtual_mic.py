@@ -5,6 +5,7 @@ produces nothing while nobody writes and PortAudio then never calls back."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import shutil
@@ -54,7 +55,8 @@ class VirtualMic:
             time.sleep(0.1)
         else:
             self.stop()
-            raise RuntimeError(f"pulseaudio did not start; log: {(self.dir / 'pulse.log').read_text()[-2000:]}")
+            log = (self.dir / "pulse.log").read_text()[-2000:]
+            raise RuntimeError(f"pulseaudio did not start; log: {log}")
         self._stop.clear()
         self._feeder = threading.Thread(target=self._feed, name="virtual-mic-feeder", daemon=True)
         self._feeder.start()
@@ -80,10 +82,9 @@ class VirtualMic:
                 except queue.Empty:
                     block = silence
                 pcm = (np.clip(block, -1, 1) * 32767).astype("<i2").tobytes()
-                try:
+                # When the reader is behind, drop rather than stall the clock.
+                with contextlib.suppress(BlockingIOError):
                     os.write(fd, pcm)
-                except BlockingIOError:
-                    pass  # the reader is behind; drop rather than stall the clock
                 sent += BLOCK
                 ahead = sent / RATE - (time.monotonic() - started)
                 if ahead > 0:

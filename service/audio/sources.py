@@ -93,7 +93,9 @@ class MonoResampler:
         data = np.asarray(block, dtype=np.float32)
         if data.ndim == 2:
             data = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
-        if not np.isfinite(data).all():
+        # One BLAS pass instead of a boolean array: only if the sum of squares is not finite
+        # (NaN/inf present, or absurd magnitudes) do we look sample by sample.
+        if not np.isfinite(np.dot(data, data)) and not np.isfinite(data).all():
             bad = ~np.isfinite(data)
             self.non_finite_samples += int(bad.sum())
             data = np.where(bad, np.float32(0.0), data)
@@ -199,10 +201,17 @@ def iter_file(path: str | Path, block_s: float = BLOCK_S) -> Iterator[np.ndarray
             raise SourceError(f"{file_path}: {handle.channels} channels is not a plausible recording")
         converter = MonoResampler(handle.samplerate, handle.channels)
         block_frames = max(1, int(block_s * handle.samplerate))
+        # 16-bit files: reading int16 and scaling in numpy is ~2x faster than libsndfile's
+        # per-sample float conversion, and gives the same values.
+        as_int16 = handle.subtype in ("PCM_16", "PCM_S8", "PCM_U8")
         delivered = 0
         while True:
             try:
-                data = handle.read(block_frames, dtype="float32", always_2d=True)
+                if as_int16:
+                    data = handle.read(block_frames, dtype="int16", always_2d=True).astype(np.float32)
+                    data *= np.float32(1 / 32768)
+                else:
+                    data = handle.read(block_frames, dtype="float32", always_2d=True)
             except (sf.LibsndfileError, RuntimeError) as exc:
                 raise SourceError(f"{file_path}: corrupt audio after {delivered} samples ({exc})") from None
             last = data.shape[0] < block_frames
@@ -282,6 +291,9 @@ def iter_stdin(stream: BinaryIO | None = None, block_s: float = BLOCK_S) -> Iter
         raw = stream.read(block_bytes - len(pending)) if len(pending) < block_bytes else b""
         data = pending + raw
         if not raw and len(data) < frame_bytes:
+            tail = converter.convert(np.zeros((0, channels), np.float32), last=True)  # resampler's delay line
+            if tail.size:
+                yield tail
             break
         usable = len(data) // frame_bytes * frame_bytes
         pending = data[usable:]
@@ -319,7 +331,7 @@ class SourceStatus:
         return self.samples / TARGET_RATE
 
 
-async def _iterate_in_thread(iterator_factory, realtime: bool, status: SourceStatus) -> AsyncIterator[np.ndarray]:  # noqa: ANN001
+async def _iterate_in_thread(iterator_factory, realtime: bool, status: SourceStatus) -> AsyncIterator[np.ndarray]:
     """Run a blocking block iterator in a thread; pace at real time when asked."""
     loop = asyncio.get_running_loop()
     iterator = iterator_factory()

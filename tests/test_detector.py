@@ -1,0 +1,94 @@
+"""The ONNX detector under its contract: streaming equals batch, mismatches are refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from service.audio.features import LogMel, StreamingLogMel
+from service.contract import CONTRACT_KEY, ContractError, ModelContract
+from service.detector import Detector, bundled_model_path
+from tests.conftest import t3_scene
+
+
+def test_bundled_model_carries_a_complete_contract(detector: Detector) -> None:
+    c = detector.contract
+    assert set(c.class_names) == {"baby_cry", "smoke_alarm", "glass_break"}
+    assert c.features.sample_rate == 16000 and c.features.version == "logmel-v1"
+    assert 0 <= c.lookahead_frames <= 10  # bounded look-ahead: at most 200 ms
+    assert set(c.decision) == set(c.class_names)
+    assert c.model_version
+    assert bundled_model_path().stat().st_size <= 500_000
+
+
+@pytest.mark.parametrize("chunk", [1, 160, 1023, 16000])
+def test_streaming_scores_equal_one_batch_pass(detector: Detector, chunk: int) -> None:
+    audio = t3_scene(seconds=6.0, alarm_at_s=1.0)
+    batch = detector.scores(LogMel().frames(audio))
+    frontend, scorer = StreamingLogMel(), detector.stream()
+    parts = [scorer.push(frontend.push(audio[i : i + chunk])) for i in range(0, audio.size, chunk)]
+    parts.append(scorer.flush())
+    streamed = np.concatenate(parts)
+    assert streamed.shape == batch.shape
+    np.testing.assert_allclose(streamed, batch, atol=1e-4)
+    assert batch[:, detector.class_names.index("smoke_alarm")].max() > 0.5
+
+
+def _rewrite_contract(tmp_path: Path, change: dict[str, object] | None, drop: bool = False) -> Path:
+    model = onnx.load(str(bundled_model_path()))
+    entry = next(p for p in model.metadata_props if p.key == CONTRACT_KEY)
+    if drop:
+        model.metadata_props.remove(entry)
+    else:
+        data = json.loads(entry.value)
+        for key, value in (change or {}).items():
+            target = data
+            *parents, leaf = key.split(".")
+            for parent in parents:
+                target = target[parent]
+            target[leaf] = value
+        entry.value = json.dumps(data)
+    path = tmp_path / "model.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"features.version": "logmel-v0"}, "trained on features 'logmel-v0'"),
+        ({"features.sample_rate": 8000}, "expects 8000 Hz"),
+        ({"schema": 99}, "schema 99 is not supported"),
+        ({"class_names": ["baby_cry", "smoke_alarm"]}, "returned scores of shape"),
+        ({"lookahead_frames": 99}, "lookahead_frames=99"),
+        ({"decision.smoke_alarm.on_threshold": 7}, "on_threshold"),
+        ({"input_name": "mel"}, "contract input 'mel'"),
+    ],
+)
+def test_contract_mismatch_is_refused_with_a_clear_message(tmp_path: Path, change: dict, message: str) -> None:
+    with pytest.raises(ContractError, match=message):
+        Detector.load(_rewrite_contract(tmp_path, change))
+
+
+def test_a_model_without_contract_or_not_onnx_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ContractError, match="carries no harken contract"):
+        Detector.load(_rewrite_contract(tmp_path, None, drop=True))
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(ContractError, match="not a loadable ONNX model"):
+        Detector.load(junk)
+    with pytest.raises(ContractError, match="does not exist"):
+        Detector.load(tmp_path / "missing.onnx")
+
+
+def test_contract_json_round_trip(detector: Detector) -> None:
+    again = ModelContract.from_json(detector.contract.to_json())
+    assert again == detector.contract
+    with pytest.raises(ContractError, match="not valid JSON"):
+        ModelContract.from_json("{")
+    with pytest.raises(ContractError, match="lacks"):
+        ModelContract.from_json(json.dumps({"schema": 1}))
