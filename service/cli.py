@@ -49,6 +49,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from service.detector import Detector
     from service.pipeline import analyse_file
 
+    logging.basicConfig(format="harken detect: %(message)s", level=logging.WARNING, stream=sys.stderr)
     settings = load_settings(args.config) if args.config else Settings()
     detector = Detector.load(args.model or settings.model)
     params = class_params(settings, detector)

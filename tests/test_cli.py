@@ -39,6 +39,7 @@ def test_silence_gives_no_events(write_wav) -> None:
     path = write_wav(np.zeros(16000 * 5, np.float32), "silence.wav")
     result = harken("detect", "--json", str(path))
     assert result.returncode == 0 and result.stdout == ""
+    assert "silence.wav: the signal is digital silence" in result.stderr
     assert harken("detect", str(path)).stdout.strip() == "no events"
 
 
@@ -104,3 +105,28 @@ def test_daemon_stores_events_from_a_file_and_stops_cleanly_on_sigterm(t3_wav: P
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_run_from_stdin_wav_stream_stores_the_event(t3_wav: Path, tmp_path: Path) -> None:
+    db = tmp_path / "harken.db"
+    env = {**__import__("os").environ, "HARKEN_STORE__PATH": str(db), "HARKEN_API__ENABLED": "false"}
+    result = subprocess.run([sys.executable, "-m", "service.cli", "run", "--source", "-"], input=t3_wav.read_bytes(),
+                            capture_output=True, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr.decode()
+    with sqlite3.connect(db) as conn:
+        classes = [r[0] for r in conn.execute("SELECT class FROM events")]
+    assert classes == ["smoke_alarm"]
+
+
+def test_clipped_signal_is_reported_and_analysed(write_wav) -> None:  # noqa: ANN001
+    from models import synth
+
+    rng = np.random.default_rng(4)
+    audio = synth.background(15.0, rng) * 0.02
+    alarm, _ = synth.alarm("t3", 2, rng)
+    audio[32000 : 32000 + alarm.size] += np.clip(alarm * 4, -1, 1)  # hard-clipped at full scale
+    clipped = np.clip(audio, -1, 1)
+    result = harken("detect", "--json", str(write_wav(clipped, "clipped.wav")))
+    assert result.returncode == 0
+    assert "clipped.wav: 11.1% of samples are clipped at full scale" in result.stderr
+    assert all(json.loads(line)["class"] for line in result.stdout.splitlines())

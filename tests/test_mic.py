@@ -102,3 +102,25 @@ def test_daemon_detects_a_smoke_alarm_from_the_microphone(virtual_mic: VirtualMi
     output = "".join(lines)
     assert proc.returncode == 0, output
     assert "smoke_alarm started" in output
+
+
+def test_an_absent_microphone_degrades_and_retries_without_crashing(virtual_mic: VirtualMic, tmp_path: Path) -> None:
+    env = {**virtual_mic.env, "HARKEN_STORE__PATH": str(tmp_path / "h.db"), "HARKEN_API__ENABLED": "false"}
+    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "run", "--source", "mic:NoSuchMicrophone"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and sum("retrying in" in line for line in lines) < 2:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the daemon exited instead of retrying"
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=20)
+    reader.join(timeout=5)
+    output = "".join(lines)
+    assert proc.returncode == 0, output
+    retries = [line for line in lines if "retrying in" in line]
+    assert len(retries) >= 2, output
+    assert "no input device named like 'NoSuchMicrophone'" in retries[0]
+    assert "retrying in 1 s" in retries[0] and "retrying in 2 s" in retries[1]  # exponential backoff

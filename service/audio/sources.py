@@ -88,6 +88,9 @@ class MonoResampler:
 
             self._stream = soxr.ResampleStream(in_rate, TARGET_RATE, 1, dtype="float32", quality="HQ")
         self.non_finite_samples = 0
+        self.clipped_samples = 0
+        self.samples_seen = 0
+        self.peak = 0.0
 
     def convert(self, block: np.ndarray, last: bool = False) -> np.ndarray:
         data = np.asarray(block, dtype=np.float32)
@@ -99,6 +102,12 @@ class MonoResampler:
             bad = ~np.isfinite(data)
             self.non_finite_samples += int(bad.sum())
             data = np.where(bad, np.float32(0.0), data)
+        if data.size:
+            peak = float(np.max(np.abs(data)))
+            self.peak = max(self.peak, peak)
+            if peak >= 0.999:
+                self.clipped_samples += int(np.count_nonzero(np.abs(data) >= 0.999))
+            self.samples_seen += data.size
         if self._stream is not None:
             data = self._stream.resample_chunk(data, last=last)
         return np.ascontiguousarray(data, dtype=np.float32)
@@ -223,8 +232,18 @@ def iter_file(path: str | Path, block_s: float = BLOCK_S) -> Iterator[np.ndarray
                 break
         if delivered == 0:
             raise SourceError(f"{file_path}: contains no audio")
-        if converter.non_finite_samples:
-            log.warning("%s: %d NaN/inf samples replaced by silence", file_path, converter.non_finite_samples)
+        report_signal_problems(str(file_path), converter)
+
+
+def report_signal_problems(name: str, converter: MonoResampler) -> None:
+    """One warning line per problem of a finished signal: NaN/inf, clipping, digital silence."""
+    if converter.non_finite_samples:
+        log.warning("%s: %d NaN/inf samples replaced by silence", name, converter.non_finite_samples)
+    if converter.samples_seen and converter.clipped_samples > 0.001 * converter.samples_seen:
+        log.warning("%s: %.1f%% of samples are clipped at full scale; lower the input gain (detections may suffer)",
+                    name, 100 * converter.clipped_samples / converter.samples_seen)
+    if converter.samples_seen and converter.peak == 0.0:
+        log.warning("%s: the signal is digital silence (all samples are zero)", name)
 
 
 def read_audio(path: str | Path) -> np.ndarray:
