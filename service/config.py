@@ -156,6 +156,14 @@ class WebhookConfig(Section):
     )
     retry_after_max_s: float = Field(3600.0, gt=0, description="Cap on a receiver's Retry-After.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on_key(cls, data: Any) -> Any:
+        # YAML 1.1 (PyYAML) reads a bare `on:` key as the boolean true; give it its name back.
+        if isinstance(data, dict) and any(key is True for key in data) and "on" not in data:
+            data = {("on" if key is True else key): value for key, value in data.items()}
+        return data
+
     @field_validator("message")
     @classmethod
     def _templates(cls, value: dict[str, str]) -> dict[str, str]:

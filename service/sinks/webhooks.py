@@ -275,9 +275,8 @@ class WebhookSink:
         # Clear before looking: handle() writes then sets without awaiting in between, so a
         # message queued after this query still wakes the wait below.
         self._wake.clear()
-        items = self.store.outbox_due(
-            self.name, now=math.inf, limit=1
-        )  # the head, whatever its retry time
+        # The head of the line, whatever its retry time: nothing overtakes it.
+        items = self.store.outbox_due(self.name, now=math.inf, limit=1)
         if not items:
             self.state = "idle"
             await self._wake.wait()
