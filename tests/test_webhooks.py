@@ -505,6 +505,9 @@ def test_notify_test_cli(
     out = capsys.readouterr().out
     assert "OK   webhook:phone" in out and "FAIL webhook:broken" in out and "HTTP 500" in out
 
+    assert main(["notify-test", "1", "--config", str(config)]) == 1  # by position
+    assert "FAIL webhook:broken" in capsys.readouterr().out
+
     assert main(["notify-test", "nope", "--config", str(config)]) == 2
     assert "no webhook target 'nope' (targets: phone, broken)" in capsys.readouterr().err
 

@@ -392,6 +392,8 @@ def select_targets(settings: Settings, wanted: str | None) -> list[tuple[str, We
     for key, target in targets:
         if wanted in (key, key.removeprefix("webhook:")):
             return [(key, target)]
+    if wanted.isdigit() and int(wanted) < len(targets):  # the position, named or not
+        return [targets[int(wanted)]]
     known = ", ".join(k.removeprefix("webhook:") for k, _ in targets) or "none configured"
     raise WebhookConfigError(f"no webhook target {wanted!r} (targets: {known})")
 
