@@ -113,14 +113,38 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     settings = load_settings(args.file)
     from service.daemon import StartupError, class_params
     from service.detector import Detector
+    from service.sinks.webhooks import WebhookConfigError, check_targets
 
     try:
-        class_params(settings, Detector.load(settings.model))
-    except StartupError as exc:
+        detector = Detector.load(settings.model)
+        class_params(settings, detector)
+        check_targets(settings.webhooks, detector.class_names)
+    except (StartupError, WebhookConfigError) as exc:
         raise ConfigError(f"{args.file}: {exc}") from None
     print(f"{args.file}: OK ({len(settings.sources)} source(s), mqtt {'on' if settings.mqtt.enabled else 'off'}, "
           f"{len(settings.webhooks)} webhook(s), api {'on' if settings.api.enabled else 'off'})")
     return 0
+
+
+def cmd_notify_test(args: argparse.Namespace) -> int:
+    from service.sinks.webhook_format import redact_url
+    from service.sinks.webhooks import WebhookConfigError, notify_test, select_targets
+
+    settings = load_settings(args.config)
+    if not settings.webhooks:
+        origin = args.config or "embedded defaults"
+        raise ConfigError(f"{origin}: no webhook targets configured (the webhooks: section)")
+    try:
+        targets = select_targets(settings, args.target)
+    except WebhookConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    failed = 0
+    for key, target, result in asyncio.run(notify_test(targets)):
+        mark = "OK  " if result.ok else "FAIL"
+        print(f"{mark} {key:<20} {target.format:<13} {redact_url(target.url)}  {result.detail} "
+              f"({result.elapsed_ms:.0f} ms)", flush=True)
+        failed += not result.ok
+    return 1 if failed else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,6 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config file")
     check.add_argument("file", type=Path)
     check.set_defaults(func=cmd_check_config)
+
+    notify = sub.add_parser("notify-test", help="send a test notification to webhook targets")
+    notify.add_argument("target", nargs="?", help="target name or index (default: every target)")
+    notify.add_argument("--config", type=Path, help="YAML config file with webhooks")
+    notify.set_defaults(func=cmd_notify_test)
     return parser
 
 

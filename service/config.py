@@ -114,23 +114,94 @@ class MqttConfig(Section):
 
 
 class WebhookConfig(Section):
-    name: str | None = Field(None, description="Name of the target, for logs and `harken notify-test NAME`.")
-    url: str = Field(..., description="Where to POST.", pattern=r"^https?://")
+    """One notification target. Its pending deliveries live in the store's outbox under
+    `webhook:<name>` (or `webhook:<index>` without a name), so give targets names if you
+    reorder them while deliveries may be pending."""
+
+    name: str | None = Field(
+        None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$",
+        description="Name of the target, for logs, status and `harken notify-test NAME`.",
+    )
+    url: str = Field(
+        ..., pattern=r"^https?://",
+        description="Where to POST (ntfy: the topic URL, e.g. https://ntfy.sh/mytopic).",
+    )
     format: Literal["generic", "ntfy", "gotify", "homeassistant"] = Field(
         "generic", description="Request body format."
     )
-    classes: list[str] | None = Field(None, description="Classes to notify; default all.")
-    on: list[Literal["start", "end"]] = Field(
-        default_factory=lambda: ["start"], description="Event transitions to send."
+    classes: list[str] | None = Field(
+        None, min_length=1, description="Classes to notify; default all."
     )
-    secret: str | None = Field(None, description="HMAC-SHA256 key for the X-Harken-Signature header.")
-    cooldown_s: float = Field(0.0, ge=0, description="Minimum time between notifications of one class.")
+    on: list[Literal["start", "end"]] = Field(
+        default_factory=lambda: ["start"], min_length=1, description="Event transitions to send."
+    )
+    secret: str | None = Field(
+        None, min_length=1, description="HMAC-SHA256 key for the X-Harken-Signature header."
+    )
+    cooldown_s: float = Field(
+        0.0, ge=0, description="Minimum time between notified events of one class (event time)."
+    )
     timeout_s: float = Field(10.0, gt=0, le=120, description="Request timeout.")
-    headers: dict[str, str] = Field(default_factory=dict, description="Extra request headers (e.g. an ntfy token).")
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="Extra request headers (e.g. an ntfy token)."
+    )
     message: dict[str, str] = Field(
         default_factory=dict,
-        description="Per-class message template, e.g. {smoke_alarm: 'Smoke alarm in {source}!'}.",
+        description="Per-class message template, e.g. {smoke_alarm: 'Smoke alarm in {source}!'}; "
+                    "key `default` for every other class.",
     )
+    priority: dict[str, int] = Field(
+        default_factory=dict, description="Per-class priority override (ntfy 1-5, Gotify 0-10)."
+    )
+    retry_base_s: float = Field(2.0, gt=0, description="First retry delay; doubles per attempt.")
+    retry_max_s: float = Field(
+        300.0, gt=0, description="Longest delay between retries (retries never stop)."
+    )
+    retry_jitter: float = Field(
+        0.5, ge=0, le=1, description="Each delay is shortened by a random share up to this."
+    )
+    retry_after_max_s: float = Field(3600.0, gt=0, description="Cap on a receiver's Retry-After.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on_key(cls, data: Any) -> Any:
+        # YAML 1.1 (PyYAML) reads a bare `on:` key as the boolean true; give it its name back.
+        if isinstance(data, dict) and any(key is True for key in data) and "on" not in data:
+            data = {("on" if key is True else key): value for key, value in data.items()}
+        return data
+
+    @field_validator("message")
+    @classmethod
+    def _templates(cls, value: dict[str, str]) -> dict[str, str]:
+        from service.sinks.webhook_format import check_template
+
+        for class_name, template in value.items():
+            try:
+                check_template(template)
+            except ValueError as exc:
+                raise ValueError(f"template for {class_name}: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _format_rules(self) -> WebhookConfig:
+        from service.sinks.webhook_format import ntfy_endpoint
+
+        if self.format == "ntfy":
+            ntfy_endpoint(self.url)  # raises ValueError when the URL names no topic
+        low, high = (1, 5) if self.format == "ntfy" else (0, 10)
+        for class_name, priority in self.priority.items():
+            if self.format not in ("ntfy", "gotify"):
+                raise ValueError(f"priority.{class_name}: only ntfy and gotify have priorities")
+            if not low <= priority <= high:
+                raise ValueError(
+                    f"priority.{class_name}: {self.format} priorities are {low}-{high}, "
+                    f"got {priority}"
+                )
+        return self
+
+    def key(self, index: int) -> str:
+        """The target's sink name and outbox key."""
+        return f"webhook:{self.name if self.name is not None else index}"
 
 
 class LogConfig(Section):
@@ -160,6 +231,14 @@ class Settings(Section):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"source names must be unique, repeated: {', '.join(duplicates)}")
+        return self
+
+    @model_validator(mode="after")
+    def _unique_webhooks(self) -> Settings:
+        keys = [target.key(i) for i, target in enumerate(self.webhooks)]
+        duplicates = sorted({k for k in keys if keys.count(k) > 1})
+        if duplicates:
+            raise ValueError(f"webhook names must be unique, repeated: {', '.join(duplicates)}")
         return self
 
     def with_source(self, url: str) -> Settings:

@@ -135,7 +135,17 @@ def build_runtime(settings: Settings) -> Runtime:
 
 def add_sinks(runtime: Runtime) -> None:
     """Attach the configured output sinks to the dispatcher (MQTT, webhooks, live API)."""
-    del runtime  # sinks are added here as their issues land
+    if runtime.settings.webhooks:
+        from service.sinks.webhooks import WebhookConfigError, build_webhook_sinks
+
+        try:
+            sinks = build_webhook_sinks(
+                runtime.settings, runtime.store, runtime.detector.class_names
+            )
+        except WebhookConfigError as exc:
+            raise StartupError(f"config {exc}") from None
+        for sink in sinks:
+            runtime.dispatcher.add_sink(sink)
 
 
 async def _prune_forever(runtime: Runtime) -> None:

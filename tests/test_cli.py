@@ -87,8 +87,11 @@ def test_daemon_stores_events_from_a_file_and_stops_cleanly_on_sigterm(t3_wav: P
     rows: list[str] = []
     while time.monotonic() < deadline:
         if db.exists():
-            with sqlite3.connect(db) as conn:
-                rows = [r[0] for r in conn.execute("SELECT data FROM events WHERE end_s IS NOT NULL")]
+            try:
+                with sqlite3.connect(db) as conn:
+                    rows = [r[0] for r in conn.execute("SELECT data FROM events WHERE end_s IS NOT NULL")]
+            except sqlite3.OperationalError:
+                rows = []  # the daemon is still creating the schema
             if rows:
                 break
         time.sleep(0.2)
@@ -118,7 +121,7 @@ def test_run_from_stdin_wav_stream_stores_the_event(t3_wav: Path, tmp_path: Path
     assert classes == ["smoke_alarm"]
 
 
-def test_clipped_signal_is_reported_and_analysed(write_wav) -> None:  # noqa: ANN001
+def test_clipped_signal_is_reported_and_analysed(write_wav) -> None:
     from models import synth
 
     rng = np.random.default_rng(4)
