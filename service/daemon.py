@@ -19,7 +19,7 @@ from service.contract import ContractError
 from service.controls import ClassControl, ClassControls
 from service.decision import DecisionParams
 from service.detector import Detector
-from service.events import utc_now
+from service.events import EventMessage, utc_now
 from service.pipeline import SourceRunner
 from service.sinks.dispatcher import Dispatcher
 from service.sinks.store import EventStore, default_store_path
@@ -116,12 +116,15 @@ def build_runtime(settings: Settings) -> Runtime:
     params = class_params(settings, detector)
     store_path = settings.store.path or default_store_path()
     store = EventStore(store_path)
-    for event in store.close_dangling():
+    dangling = store.close_dangling()
+    for event in dangling:
         log.warning("closed event %s (%s) left open by an earlier run", event.id, event.class_name)
     controls = load_controls(settings, detector, store)
     dispatcher = Dispatcher(store)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
     runtime = Runtime(settings, detector, store, controls, dispatcher, executor)
+    # Sinks saw these events start but never end: they get the end once they are running.
+    runtime.extras["closed_on_start"] = dangling
     for source_cfg in settings.sources:
         source = AudioSource(source_cfg.name, source_cfg.url, realtime=source_cfg.realtime, loop=source_cfg.loop)
         runtime.runners.append(SourceRunner(
@@ -170,6 +173,8 @@ async def run_daemon(settings: Settings, stop: asyncio.Event | None = None) -> i
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     await runtime.dispatcher.start()
+    for event in runtime.extras.pop("closed_on_start", []):
+        await runtime.dispatcher.publish(EventMessage("end", event))
     c = runtime.detector.contract
     log.info("harken started: model %s %s, classes %s, store %s", c.model_name, c.model_version,
              ", ".join(c.class_names), runtime.store.path)
