@@ -289,7 +289,7 @@ def _describe(error: ValidationError, origin: str) -> str:
         elif "input" in item and not isinstance(item["input"], dict | list):
             message += f" (got {item['input']!r})"
         lines.append(f"{where}: {message}")
-    return f"{origin}: " + "; ".join(lines)
+    return " ".join((f"{origin}: " + "; ".join(lines)).split())  # always one line
 
 
 def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
@@ -311,7 +311,8 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+            problem = " ".join(str(getattr(exc, "problem", None) or exc).split())  # one line
+            raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
