@@ -22,7 +22,9 @@ scalars = st.one_of(
 )
 values = st.recursive(
     scalars,
-    lambda children: st.one_of(st.lists(children, max_size=3), st.dictionaries(st.sampled_from(KEYS), children, max_size=3)),
+    lambda children: st.one_of(
+        st.lists(children, max_size=3), st.dictionaries(st.sampled_from(KEYS), children, max_size=3)
+    ),
     max_leaves=8,
 )
 documents = st.dictionaries(st.sampled_from(SECTIONS), values, max_size=4)
