@@ -200,3 +200,19 @@ def test_file_source_as_fast_as_possible(tmp_path: Path) -> None:
     audio, error = asyncio.run(_collect(source, limit_s=5.0))
     assert error is None and audio.size == 5 * RATE
     assert source.status.samples == 5 * RATE
+
+
+def test_a_header_declaring_a_huge_length_reads_what_is_there(tmp_path: Path) -> None:
+    path = tmp_path / "liar.wav"
+    sf.write(str(path), tone(1.0, RATE), RATE, subtype="PCM_16")
+    raw = bytearray(path.read_bytes())
+    data_at = raw.index(b"data")
+    raw[data_at + 4 : data_at + 8] = (0xFFFFFFF0).to_bytes(4, "little")  # "4 GB of samples follow"
+    raw[4:8] = (0xFFFFFFF8).to_bytes(4, "little")
+    path.write_bytes(bytes(raw))
+    try:
+        audio = read_audio(path)
+    except SourceError as exc:  # refusing is fine too, as long as it says why
+        assert "liar.wav" in str(exc)
+    else:
+        assert audio.size <= RATE + 100
