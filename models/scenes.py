@@ -90,8 +90,9 @@ def active_span(
     A frame is active when its level exceeds `floor + relative * (peak - floor)` (floor =
     10th, peak = 99th percentile of frame levels), but never more than `max_range_db`
     below the peak, so a clip recorded over digital silence still gets a sensible
-    threshold. Active runs shorter than `min_run_s` (clicks) are ignored unless nothing
-    else is active. The span runs from the first to the last active frame: pauses inside
+    threshold, and never less than 6 dB below it, so a steady tone is active throughout.
+    Active runs shorter than `min_run_s` (clicks) are ignored unless nothing else is
+    active. The span runs from the first to the last active frame: pauses inside
     the event are kept in it.
     """
     levels = frame_levels_dbfs(audio, sr)
@@ -103,6 +104,8 @@ def active_span(
     duration_s = len(audio) / sr
     floor = float(np.percentile(levels, 10))
     threshold = max(floor + relative * (peak - floor), peak - max_range_db)
+    # A steady sound (floor close to peak) is active throughout, not split by ripples.
+    threshold = min(threshold, peak - 6.0)
     active = levels >= threshold
     runs = _runs(active)
     min_frames = max(1, round(min_run_s / ACTIVITY_HOP_S))
