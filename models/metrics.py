@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -440,44 +441,58 @@ def psds_and_curves(
     and each class's false alarms per hour vs recall curve (PSDS1's single-class ROC:
     intersection-based, DTC = GTC = 0.7). Scores are rounded to `score_decimals`, which
     bounds the number of operating points (and the time) without changing the curves
-    visibly. Files must cover the same set in `scores` and `durations_s`."""
-    from sed_scores_eval import intersection_based
-    from sed_scores_eval.base_modules.scores import create_score_dataframe
+    visibly. Classes without any reference event are left out (PSDS is undefined for
+    them) and listed. `scores` and `durations_s` must cover the same files."""
+    with warnings.catch_warnings():
+        # dcase_util (imported by sed_scores_eval) warns that pkg_resources is deprecated.
+        warnings.simplefilter("ignore", UserWarning)
+        from sed_scores_eval import intersection_based
+        from sed_scores_eval.base_modules.scores import create_score_dataframe
 
     files = sorted(scores)
     if not files:
         return {"error": "no files"}
-    frames = {}
-    for f in files:
-        s = np.round(np.asarray(scores[f], dtype=np.float64), score_decimals)  # (frames, classes)
-        if s.shape[0] == 0:
-            s = np.zeros((1, len(class_names)))
-        edges = frame_boundaries_s(s.shape[0], hop_s, first_center_s)
-        edges[-1] = max(edges[-1], edges[-2] + 1e-3)
-        frames[f] = create_score_dataframe(s, edges, list(class_names))
     truth: dict[str, list[tuple[float, float, str]]] = {f: [] for f in files}
     for r in references:
         if r.file in truth:
             truth[r.file].append((r.onset_s, r.offset_s, r.class_name))
-    durations = {f: max(float(durations_s[f]), float(frames[f]["offset"].iloc[-1])) for f in files}
+    # sed_scores_eval needs events of every class it scores: leave out classes without any.
     present = [c for c in class_names if any(lbl == c for evs in truth.values() for *_, lbl in evs)]
-    result: dict[str, Any] = {"classes_with_events": present}
+    absent = [c for c in class_names if c not in present]
+    result: dict[str, Any] = {"classes": present, "classes_without_events": absent}
     if not present:
         result["error"] = "no reference events: PSDS is undefined"
         return result
+    columns = [list(class_names).index(c) for c in present]
+    frames = {}
+    for f in files:
+        s = np.asarray(scores[f], dtype=np.float64).reshape(-1, len(class_names))
+        s = np.round(s[:, columns], score_decimals)  # (frames, present classes)
+        if s.shape[0] == 0:
+            s = np.zeros((1, len(present)))
+        edges = frame_boundaries_s(s.shape[0], hop_s, first_center_s)
+        edges[-1] = max(edges[-1], edges[-2] + 1e-3)
+        frames[f] = create_score_dataframe(s, edges, present)
+    durations = {f: max(float(durations_s[f]), float(frames[f]["offset"].iloc[-1])) for f in files}
     for name, params in PSDS_SCENARIOS.items():
-        value, single, _roc, single_rocs = intersection_based.psds(
+        value, single, _roc, _single_rocs = intersection_based.psds(
             scores=frames, ground_truth=truth, audio_durations=durations, **params)
         result[name] = {
             "value": float(value),
             "class_wise": {c: float(v) for c, v in single.items()},
             "params": params,
         }
-        if name == "psds1":
-            curves = {}
-            for c, (tpr, fpr, thresholds) in single_rocs.items():
-                curves[c] = _downsample_curve(
-                    np.asarray(fpr), np.asarray(tpr), np.asarray(thresholds))
-            result["curves"] = {"kind": "intersection-based single-class ROC (DTC=GTC=0.7)",
-                                "class_wise": curves}
+    # Curves over the full range (PSDS truncates its ROC at max_efpr).
+    stats, _ids = intersection_based.accumulated_intermediate_statistics(
+        scores=frames, ground_truth=truth, dtc_threshold=0.7, gtc_threshold=0.7)
+    hours = sum(durations.values()) / 3600.0
+    curves = {}
+    for c, (thresholds, st) in stats.items():
+        fa_h = np.asarray(st["fps"], float) / hours
+        recall = np.asarray(st["tps"], float) / max(int(st["n_ref"]), 1)
+        order = np.argsort(-np.asarray(thresholds, float), kind="stable")  # high threshold first
+        curves[c] = _downsample_curve(fa_h[order], recall[order],
+                                      np.asarray(thresholds, float)[order])
+    result["curves"] = {"kind": "intersection-based (DTC=GTC=0.7), frame scores thresholded",
+                        "class_wise": curves}
     return result
