@@ -235,6 +235,25 @@ def _ebr_breakdown(evalset: EvalSet, metrics: EventMetrics,
     return out
 
 
+def _overlap_recall(references: Sequence[Annotation], detections: Sequence[Detection],
+                    class_names: Sequence[str], collar_s: float) -> dict[str, Any]:
+    """Share of true events that got a same-class report anywhere inside them (± collar):
+    recall without the onset condition, which tells a late or early decision from a miss."""
+    by_file: dict[str, list[Detection]] = defaultdict(list)
+    for d in detections:
+        by_file[d.file].append(d)
+    found: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    for r in references:
+        total[r.class_name] += 1
+        if any(d.class_name == r.class_name and d.onset_s <= r.offset_s + collar_s
+               and d.offset_s >= r.onset_s - collar_s for d in by_file[r.file]):
+            found[r.class_name] += 1
+    n = sum(total.values())
+    return {"overall": (sum(found.values()) / n) if n else None,
+            "class_wise": {c: (found[c] / total[c]) if total[c] else None for c in class_names}}
+
+
 def _peak_in(scores: np.ndarray, c: int, start_s: float, end_s: float, hop_s: float,
              first_center_s: float) -> float:
     if scores.shape[0] == 0:
@@ -247,8 +266,9 @@ def _peak_in(scores: np.ndarray, c: int, start_s: float, end_s: float, hop_s: fl
 def worst_cases(evalset: EvalSet, results: Sequence[FileResult], metrics: EventMetrics,
                 class_names: Sequence[str], hop_s: float, first_center_s: float,
                 limit: int = 6) -> list[dict[str, Any]]:
-    """Files with the most errors (missed events, false reports, wrong classes), the
-    most confident mistakes first."""
+    """Files with the most errors, taking turns between missed events, false alarms (in
+    audio without target sounds), wrong classes and surplus reports of true events;
+    within a kind, most errors and then most confident mistake first."""
     by_file = {r.file: r for r in results}
     errors: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for ref in metrics.missed:
@@ -258,17 +278,31 @@ def worst_cases(evalset: EvalSet, results: Sequence[FileResult], metrics: EventM
         errors[ref.file].append({"kind": "missed", "class": ref.class_name,
                                  "onset_s": ref.onset_s, "offset_s": ref.offset_s,
                                  "severity": 1.0 - peak})
+    has_events = {ref.file for ref in evalset.references}
     for det in metrics.insertions:
-        errors[det.file].append({"kind": "false_alarm", "class": det.class_name,
+        # A report in audio without any target sound, or a surplus one next to a true event.
+        kind = "extra_report" if det.file in has_events else "false_alarm"
+        errors[det.file].append({"kind": kind, "class": det.class_name,
                                  "onset_s": det.onset_s, "offset_s": det.offset_s,
                                  "severity": det.peak_score or 0.0})
     for ref, det in metrics.substitutions:
         errors[det.file].append({"kind": "wrong_class", "class": det.class_name,
                                  "true_class": ref.class_name, "onset_s": det.onset_s,
                                  "offset_s": det.offset_s, "severity": det.peak_score or 0.0})
-    ranked = sorted(errors.items(), key=lambda kv: (-len(kv[1]),
-                                                    -max(e["severity"] for e in kv[1]), kv[0]))
-    return [{"file": f, "errors": [_round(e) for e in errs]} for f, errs in ranked[:limit]]
+    # Rank within each kind of mistake, then take turns, so that one kind (say, a
+    # fragmented cry in many clips) does not crowd the others out of the plots.
+    queues: dict[str, list[tuple[str, list[dict[str, Any]]]]] = defaultdict(list)
+    for f, errs in errors.items():
+        errs.sort(key=lambda e: -e["severity"])
+        queues[errs[0]["kind"]].append((f, errs))
+    for queue in queues.values():
+        queue.sort(key=lambda kv: (-len(kv[1]), -kv[1][0]["severity"], kv[0]))
+    picked: list[tuple[str, list[dict[str, Any]]]] = []
+    while len(picked) < limit and any(queues.values()):
+        for kind in ("missed", "false_alarm", "wrong_class", "extra_report"):
+            if queues[kind] and len(picked) < limit:
+                picked.append(queues[kind].pop(0))
+    return [{"file": f, "errors": [_round(e) for e in errs]} for f, errs in picked]
 
 
 def build_report(
@@ -321,6 +355,7 @@ def build_report(
         "insertions_per_hour": (stray / (total_s / 3600.0)) if total_s else None,
         "cross_trigger": cross_trigger_matrix(references, detections, [r.file for r in results],
                                               class_names, true_class, collar_s),
+        "overlap_recall": _overlap_recall(references, detections, class_names, collar_s),
         "latency": latency_stats(onset.hits, class_names),
         "flicker": flicker_stats(onset.hits, detections, class_names),
         "ebr_breakdown": _ebr_breakdown(evalset, onset, class_names),
@@ -361,26 +396,27 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
-TABLE_HEADER = ("class", "ref", "sys", "TP", "FP", "FN", "P", "R", "F1", "ER", "FA/h",
+TABLE_HEADER = ("class", "ref", "sys", "TP", "FP", "FN", "P", "R", "F1", "ER", "R ovl", "FA/h",
                 "lat p50", "lat p90", "flicker")
 
 
 def class_rows(report: Mapping[str, Any]) -> list[list[str]]:
     """The per-class table (and an overall row) as strings."""
     eb, fa = report["event_based"], report["false_alarms"]
-    lat, fl = report["latency"], report["flicker"]
+    lat, fl, ovl = report["latency"], report["flicker"], report["overlap_recall"]
     rows = []
     for c in report["model"]["classes"]:
         k = eb["class_wise"][c]
         rows.append([c, str(k["n_ref"]), str(k["n_sys"]), str(k["tp"]), str(k["fp"]), str(k["fn"]),
                      _fmt(k["precision"]), _fmt(k["recall"]), _fmt(k["f1"]), _fmt(k["error_rate"]),
-                     _fmt(fa["class_wise"][c]["per_hour"], 1),
+                     _fmt(ovl["class_wise"][c]), _fmt(fa["class_wise"][c]["per_hour"], 1),
                      _fmt(lat["class_wise"][c]["median_s"]), _fmt(lat["class_wise"][c]["p90_s"]),
                      _fmt(fl["class_wise"][c]["changes_per_event"])])
     o = eb["overall"]
     rows.append(["overall", str(o["n_ref"]), str(o["n_sys"]), str(o["tp"]), str(o["fp"]),
                  str(o["fn"]), _fmt(o["precision"]), _fmt(o["recall"]), _fmt(o["f1"]),
-                 _fmt(o["error_rate"]), _fmt(fa["per_hour"], 1), _fmt(lat["overall"]["median_s"]),
+                 _fmt(o["error_rate"]), _fmt(ovl["overall"]), _fmt(fa["per_hour"], 1),
+                 _fmt(lat["overall"]["median_s"]),
                  _fmt(lat["overall"]["p90_s"]), _fmt(fl["overall"]["changes_per_event"])])
     return rows
 
@@ -436,7 +472,9 @@ def format_markdown(report: Mapping[str, Any], plots: Mapping[str, Any], command
         _md_table(TABLE_HEADER, class_rows(report)),
         "",
         "P/R/F1/ER: event-based precision, recall, F1 and error rate (overall = micro; ER "
-        "overall counts substitutions). FA/h: reported events per hour of negative audio. "
+        "overall counts substitutions). R ovl: share of true events with a same-class report "
+        "anywhere inside them (no onset condition). FA/h: reported events per hour of "
+        "negative audio. "
         "Latency: seconds from the true onset to the decision (median, 90th percentile). "
         "Flicker: on/off changes of the decision inside each detected event.",
         "",
@@ -496,8 +534,8 @@ def format_markdown(report: Mapping[str, Any], plots: Mapping[str, Any], command
 _COLOURS = ("tab:red", "tab:orange", "tab:blue", "tab:green", "tab:purple", "tab:brown")
 
 
-def _safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)[-60:]
+def _safe_name(file: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(file).stem)[:48]
 
 
 def write_plots(report: Mapping[str, Any], results: Sequence[FileResult],
@@ -538,19 +576,21 @@ def write_plots(report: Mapping[str, Any], results: Sequence[FileResult],
     if "curves" in psds:
         fig, ax = plt.subplots(figsize=(6.5, 4.5))
         for c, curve in psds["curves"]["class_wise"].items():
-            x = np.maximum(np.asarray(curve["fa_per_hour"], float), 1e-2)
-            ax.plot(x, curve["recall"], color=colour.get(c), linewidth=1.0, marker=".",
-                    markersize=2, label=f"{c} (frame scores)")
+            x, y = np.asarray(curve["fa_per_hour"], float), np.asarray(curve["recall"], float)
+            keep = (x > 0) | (y > 0)  # the trivial point of an infinite threshold
+            ax.plot(np.maximum(x[keep], 1e-2), y[keep], color=colour.get(c), linewidth=1.0,
+                    marker=".", markersize=2, label=f"{c} (frame scores)")
+        hours = report["dataset"]["duration_s"] / 3600.0
         for c in classes:
-            recall = report["event_based"]["class_wise"][c]["recall"]
-            fa_h = report["false_alarms"]["class_wise"][c]["per_hour"]
-            if recall is not None and fa_h is not None:
-                ax.plot([max(fa_h, 1e-2)], [recall], marker="o", color=colour[c], linestyle="none",
-                        label=f"{c} (daemon decisions)")
+            counts = report["event_based"]["class_wise"][c]
+            if counts["recall"] is not None and hours > 0:
+                # Same axis as the curves: false reports per hour of ALL audio.
+                ax.plot([max(counts["fp"] / hours, 1e-2)], [counts["recall"]], marker="o",
+                        color=colour[c], linestyle="none", label=f"{c} (daemon decisions)")
         ax.set_xscale("log")
         ax.set_xlim(1e-2, max(100.0, ax.get_xlim()[1]))
         ax.set_ylim(0, 1.02)
-        ax.set_xlabel("false alarms per hour")
+        ax.set_xlabel("false reports per hour (all audio)")
         ax.set_ylabel("recall")
         ax.set_title("false alarms/h vs recall (intersection-based, DTC=GTC=0.7)")
         ax.grid(True, which="both", alpha=0.3)
@@ -564,6 +604,8 @@ def write_plots(report: Mapping[str, Any], results: Sequence[FileResult],
     by_file = {r.file: r for r in results}
     timelines: list[str] = []
     (out / "timelines").mkdir(exist_ok=True)
+    for old in (out / "timelines").glob("*.png"):  # plots of an earlier run into this --out
+        old.unlink()
     for n, case in enumerate(report["worst_cases"]):
         res = by_file.get(case["file"])
         if res is None:
@@ -577,13 +619,15 @@ def write_plots(report: Mapping[str, Any], results: Sequence[FileResult],
         for a in references:
             if a.file == case["file"]:
                 ax.axvspan(a.onset_s, a.offset_s, color=colour[a.class_name], alpha=0.15)
-                ax.text(a.onset_s, 1.12, f"true {a.class_name}", fontsize=7,
+                ax.text(a.onset_s, 1.06 + 0.04 * len(classes), f"true {a.class_name}", fontsize=7,
                         color=colour[a.class_name])
         for d in res.detections:
-            ax.plot([d.onset_s, d.offset_s], [1.05, 1.05], color=colour[d.class_name], linewidth=4)
+            # One lane per class above the scores: reported span, ▼ when it was decided.
+            lane = 1.04 + 0.04 * classes.index(d.class_name)
+            ax.plot([d.onset_s, d.offset_s], [lane, lane], color=colour[d.class_name], linewidth=3)
             if d.detected_s is not None:
-                ax.plot([d.detected_s], [1.05], marker="v", color="black", markersize=4)
-        ax.set_ylim(-0.02, 1.2)
+                ax.plot([d.detected_s], [lane], marker="v", color="black", markersize=4)
+        ax.set_ylim(-0.02, 1.08 + 0.04 * len(classes) + 0.06)
         ax.set_xlim(0, max(res.duration_s, 1e-3))
         ax.set_xlabel("time (s)")
         ax.set_ylabel("score")

@@ -80,9 +80,9 @@ def active_span(
     audio: np.ndarray,
     sr: int = SAMPLE_RATE,
     *,
-    relative: float = 0.25,
+    relative: float = 0.4,
     max_range_db: float = 40.0,
-    min_run_s: float = 0.04,
+    min_run_s: float = 0.06,
     merge_gap_s: float = 0.3,
 ) -> ActivitySpan | None:
     """Energy-based active span of an isolated event clip; None for a silent clip.
