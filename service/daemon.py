@@ -135,7 +135,10 @@ def build_runtime(settings: Settings) -> Runtime:
 
 def add_sinks(runtime: Runtime) -> None:
     """Attach the configured output sinks to the dispatcher (MQTT, webhooks, live API)."""
-    del runtime  # sinks are added here as their issues land
+    if runtime.settings.mqtt.enabled:
+        from service.sinks.mqtt import MqttSink
+
+        runtime.dispatcher.add_sink(MqttSink.from_runtime(runtime))
 
 
 async def _prune_forever(runtime: Runtime) -> None:
