@@ -98,6 +98,7 @@ class Received:
     topic: str
     payload: bytes
     retain: bool
+    dup: bool = False
 
     @property
     def text(self) -> str:
@@ -142,21 +143,33 @@ class Recorder:
 
     def _on_message(self, _client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
         with self._cond:
-            self.messages.append(Received(msg.topic, bytes(msg.payload), bool(msg.retain)))
+            self.messages.append(
+                Received(msg.topic, bytes(msg.payload), bool(msg.retain), bool(msg.dup))
+            )
             self._cond.notify_all()
+
+    def first_deliveries(self) -> list[Received]:
+        """Messages without the DUP flag: a persistent session may re-send what it had in flight
+        to this client when the broker went down; that leg's duplicates are not the sender's."""
+        with self._cond:
+            return [m for m in self.messages if not m.dup]
 
     def on(self, topic: str) -> list[Received]:
         with self._cond:
             return [m for m in self.messages if m.topic == topic]
 
-    def wait_for(self, predicate: Callable[[list[Received]], bool], timeout_s: float, what: str) -> None:
+    def wait_for(
+        self, predicate: Callable[[list[Received]], bool], timeout_s: float, what: str
+    ) -> None:
         deadline = time.monotonic() + timeout_s
         with self._cond:
             while not predicate(self.messages):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     seen = [(m.topic, m.payload[:60]) for m in self.messages[-15:]]
-                    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}; last: {seen}")
+                    raise AssertionError(
+                        f"timed out after {timeout_s} s waiting for {what}; last: {seen}"
+                    )
                 self._cond.wait(left)
 
     def publish(self, topic: str, payload: bytes | str, retain: bool = False) -> None:

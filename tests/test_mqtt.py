@@ -1,4 +1,4 @@
-"""The MQTT sink against a real Mosquitto: discovery, states, events, outages, will, auth, commands."""
+"""The MQTT sink against a real Mosquitto: discovery, states, events, outage, will, auth."""
 
 from __future__ import annotations
 
@@ -53,7 +53,9 @@ def _programs() -> tuple[str, str]:
     return require_program("mosquitto"), require_program("mosquitto_pub")
 
 
-def _sink(store: EventStore, port: int, node: str, **overrides: Any) -> tuple[MqttSink, ClassControls]:
+def _sink(
+    store: EventStore, port: int, node: str, **overrides: Any
+) -> tuple[MqttSink, ClassControls]:
     controls = ClassControls([ClassControl(name) for name in CLASSES])
     values = {"reconnect_min_s": 0.2, "reconnect_max_s": 1.0, **overrides}
     config = MqttConfig(enabled=True, host="127.0.0.1", port=port, node_id=node, **values)
@@ -64,15 +66,23 @@ def _sink(store: EventStore, port: int, node: str, **overrides: Any) -> tuple[Mq
 def _event(index: int, class_name: str = "smoke_alarm") -> EventRecord:
     now = utc_now()
     return EventRecord(
-        id=new_event_id(), source="test", class_name=class_name, start_s=10.0 * index,
-        detected_s=10.0 * index + 0.2, started_at=now, detected_at=now, score=0.9,
-        model_version="test-model 1", level_dbfs=-20.0,
+        id=new_event_id(),
+        source="test",
+        class_name=class_name,
+        start_s=10.0 * index,
+        detected_s=10.0 * index + 0.2,
+        started_at=now,
+        detected_at=now,
+        score=0.9,
+        model_version="test-model 1",
+        level_dbfs=-20.0,
     )
 
 
 def _ended(event: EventRecord) -> EventRecord:
-    return event.ended(end_s=event.start_s + 3.0, ended_at=utc_now(), peak_score=0.97,
-                       mean_score=0.9, flicker=0)
+    return event.ended(
+        end_s=event.start_s + 3.0, ended_at=utc_now(), peak_score=0.97, mean_score=0.9, flicker=0
+    )
 
 
 async def _until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -84,26 +94,40 @@ async def _until(predicate: Callable[[], bool], timeout_s: float, what: str) -> 
 
 
 # --------------------------------------------------------------------------- the daemon end to end
-def test_daemon_publishes_discovery_availability_state_events_and_level(broker: Broker, tmp_path: Path) -> None:
+def test_daemon_publishes_discovery_availability_state_events_and_level(
+    broker: Broker, tmp_path: Path
+) -> None:
     node = "e2e"
     wav = tmp_path / "t3.wav"
     sf.write(str(wav), t3_scene(), 16000, subtype="PCM_16")
     recorder = Recorder(broker.port, [f"homeassistant/+/{node}/+/config", f"harken/{node}/#"])
-    settings = Settings.model_validate({
-        "sources": [{"name": "kitchen", "url": f"file:{wav}", "realtime": False}],
-        "store": {"path": str(tmp_path / "harken.db")},
-        "api": {"enabled": False},
-        "mqtt": {"enabled": True, "host": "127.0.0.1", "port": broker.port, "node_id": node,
-                 "level_interval_s": 0.05},
-    })
+    settings = Settings.model_validate(
+        {
+            "sources": [{"name": "kitchen", "url": f"file:{wav}", "realtime": False}],
+            "store": {"path": str(tmp_path / "harken.db")},
+            "api": {"enabled": False},
+            "mqtt": {
+                "enabled": True,
+                "host": "127.0.0.1",
+                "port": broker.port,
+                "node_id": node,
+                "level_interval_s": 0.05,
+            },
+        }
+    )
     try:
         assert asyncio.run(asyncio.wait_for(run_daemon(settings), 60)) == 0
         availability = f"harken/{node}/availability"
-        recorder.wait_for(lambda ms: any(m.topic == availability and m.text == "offline" for m in ms),
-                          10, "offline after the clean shutdown")
+        recorder.wait_for(
+            lambda ms: any(m.topic == availability and m.text == "offline" for m in ms),
+            10,
+            "offline after the clean shutdown",
+        )
 
         # Discovery: retained, valid JSON, the smoke alarm is a smoke binary sensor of this node.
-        config = json.loads(recorder.on(f"homeassistant/binary_sensor/{node}/smoke_alarm/config")[0].payload)
+        config = json.loads(
+            recorder.on(f"homeassistant/binary_sensor/{node}/smoke_alarm/config")[0].payload
+        )
         assert config["device_class"] == "smoke"
         assert config["state_topic"] == f"harken/{node}/smoke_alarm/state"
         assert config["availability_topic"] == availability
@@ -119,7 +143,9 @@ def test_daemon_publishes_discovery_availability_state_events_and_level(broker: 
         # The smoke alarm turned the binary sensor ON, then OFF; attributes named the event.
         smoke = [m.text for m in recorder.on(f"harken/{node}/smoke_alarm/state")]
         assert "ON" in smoke and smoke[-1] == "OFF" and smoke.index("ON") < len(smoke) - 1
-        attributes = [json.loads(m.payload) for m in recorder.on(f"harken/{node}/smoke_alarm/attributes")]
+        attributes = [
+            json.loads(m.payload) for m in recorder.on(f"harken/{node}/smoke_alarm/attributes")
+        ]
         on_attributes = next(a for a in attributes if a["state"] == "ON")
         assert on_attributes["event_id"] and on_attributes["score"] > 0.5 and on_attributes["since"]
 
@@ -133,7 +159,11 @@ def test_daemon_publishes_discovery_availability_state_events_and_level(broker: 
             assert stored is not None
             # The clip is written after the end message, so only the clip path differs.
             assert smoke_events[1] == {"phase": "end", **stored.to_dict(), "clip_path": None}
-            assert store.outbox_counts("mqtt") == {"pending": 0, "delivered": len(events), "failed": 0}
+            assert store.outbox_counts("mqtt") == {
+                "pending": 0,
+                "delivered": len(events),
+                "failed": 0,
+            }
         finally:
             store.close()
 
@@ -154,8 +184,16 @@ def test_broker_outage_loses_nothing_and_delivers_in_order(
     request.addfinalizer(server.stop)
     server.start()
     node = "outage"
-    recorder = Recorder(server.port, [f"harken/{node}/events"], client_id="outage-recorder",
-                        clean_session=False)
+    events_topic, availability = f"harken/{node}/events", f"harken/{node}/availability"
+    recorder = Recorder(
+        server.port, [events_topic, availability], client_id="outage-recorder", clean_session=False
+    )
+
+    def events_received() -> list[Any]:
+        return [
+            json.loads(m.payload) for m in recorder.first_deliveries() if m.topic == events_topic
+        ]
+
     store = EventStore(tmp_path / "harken.db")
     sink, _controls = _sink(store, server.port, node)
     sent: list[EventMessage] = []
@@ -174,22 +212,32 @@ def test_broker_outage_loses_nothing_and_delivers_in_order(
             await dispatcher.drain()
 
         await happen(1)
-        await asyncio.to_thread(recorder.wait_for, lambda ms: len(ms) == 2, 10, "the first event")
+        await asyncio.to_thread(
+            recorder.wait_for, lambda _ms: len(events_received()) == 2, 10, "the first event"
+        )
+        # Acknowledged before the outage: a resend of these by harken would be a duplicate.
+        await _until(lambda: sink.status()["outbox"]["pending"] == 0, 10, "the first PUBACKs")
         server.stop()
         await _until(lambda: not sink.status()["connected"], 10, "the sink to notice the outage")
         await happen(3)  # while the broker is down
         status = sink.status()
         assert status["state"] == "degraded" and status["outbox"]["pending"] == 6
         server.start()
-        await asyncio.to_thread(recorder.wait_for, lambda ms: len(ms) >= len(sent), 20,
-                                "every event after the reconnect")
+        await asyncio.to_thread(
+            recorder.wait_for,
+            lambda _ms: len(events_received()) >= len(sent),
+            20,
+            "every event after the reconnect",
+        )
         await _until(lambda: sink.status()["outbox"]["pending"] == 0, 10, "the outbox to drain")
         await dispatcher.stop()
 
     try:
         asyncio.run(asyncio.wait_for(scenario(), 60))
-        received = [json.loads(m.payload) for m in recorder.messages]
-        assert received == [m.to_dict() for m in sent]  # all, in order, exactly once
+        assert events_received() == [m.to_dict() for m in sent]  # all, in order, once from harken
+        # States were re-published on the reconnect: availability went online a second time.
+        assert [m.text for m in recorder.on(availability)].count("online") >= 2
+        assert sink.status()["connects"] == 2
         for message in sent[1::2]:
             stored = store.get_event(message.event.id)
             assert stored is not None and {"phase": "end", **stored.to_dict()} == message.to_dict()
@@ -199,12 +247,17 @@ def test_broker_outage_loses_nothing_and_delivers_in_order(
         store.close()
 
 
-def test_outbox_left_by_an_earlier_run_is_delivered_at_start(broker: Broker, tmp_path: Path) -> None:
+def test_outbox_left_by_an_earlier_run_is_delivered_at_start(
+    broker: Broker, tmp_path: Path
+) -> None:
     node = "leftover"
     store = EventStore(tmp_path / "harken.db")
     first = _event(0)
     # An earlier run stored these and stopped before the broker acknowledged them.
-    payloads = [EventMessage("start", first).to_dict(), EventMessage("end", _ended(first)).to_dict()]
+    payloads = [
+        EventMessage("start", first).to_dict(),
+        EventMessage("end", _ended(first)).to_dict(),
+    ]
     for payload in payloads:
         store.outbox_put("mqtt", payload)
     recorder = Recorder(broker.port, [f"harken/{node}/events"])
@@ -212,7 +265,9 @@ def test_outbox_left_by_an_earlier_run_is_delivered_at_start(broker: Broker, tmp
 
     async def scenario() -> None:
         await sink.start()
-        await asyncio.to_thread(recorder.wait_for, lambda ms: len(ms) == 2, 10, "the left-over events")
+        await asyncio.to_thread(
+            recorder.wait_for, lambda ms: len(ms) == 2, 10, "the left-over events"
+        )
         await sink.stop()
 
     try:
@@ -230,20 +285,38 @@ def test_kill_9_leaves_offline_retained(broker: Broker, tmp_path: Path) -> None:
     wav = tmp_path / "t3.wav"
     sf.write(str(wav), t3_scene(), 16000, subtype="PCM_16")
     config = tmp_path / "harken.yaml"
-    config.write_text(yaml.safe_dump({
-        "sources": [{"name": "kitchen", "url": f"file:{wav}", "realtime": True, "loop": True}],
-        "store": {"path": str(tmp_path / "harken.db")},
-        "api": {"enabled": False},
-        "mqtt": {"enabled": True, "host": "127.0.0.1", "port": broker.port, "node_id": node},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "sources": [
+                    {"name": "kitchen", "url": f"file:{wav}", "realtime": True, "loop": True}
+                ],
+                "store": {"path": str(tmp_path / "harken.db")},
+                "api": {"enabled": False},
+                "mqtt": {
+                    "enabled": True,
+                    "host": "127.0.0.1",
+                    "port": broker.port,
+                    "node_id": node,
+                },
+            }
+        )
+    )
     availability = f"harken/{node}/availability"
     recorder = Recorder(broker.port, [availability])
     env = {k: v for k, v in os.environ.items() if not k.startswith("HARKEN_")}
     env["PYTHONPATH"] = str(REPO)
-    process = subprocess.Popen([sys.executable, "-m", "service.cli", "run", "--config", str(config)],
-                               cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "run", "--config", str(config)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
-        recorder.wait_for(lambda ms: any(m.text == "online" for m in ms), 30, "harken to come online")
+        recorder.wait_for(
+            lambda ms: any(m.text == "online" for m in ms), 30, "harken to come online"
+        )
         process.send_signal(signal.SIGKILL)
         process.wait(10)
         recorder.wait_for(lambda ms: ms[-1].text == "offline", 10, "the last will")
@@ -267,17 +340,27 @@ def test_credentials_accepted_and_refused(
     mosquitto, mosquitto_pub = _programs()
     passwd = require_program("mosquitto_passwd")
     password_file = tmp_path / "passwd"
-    subprocess.run([passwd, "-b", "-c", str(password_file), "harken", "s3cret-pass"], check=True,
-                   capture_output=True, timeout=10)
-    server = Broker(tmp_path / "broker", mosquitto, mosquitto_pub, password_file=password_file,
-                    credentials=("harken", "s3cret-pass"))
+    subprocess.run(
+        [passwd, "-b", "-c", str(password_file), "harken", "s3cret-pass"],
+        check=True,
+        capture_output=True,
+        timeout=10,
+    )
+    server = Broker(
+        tmp_path / "broker",
+        mosquitto,
+        mosquitto_pub,
+        password_file=password_file,
+        credentials=("harken", "s3cret-pass"),
+    )
     request.addfinalizer(server.stop)
     server.start()
     good_store = EventStore(tmp_path / "good.db")
     bad_store = EventStore(tmp_path / "bad.db")
     good, _ = _sink(good_store, server.port, "authok", username="harken", password="s3cret-pass")
-    bad, _ = _sink(bad_store, server.port, "authbad", username="harken", password="wrong",
-                   reconnect_max_s=30.0)
+    bad, _ = _sink(
+        bad_store, server.port, "authbad", username="harken", password="wrong", reconnect_max_s=30.0
+    )
     caplog.set_level(logging.INFO, logger="service.sinks.mqtt")
 
     async def scenario() -> None:
@@ -324,7 +407,9 @@ def test_commands_change_controls_and_garbage_is_ignored(broker: Broker, tmp_pat
         await send(f"{base}/smoke_alarm/snooze/set", "PRESS")
         await _until(lambda: controls.get("smoke_alarm").snoozed(), 5, "snooze")
         until = controls.get("smoke_alarm").snoozed_until
-        assert until is not None and abs(until - utc_now() - timedelta(minutes=10)) < timedelta(seconds=30)
+        assert until is not None and abs(until - utc_now() - timedelta(minutes=10)) < timedelta(
+            seconds=30
+        )
         await send(f"{base}/smoke_alarm/snooze/set", "CANCEL")
         await _until(lambda: not controls.get("smoke_alarm").snoozed(), 5, "snooze cancelled")
         before = controls.get("smoke_alarm")
@@ -346,7 +431,9 @@ def test_commands_change_controls_and_garbage_is_ignored(broker: Broker, tmp_pat
             await send(topic, payload)
         # A valid command after the garbage: once it is applied, all the garbage was handled.
         await send(f"{base}/baby_cry/enabled/set", "off")
-        await _until(lambda: not controls.get("baby_cry").enabled, 5, "the command after the garbage")
+        await _until(
+            lambda: not controls.get("baby_cry").enabled, 5, "the command after the garbage"
+        )
         assert controls.get("smoke_alarm") == before
         status = sink.status()
         assert status["commands_ignored"] == len(garbage) and status["commands_applied"] == 5
@@ -356,8 +443,12 @@ def test_commands_change_controls_and_garbage_is_ignored(broker: Broker, tmp_pat
         discovery = f"homeassistant/binary_sensor/{node}/smoke_alarm/config"
         seen = len(recorder.on(discovery))
         await send("homeassistant/status", "online")
-        await asyncio.to_thread(recorder.wait_for, lambda ms: len(recorder.on(discovery)) > seen, 5,
-                                "discovery re-sent after Home Assistant's online")
+        await asyncio.to_thread(
+            recorder.wait_for,
+            lambda ms: len(recorder.on(discovery)) > seen,
+            5,
+            "discovery re-sent after Home Assistant's online",
+        )
         sink.on_live(LiveUpdate(source="test", audio_s=1.0, scores={}, level_dbfs=-31.26))
         await sink.stop()
 
@@ -370,4 +461,26 @@ def test_commands_change_controls_and_garbage_is_ignored(broker: Broker, tmp_pat
         assert recorder.on(f"{base}/availability")[-1].text == "offline"
     finally:
         recorder.close()
+        store.close()
+
+
+# --------------------------------------------------------------------------- configuration errors
+def test_unusable_tls_files_give_a_clear_degraded_status(tmp_path: Path) -> None:
+    store = EventStore(tmp_path / "harken.db")
+    sink, _ = _sink(
+        store, 1883, "tls", tls={"enabled": True, "ca_file": str(tmp_path / "missing.pem")}
+    )
+
+    async def scenario() -> None:
+        await sink.start()
+        status = sink.status()
+        assert status["state"] == "degraded" and not status["connected"]
+        assert status["error"] == f"mqtt.tls.ca_file: {tmp_path / 'missing.pem'}: no such file"
+        await sink.handle(EventMessage("start", _event(0)))  # kept in the outbox meanwhile
+        await sink.stop()
+
+    try:
+        asyncio.run(asyncio.wait_for(scenario(), 10))
+        assert store.outbox_counts("mqtt")["pending"] == 1
+    finally:
         store.close()

@@ -156,7 +156,8 @@ def event_value_template(class_name: str) -> str:
     return (
         "{% if value_json['class'] == '" + class_name + "' %}"
         "{{ {'event_type': value_json.phase, 'event_id': value_json.id,"
-        " 'source': value_json.source, 'score': value_json.score, 'peak_score': value_json.peak_score,"
+        " 'source': value_json.source, 'score': value_json.score,"
+        " 'peak_score': value_json.peak_score,"
         " 'started_at': value_json.started_at, 'ended_at': value_json.ended_at} | to_json }}"
         "{% else %}{}{% endif %}"
     )

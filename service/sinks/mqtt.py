@@ -145,7 +145,10 @@ class MqttSink:
         try:
             self._client = self._make_client()
         except (OSError, ValueError) as exc:  # unreadable TLS files, bad key, …
-            self._set_error(f"mqtt.tls: cannot set up TLS: {exc}", logging.ERROR)
+            message = (
+                str(exc) if str(exc).startswith("mqtt.") else f"mqtt.tls: cannot set up TLS: {exc}"
+            )
+            self._set_error(message, logging.ERROR)
             self._first_outcome.set()
             return
         self.state = "connecting"
@@ -438,7 +441,8 @@ class MqttSink:
             user = f"user {self.config.username!r}" if self.config.username else "no user name"
             self._set_error(
                 f"MQTT broker {self.broker} refused the credentials ({reason}; {user}): "
-                f"check mqtt.username and mqtt.password; retrying every {self.config.reconnect_max_s:g} s",
+                f"check mqtt.username and mqtt.password; "
+                f"retrying every {self.config.reconnect_max_s:g} s",
                 logging.ERROR,
             )
         else:
@@ -498,10 +502,13 @@ class MqttSink:
             clean_session=True,
         )
         client.connect_timeout = CONNECT_TIMEOUT_S
-        client.enable_logger(logging.getLogger(f"{__name__}.paho"))
         if cfg.username is not None:
             client.username_pw_set(cfg.username, cfg.password)
         if cfg.tls.enabled:
+            for key in ("ca_file", "cert_file", "key_file"):
+                path = getattr(cfg.tls, key)
+                if path is not None and not path.is_file():
+                    raise ValueError(f"mqtt.tls.{key}: {path}: no such file")
             client.tls_set(
                 ca_certs=str(cfg.tls.ca_file) if cfg.tls.ca_file else None,
                 certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
@@ -543,7 +550,12 @@ class MqttSink:
                 self._call(self._on_unreachable, f"{type(exc).__name__}: {exc}")
             else:
                 rc = MQTTErrorCode.MQTT_ERR_SUCCESS
-                while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and not self._abort.is_set():
+                # socket() is None once paho closed a lost connection inside loop().
+                while (
+                    rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+                    and client.socket() is not None
+                    and not self._abort.is_set()
+                ):
                     rc = client.loop(timeout=0.5)
             if self._halt.is_set():
                 break
