@@ -32,6 +32,7 @@ class Broker:
         password_file: Path | None = None,
         credentials: tuple[str, str] | None = None,
         persistence: bool = False,
+        conf_text: str | None = None,
     ) -> None:
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -55,7 +56,13 @@ class Broker:
             lines.append(f"password_file {password_file}")
         if persistence:
             lines += ["persistence true", f"persistence_location {workdir}/"]
-        self.conf.write_text("\n".join(lines) + "\n")
+        # conf_text: a complete config of the caller's (its listener must use self.port).
+        text = (
+            "\n".join(lines) + "\n"
+            if conf_text is None
+            else conf_text.replace("PORT", str(self.port))
+        )
+        self.conf.write_text(text)
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout_s: float = 10.0) -> None:
