@@ -305,6 +305,8 @@ def state_attributes(
         "event_id": None,
         "score": None,
         "source": None,
+        "started_at": None,
+        "ended_at": None,
         "clip_url": None,
     }
     if event is not None:

@@ -44,8 +44,10 @@ log = logging.getLogger(__name__)
 SINK_NAME = "mqtt"
 #: Outbox items published before waiting for their PUBACKs (paho's default in-flight limit).
 OUTBOX_WINDOW = 20
-#: On shutdown, how long queued events may take to reach the broker before going offline.
-FLUSH_TIMEOUT_S = 2.0
+#: On shutdown, how long queued events may take to reach the broker before going offline, and
+#: how long the final states get for their PUBACKs; the dispatcher allows a sink 5 s to stop.
+FLUSH_TIMEOUT_S = 1.5
+FINAL_STATES_TIMEOUT_S = 1.0
 #: How long `start()` waits for the first connection, so that a normal start publishes live.
 START_WAIT_S = 3.0
 CONNECT_TIMEOUT_S = 3.0
@@ -181,10 +183,11 @@ class MqttSink:
                 if self._open[name]:
                     self._open[name].clear()
                     self._since[name] = since
-                waits += self._publish_class_state(name, acked=True)
+                for topic, payload in self._class_state(name):
+                    waits += self._publish_acked(topic, payload, retain=True)
             waits += self._publish_acked(self.topics.availability, ha.OFFLINE, retain=True)
             if waits:
-                await asyncio.wait(waits, timeout=FLUSH_TIMEOUT_S)
+                await asyncio.wait(waits, timeout=FINAL_STATES_TIMEOUT_S)
         self._halt.set()
         if self._client is not None:
             self._client.disconnect()
@@ -192,10 +195,15 @@ class MqttSink:
             await asyncio.to_thread(self._thread.join, 1.0)
             if self._thread.is_alive():
                 self._abort.set()
-                await asyncio.to_thread(self._thread.join, 1.0)
+                await asyncio.to_thread(self._thread.join, 0.5)
         self._connected.clear()
         self.state = "stopped"
-        log.info("MQTT sink stopped (%d event messages published)", self.events_published)
+        pending = self._pending()
+        log.info(
+            "MQTT sink stopped (%d event messages published%s)",
+            self.events_published,
+            f", {pending} wait in the outbox for the next start" if pending else "",
+        )
 
     def status(self) -> dict[str, Any]:
         try:
@@ -277,20 +285,23 @@ class MqttSink:
         self._acks[info.mid] = future
         return [future]
 
-    def _publish_class_state(self, name: str, acked: bool = False) -> list[asyncio.Future[None]]:
+    def _class_state(self, name: str) -> list[tuple[str, str]]:
+        """(topic, payload) of a class's attributes and state, attributes first so that an
+        automation triggered by the state reads fresh attributes."""
         on = bool(self._open.get(name))
         event = next(reversed(self._open[name].values())) if on else self._last_event.get(name)
         control = self.controls.get(name).to_dict() if name in self.controls.names else None
         attributes = ha.state_attributes(
             name, on, self._since.get(name), event, control, self.clip_base
         )
-        # Attributes first, so an automation triggered by the state reads fresh attributes.
-        publish = self._publish_acked if acked else self._publish
-        results = [
-            publish(self.topics.attributes(name), ha.dumps(attributes), True),
-            publish(self.topics.state(name), ha.ON if on else ha.OFF, True),
+        return [
+            (self.topics.attributes(name), ha.dumps(attributes)),
+            (self.topics.state(name), ha.ON if on else ha.OFF),
         ]
-        return [f for r in results if isinstance(r, list) for f in r]
+
+    def _publish_class_state(self, name: str) -> None:
+        for topic, payload in self._class_state(name):
+            self._publish(topic, payload, True)
 
     def _publish_controls(self, control: ClassControl) -> None:
         self._publish(
