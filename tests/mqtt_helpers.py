@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import getpass
 import socket
 import subprocess
@@ -70,6 +71,7 @@ class Broker:
             self.process = subprocess.Popen(
                 [self.mosquitto, "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT
             )
+        atexit.register(self.stop)  # a broker never outlives the test run, even an aborted one
         deadline = time.monotonic() + timeout_s
         command = [self.mosquitto_pub, "-h", "127.0.0.1", "-p", str(self.port), "-t", "test/ping"]
         command += ["-m", "ping", "-q", "1"]
