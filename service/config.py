@@ -111,6 +111,37 @@ class MqttConfig(Section):
     qos: Literal[0, 1, 2] = Field(1, description="QoS of event messages.")
     level_interval_s: float = Field(5.0, gt=0, description="How often the sound level is published.")
     keepalive_s: int = Field(30, ge=5, description="MQTT keepalive.")
+    reconnect_min_s: float = Field(
+        1.0, gt=0, le=3600,
+        description="First delay before reconnecting to a lost broker; doubles per failure.",
+    )
+    reconnect_max_s: float = Field(
+        60.0, gt=0, le=3600,
+        description="Longest reconnect delay; also the retry interval after refused credentials.",
+    )
+    snooze_minutes: float = Field(
+        10.0, gt=0, le=7 * 24 * 60,
+        description="How long the Home Assistant snooze button silences a class.",
+    )
+    public_url: str | None = Field(
+        None, pattern=r"^https?://",
+        description="Base URL of harken's API as Home Assistant reaches it, for clip links; "
+                    "default http://<api.host>:<api.port> when the API is enabled.",
+    )
+
+    @field_validator("topic_prefix", "discovery_prefix")
+    @classmethod
+    def _plain_topic(cls, value: str) -> str:
+        if any(c in value for c in "+#\0") or value.startswith("/") or value.endswith("/"):
+            raise ValueError("must be a plain MQTT topic: no + or # wildcards, no leading or trailing /")
+        return value
+
+    @model_validator(mode="after")
+    def _reconnect_order(self) -> MqttConfig:
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError(f"reconnect_max_s ({self.reconnect_max_s}) must be at least "
+                             f"reconnect_min_s ({self.reconnect_min_s})")
+        return self
 
 
 class WebhookConfig(Section):

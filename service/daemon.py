@@ -149,6 +149,10 @@ def add_sinks(runtime: Runtime) -> None:
             raise StartupError(f"config {exc}") from None
         for sink in sinks:
             runtime.dispatcher.add_sink(sink)
+    if runtime.settings.mqtt.enabled:
+        from service.sinks.mqtt import MqttSink
+
+        runtime.dispatcher.add_sink(MqttSink.from_runtime(runtime))
 
 
 async def _prune_forever(runtime: Runtime) -> None:

@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from tests.conftest import require
 
 from models import synth
 from models.evaluate import EvalItem, analyse_items, decision_params, format_table
 from service.cli import main
 from service.detector import Detector
 from service.pipeline import analyse_file
+from tests.conftest import require
 
 SR = 16000
 HEADER = "path,class,split,source,license,group,onset,offset,quality,notes\n"

@@ -9,7 +9,6 @@ from collections import defaultdict
 
 import numpy as np
 import pytest
-from tests.conftest import require
 
 from models.manifest import Annotation
 from models.metrics import (
@@ -23,6 +22,7 @@ from models.metrics import (
     latency_stats,
     psds_and_curves,
 )
+from tests.conftest import require
 
 CLASSES = ("baby_cry", "smoke_alarm", "glass_break")
 
