@@ -64,3 +64,11 @@ def t3_scene(seconds: float = 20.0, alarm_at_s: float = 4.0, seed: int = 3) -> n
 @pytest.fixture
 def t3_wav(write_wav: Callable[..., Path]) -> Path:
     return write_wav(t3_scene(), "t3_alarm.wav")
+
+
+async def hand_over(sink: object, store: object, message: object) -> None:
+    """What the dispatcher does for one sink: store the event with the sink's outbox entries
+    in one transaction, then hand the message to the sink."""
+    entries = [(sink.name, p) for p in sink.outbox_entries(message)]  # type: ignore[attr-defined]
+    store.save_event(message.event, entries)  # type: ignore[attr-defined]
+    await sink.handle(message)  # type: ignore[attr-defined]

@@ -28,7 +28,7 @@ from service.sinks.dispatcher import Dispatcher, LiveUpdate
 from service.sinks.ha_discovery import DeviceInfo
 from service.sinks.mqtt import MqttSink
 from service.sinks.store import EventStore
-from tests.conftest import require_program, t3_scene
+from tests.conftest import hand_over, require_program, t3_scene
 from tests.mqtt_helpers import Broker, Recorder
 
 pytestmark = pytest.mark.integration
@@ -371,7 +371,7 @@ def test_credentials_accepted_and_refused(
         status = bad.status()
         assert status["state"] == "degraded" and not status["connected"]
         assert "refused the credentials" in status["error"] and "mqtt.password" in status["error"]
-        await bad.handle(EventMessage("start", _event(0)))  # kept for when the password is fixed
+        await hand_over(bad, bad.store, EventMessage("start", _event(0)))  # kept for when the password is fixed
         await asyncio.sleep(1.5)
         # No crash loop: after refused credentials the next try waits reconnect_max_s.
         assert bad.status()["attempts"] == 1
@@ -477,7 +477,7 @@ def test_unusable_tls_files_give_a_clear_degraded_status(tmp_path: Path) -> None
         status = sink.status()
         assert status["state"] == "degraded" and not status["connected"]
         assert status["error"] == f"mqtt.tls.ca_file: {tmp_path / 'missing.pem'}: no such file"
-        await sink.handle(EventMessage("start", _event(0)))  # kept in the outbox meanwhile
+        await hand_over(sink, sink.store, EventMessage("start", _event(0)))  # kept in the outbox meanwhile
         await sink.stop()
 
     try:

@@ -30,6 +30,7 @@ from service.events import EventMessage, EventRecord
 from service.sinks.dispatcher import Dispatcher
 from service.sinks.store import EventStore
 from service.sinks.webhooks import WebhookSink
+from tests.conftest import hand_over
 
 FAST = {"retry_base_s": 0.05, "retry_max_s": 0.2, "timeout_s": 2.0}
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
@@ -357,7 +358,7 @@ def test_429_retry_after_is_honoured(tmp_path: Path, receiver: Receiver, form: s
 
     async def scenario() -> None:
         await sink.start()
-        await sink.handle(start(1))
+        await hand_over(sink, sink.store, start(1))
         await wait_until(lambda: len(receiver.received()) == 2, timeout_s=6, what="the retry")
         await wait_until(lambda: sink.status()["outbox"]["delivered"] == 1)
         await sink.stop()
@@ -414,8 +415,8 @@ def test_5xx_and_timeouts_are_retried_until_delivered(tmp_path: Path, receiver: 
 
     async def scenario() -> None:
         await sink.start()
-        await sink.handle(start(1))
-        await sink.handle(start(2))
+        await hand_over(sink, sink.store, start(1))
+        await hand_over(sink, sink.store, start(2))
         await wait_until(lambda: sink.status()["outbox"]["delivered"] == 2, what="both events")
         await sink.stop()
 
@@ -466,7 +467,7 @@ def test_cooldown_through_the_sink(tmp_path: Path, receiver: Receiver) -> None:
     async def scenario() -> None:
         await sink.start()
         for message in (start(1), start(2), end(1), end(2), start(4), start(5, "baby_cry")):
-            await sink.handle(message)  # events are a minute apart
+            await hand_over(sink, sink.store, message)  # events are a minute apart
         await wait_until(lambda: sink.status()["outbox"]["delivered"] == 4, what="4 deliveries")
         await asyncio.sleep(0.2)
         await sink.stop()

@@ -1,7 +1,10 @@
 """Fans events out to sinks; a slow or failing sink never delays the pipeline or the others.
 
 The store is written first and synchronously, so every event is durable before anyone is
-told about it. Each other sink has its own queue and worker task.
+told about it. Sinks that deliver over a network (MQTT, webhooks) implement
+`outbox_entries(message) -> list[payload]`: those payloads are written into the store's
+outbox in the same transaction as the event, so a crash right after an event is stored
+cannot lose its notification. Each sink has its own queue and worker task.
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ class LiveUpdate:
 
 @runtime_checkable
 class Sink(Protocol):
+    """The required part of a sink. Optional: `start()`, `stop()`, `on_live(update)`,
+    `status()`, `outbox_entries(message)` and `deliver_without_outbox(payloads)`."""
+
     name: str
 
     async def handle(self, message: EventMessage) -> None: ...
@@ -86,14 +92,36 @@ class Dispatcher:
                 queue.task_done()
 
     async def publish(self, message: EventMessage) -> None:
+        """Store the event and the durable sinks' outbox entries in one transaction, then
+        hand the message to every sink's queue."""
+        entries: list[tuple[str, dict[str, Any]]] = []
+        for sink in self.sinks:
+            outbox_entries = getattr(sink, "outbox_entries", None)
+            if outbox_entries is None:
+                continue
+            try:
+                entries += [(sink.name, payload) for payload in outbox_entries(message)]
+            except Exception as exc:
+                self.failures[sink.name] += 1
+                log.error("sink %s could not prepare event %s: %s", sink.name, message.event.id, exc)
+        stored = self.store is None
         if self.store is not None:
             try:
-                self.store.save_event(message.event)
+                self.store.save_event(message.event, entries)
+                stored = True
             except StoreError as exc:
                 # Detection and the other sinks go on; the status shows the store degraded.
                 self.store_failures += 1
                 log.error("event %s not stored: %s", message.event.id, exc)
         for sink in self.sinks:
+            if not stored:
+                # The outbox is not writable: sinks that can deliver from memory do so.
+                fallback = getattr(sink, "deliver_without_outbox", None)
+                if fallback is not None:
+                    try:
+                        fallback([payload for name, payload in entries if name == sink.name])
+                    except Exception as exc:
+                        log.error("sink %s lost event %s: %s", sink.name, message.event.id, exc)
             queue = self._queues.get(sink.name)
             if queue is None:
                 continue

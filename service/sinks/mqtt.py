@@ -225,20 +225,19 @@ class MqttSink:
         }
 
     # ------------------------------------------------------------------ sink interface
-    async def handle(self, message: EventMessage) -> None:
-        payload = message.to_dict()
-        try:
-            self.store.outbox_put(SINK_NAME, payload)  # durable before any delivery attempt
-            self._wake.set()
-        except StoreError as exc:
-            # The outbox is gone (disk full?): hand the message to paho's memory queue instead.
-            log.error(
-                "MQTT outbox write failed (%s); publishing event %s without it",
-                exc,
-                message.event.id,
-            )
-            if self._client is not None:
+    def outbox_entries(self, message: EventMessage) -> list[dict[str, Any]]:
+        """The events-topic payload; the dispatcher stores it with the event in one transaction."""
+        return [message.to_dict()]
+
+    def deliver_without_outbox(self, payloads: list[dict[str, Any]]) -> None:
+        """The outbox is not writable (disk full?): hand the messages to paho's memory queue."""
+        log.error("MQTT outbox not writable; publishing %d message(s) without it", len(payloads))
+        if self._client is not None:
+            for payload in payloads:
                 self._client.publish(self.topics.events, ha.dumps(payload), qos=self.config.qos)
+
+    async def handle(self, message: EventMessage) -> None:
+        self._wake.set()  # the dispatcher has put the message into the outbox
         name = message.event.class_name
         event = message.event.to_dict()
         open_events = self._open.setdefault(name, {})

@@ -13,7 +13,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -122,9 +122,17 @@ class EventStore:
             return self._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
     # ----------------------------------------------------------------- events
-    def save_event(self, event: EventRecord) -> None:
+    def save_event(self, event: EventRecord, outbox: Iterable[tuple[str, dict[str, Any]]] = ()) -> None:
+        """Insert or update an event; `outbox` entries (sink, payload) commit in the same
+        transaction, so a crash can never keep the event and lose its notifications."""
         data = json.dumps(event.to_dict())
+        now = time.time()
         with self._tx() as db:
+            for sink, payload in outbox:
+                db.execute(
+                    "INSERT INTO outbox (sink, created_at, payload, next_attempt_at) VALUES (?, ?, ?, ?)",
+                    (sink, now, json.dumps(payload), now),
+                )
             db.execute(
                 """INSERT INTO events (id, source, class, started_at, ended_at, start_s, end_s,
                                        peak_score, clip_path, data)

@@ -181,8 +181,8 @@ class WebhookSink:
         self._wake = asyncio.Event()
         self._task = asyncio.create_task(self._deliver_forever(), name=f"deliver-{self.name}")
 
-    async def handle(self, message: EventMessage) -> None:
-        """Filter, render and queue in the outbox; delivery happens in the background."""
+    def outbox_entries(self, message: EventMessage) -> list[dict[str, Any]]:
+        """Filter and render; the dispatcher stores the request with the event in one transaction."""
         if not self._filter.decide(message):
             if self._filter.last_was_cooldown:
                 self.suppressed += 1
@@ -193,21 +193,25 @@ class WebhookSink:
                     message.event.class_name,
                     self.target.cooldown_s,
                 )
-            return
+            return []
         rendered = render_request(
             message, self.target.format, self.target.url, self.target.message, self.target.priority
         )
-        self.store.outbox_put(
-            self.name,
-            {
-                "delivery_id": rendered.delivery_id,
-                "event_id": message.event.id,
-                "phase": message.phase,
-                "class": message.event.class_name,
-                "body": rendered.body,
-                "content_type": rendered.content_type,
-            },
-        )
+        return [{
+            "delivery_id": rendered.delivery_id,
+            "event_id": message.event.id,
+            "phase": message.phase,
+            "class": message.event.class_name,
+            "body": rendered.body,
+            "content_type": rendered.content_type,
+        }]
+
+    def deliver_without_outbox(self, payloads: list[dict[str, Any]]) -> None:
+        if payloads:
+            log.error("%s: store not writable; %d notification(s) could not be queued", self.name, len(payloads))
+
+    async def handle(self, message: EventMessage) -> None:
+        """The dispatcher has queued this message's request in the outbox: deliver it."""
         self._wake.set()
 
     async def stop(self) -> None:
