@@ -135,7 +135,12 @@ def build_runtime(settings: Settings) -> Runtime:
 
 def add_sinks(runtime: Runtime) -> None:
     """Attach the configured output sinks to the dispatcher (MQTT, webhooks, live API)."""
-    del runtime  # sinks are added here as their issues land
+    if runtime.settings.api.enabled:
+        from service.api import attach, listen, serve
+
+        attach(runtime)  # the live WebSocket hub sink, feedback keeper and clip notifications
+        sock = listen(runtime.settings.api)  # refuses exposure without a token; binds the port now
+        runtime.extras.setdefault("servers", []).append(("api", serve(runtime, sock)))
 
 
 async def _prune_forever(runtime: Runtime) -> None:
