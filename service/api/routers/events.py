@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from fastapi.responses import FileResponse
+from pydantic import BeforeValidator
 
 from service.api.deps import ApiContext, context, event_out
 from service.api.feedback import safe_clip
@@ -22,6 +23,20 @@ router = APIRouter(tags=["events"])
 MAX_PAGE = 500
 EventId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_\-]{1,64}$", description="Event id.")]
 NOT_FOUND = {404: {"model": ErrorOut, "description": "No such event (or no clip)."}}
+
+
+def _iso_only(value: object) -> object:
+    """Pydantic would read a bare number as a Unix time; the API promises ISO 8601 only."""
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return value
+        raise ValueError("expected an ISO 8601 time such as 2025-01-31T22:00:00Z")
+    return value
+
+
+IsoTime = Annotated[datetime, BeforeValidator(_iso_only)]
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -43,14 +58,14 @@ def list_events(
     ctx: Annotated[ApiContext, Depends(context)],
     class_name: Annotated[str | None, Query(alias="class", max_length=64, description="Only this class.")] = None,
     source: Annotated[str | None, Query(max_length=64, description="Only this source.")] = None,
-    since: Annotated[datetime | None, Query(description="Events that started at or after this time (ISO 8601; UTC if no zone).")] = None,
-    until: Annotated[datetime | None, Query(description="Events that started before this time.")] = None,
+    since: Annotated[IsoTime | None, Query(description="Events that started at or after this time (ISO 8601; UTC if no zone).")] = None,
+    until: Annotated[IsoTime | None, Query(description="Events that started before this time.")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")] = 50,
     cursor: Annotated[str | None, Query(pattern=r"^[0-9]{1,18}$", description="`next_cursor` of the previous page.")] = None,
 ) -> dict[str, Any]:
     since, until = _utc(since), _utc(until)
-    if since is not None and until is not None and since >= until:
-        raise HTTPException(422, "since must be earlier than until")
+    if since is not None and until is not None and since > until:
+        raise HTTPException(422, "since must not be later than until")
     # One row more than asked tells whether another page exists.
     rows = ctx.runtime.store.list_events(
         class_name=class_name, source=source, since=since, until=until, limit=limit + 1,
