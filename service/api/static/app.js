@@ -8,11 +8,6 @@
 "use strict";
 
 const HISTORY_S = 60;
-const PALETTE = {
-  smoke_alarm: "#f97316",
-  baby_cry: "#a78bfa",
-  glass_break: "#22d3ee",
-};
 const EXTRA_COLOURS = ["#f472b6", "#facc15", "#4ade80", "#60a5fa", "#fb7185"];
 const PAGE = 25;
 
@@ -35,7 +30,9 @@ const $ = (sel, root = document) => root.querySelector(sel);
 
 // ------------------------------------------------------------------ helpers
 function colour(name) {
-  if (PALETTE[name]) return PALETTE[name];
+  // Known classes have a colour per theme in style.css (--class-<name>); others get one of a few.
+  const themed = getComputedStyle(document.documentElement).getPropertyValue(`--class-${name}`).trim();
+  if (themed) return themed;
   let h = 0;
   for (const ch of name) h = (h * 31 + ch.charCodeAt(0)) >>> 0;
   return EXTRA_COLOURS[h % EXTRA_COLOURS.length];
@@ -53,6 +50,12 @@ function fmtTime(iso) {
   const time = d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
   if (d.toDateString() === today.toDateString()) return time;
   return d.toLocaleDateString([], { month: "short", day: "numeric" }) + " " + time;
+}
+
+function fmtClock(iso) {
+  const d = new Date(iso);
+  const time = d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  return d.toDateString() === new Date().toDateString() ? time : `${d.toLocaleDateString([], { weekday: "short" })} ${time}`;
 }
 
 function fmtDuration(s) {
@@ -113,9 +116,9 @@ function ensureClass(control) {
   if (!entry) {
     const card = $("#class-card").content.firstElementChild.cloneNode(true);
     card.dataset.class = control.name;
-    card.style.setProperty("--c", colour(control.name));
     $(".class-name", card).textContent = label(control.name);
-    entry = { control, card, history: [], score: 0, active: false };
+    entry = { control, card, history: [], score: 0, active: false, colour: "" };
+    paintClass(entry);
     state.classes.set(control.name, entry);
     bindControls(entry);
     $("#classes").append(card);
@@ -130,6 +133,11 @@ function ensureClass(control) {
   return entry;
 }
 
+function paintClass(entry) {
+  entry.colour = colour(entry.control.name);
+  entry.card.style.setProperty("--c", entry.colour);
+}
+
 function renderControl(entry) {
   const { control, card } = entry;
   $(".enabled", card).checked = control.enabled;
@@ -138,9 +146,9 @@ function renderControl(entry) {
   $(".sens-value", card).textContent = Number(control.sensitivity).toFixed(2);
   const snoozed = control.snoozed && control.snoozed_until;
   $(".snooze-select", card).hidden = Boolean(snoozed);
-  $(".snoozed", card).hidden = !snoozed;
+  $(".snooze-note", card).hidden = !snoozed;
   $(".wake", card).hidden = !snoozed;
-  if (snoozed) $(".snoozed", card).textContent = `Snoozed until ${fmtTime(control.snoozed_until)}`;
+  if (snoozed) $(".snooze-note", card).textContent = `Snoozed until ${fmtClock(control.snoozed_until)}`;
   card.classList.toggle("off", !control.enabled || Boolean(snoozed));
   renderState(entry);
 }
@@ -197,7 +205,7 @@ function drawChart(entry, now) {
   const w = canvas.width, h = canvas.height;
   const ratio = window.devicePixelRatio || 1;
   const styles = getComputedStyle(document.documentElement);
-  const c = colour(entry.control.name);
+  const c = entry.colour;
   ctx.clearRect(0, 0, w, h);
   const pad = 4 * ratio;
   const y = (v) => h - pad - v * (h - 2 * pad);
@@ -447,6 +455,8 @@ function connect() {
 function applyTheme(theme) {
   document.documentElement.dataset.theme = theme;
   $('meta[name="theme-color"]').content = theme === "light" ? "#f4f6f9" : "#0f1419";
+  for (const entry of state.classes.values()) paintClass(entry);
+  for (const item of state.events.values()) item.row.style.setProperty("--c", colour(item.event.class));
 }
 
 function initTheme() {
