@@ -31,14 +31,16 @@ LOCAL = "http://127.0.0.1"
 
 
 def settings_for(root: Path, wav: Path, token: str | None = None) -> Settings:
-    return Settings.model_validate({
-        "sources": [
-            {"name": "kitchen", "url": f"file:{wav}", "realtime": False},
-            {"name": "hall", "url": f"file:{wav}", "realtime": False},
-        ],
-        "store": {"path": str(root / "harken.db"), "clip_pre_s": 1.0, "clip_post_s": 1.0},
-        "api": {"enabled": False, "token": token},
-    })
+    return Settings.model_validate(
+        {
+            "sources": [
+                {"name": "kitchen", "url": f"file:{wav}", "realtime": False},
+                {"name": "hall", "url": f"file:{wav}", "realtime": False},
+            ],
+            "store": {"path": str(root / "harken.db"), "clip_pre_s": 1.0, "clip_post_s": 1.0},
+            "api": {"enabled": False, "token": token},
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +91,10 @@ def test_health_needs_no_token(client: TestClient) -> None:
     assert response.json()["status"] == "ok"
 
 
-@pytest.mark.parametrize("path", ["/api/status", "/api/events", "/api/classes", "/metrics",
-                                  "/api/events/0123abcd/clip.wav"])
+@pytest.mark.parametrize(
+    "path",
+    ["/api/status", "/api/events", "/api/classes", "/metrics", "/api/events/0123abcd/clip.wav"],
+)
 def test_everything_else_needs_the_token(client: TestClient, path: str) -> None:
     missing = client.get(path)
     assert missing.status_code == 401
@@ -150,7 +154,9 @@ def test_dashboard_is_served_with_local_assets(client: TestClient) -> None:
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "/static/app.js" in page.text and "/static/style.css" in page.text
-    assert "http://" not in page.text.replace("http://www.w3.org", "") and "https://" not in page.text
+    assert (
+        "http://" not in page.text.replace("http://www.w3.org", "") and "https://" not in page.text
+    )
     for asset in ("/static/app.js", "/static/style.css", "/static/icon.svg"):
         assert client.get(asset).status_code == 200
 
@@ -187,19 +193,29 @@ def test_cursor_pagination(client: TestClient, events: list[dict]) -> None:
     first = client.get("/api/events", params={"limit": 1}, headers=AUTH).json()
     assert [e["id"] for e in first["events"]] == [events[0]["id"]]
     assert first["next_cursor"]
-    second = client.get("/api/events", params={"limit": 1, "cursor": first["next_cursor"]}, headers=AUTH).json()
+    second = client.get(
+        "/api/events", params={"limit": 1, "cursor": first["next_cursor"]}, headers=AUTH
+    ).json()
     assert [e["id"] for e in second["events"]] == [events[1]["id"]]
     assert second["next_cursor"] is None
 
 
-@pytest.mark.parametrize(("params", "where"), [
-    ({"limit": 0}, "query.limit"),
-    ({"limit": 501}, "query.limit"),
-    ({"cursor": "abc"}, "query.cursor"),
-    ({"since": "yesterday"}, "query.since"),
-    ({"since": "2030-01-02T00:00:00Z", "until": "2030-01-01T00:00:00Z"}, "since must not be later than until"),
-])
-def test_bad_queries_are_422_with_a_clear_message(client: TestClient, params: dict, where: str) -> None:
+@pytest.mark.parametrize(
+    ("params", "where"),
+    [
+        ({"limit": 0}, "query.limit"),
+        ({"limit": 501}, "query.limit"),
+        ({"cursor": "abc"}, "query.cursor"),
+        ({"since": "yesterday"}, "query.since"),
+        (
+            {"since": "2030-01-02T00:00:00Z", "until": "2030-01-01T00:00:00Z"},
+            "since must not be later than until",
+        ),
+    ],
+)
+def test_bad_queries_are_422_with_a_clear_message(
+    client: TestClient, params: dict, where: str
+) -> None:
     response = client.get("/api/events", params=params, headers=AUTH)
     assert response.status_code == 422
     assert where in response.json()["detail"]
@@ -214,7 +230,9 @@ def test_one_event_and_unknown_ids(client: TestClient, events: list[dict]) -> No
 
 
 # ----------------------------------------------------------------- clips
-def test_clip_is_the_event_with_pre_and_post_roll(client: TestClient, events: list[dict], tmp_path: Path) -> None:
+def test_clip_is_the_event_with_pre_and_post_roll(
+    client: TestClient, events: list[dict], tmp_path: Path
+) -> None:
     event = events[0]
     response = client.get(event["clip_url"], headers=AUTH)
     assert response.status_code == 200
@@ -229,7 +247,10 @@ def test_clip_is_the_event_with_pre_and_post_roll(client: TestClient, events: li
 
 
 def test_clip_paths_cannot_escape_the_clips_folder(
-    client: TestClient, runtime: Runtime, events: list[dict], tmp_path: Path,
+    client: TestClient,
+    runtime: Runtime,
+    events: list[dict],
+    tmp_path: Path,
 ) -> None:
     store = runtime.store
     event_id = events[1]["id"]
@@ -244,8 +265,12 @@ def test_clip_paths_cannot_escape_the_clips_folder(
             response = client.get(f"/api/events/{event_id}/clip.wav", headers=AUTH)
             assert response.status_code == 404, evil
             assert response.headers["content-type"] == "application/json"
-        for url in ("/api/events/..%2F..%2Fharken.db/clip.wav", "/api/events/../../harken.db",
-                    "/static/../../daemon.py", "/static/..%2F..%2Fdaemon.py"):
+        for url in (
+            "/api/events/..%2F..%2Fharken.db/clip.wav",
+            "/api/events/../../harken.db",
+            "/static/../../daemon.py",
+            "/static/..%2F..%2Fdaemon.py",
+        ):
             response = client.get(url, headers=AUTH)
             assert response.status_code in (404, 422), url
             assert b"SQLite" not in response.content and b"import" not in response.content
@@ -256,11 +281,15 @@ def test_clip_paths_cannot_escape_the_clips_folder(
 
 # ----------------------------------------------------------------- feedback
 def test_false_alarm_keeps_the_clip_as_a_training_example(
-    client: TestClient, runtime: Runtime, events: list[dict],
+    client: TestClient,
+    runtime: Runtime,
+    events: list[dict],
 ) -> None:
     event = events[0]
     folder = runtime.store.path.parent / "feedback"
-    response = client.post(f"/api/events/{event['id']}/feedback", json={"verdict": "false_alarm"}, headers=AUTH)
+    response = client.post(
+        f"/api/events/{event['id']}/feedback", json={"verdict": "false_alarm"}, headers=AUTH
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["event"]["feedback"] == "false_alarm"
@@ -276,11 +305,17 @@ def test_false_alarm_keeps_the_clip_as_a_training_example(
     assert row["path"] == body["example"] and row["class"] == FALSE_ALARM_CLASS
     assert row["split"] == "train" and row["group"] == f"harken:{event['source']}"
     assert row["onset"] == "" and "false_alarm_of=smoke_alarm" in row["notes"]
-    assert client.get(f"/api/events/{event['id']}", headers=AUTH).json()["feedback"] == "false_alarm"
+    assert (
+        client.get(f"/api/events/{event['id']}", headers=AUTH).json()["feedback"] == "false_alarm"
+    )
     # Twice is once; changing one's mind removes the example.
-    client.post(f"/api/events/{event['id']}/feedback", json={"verdict": "false_alarm"}, headers=AUTH)
+    client.post(
+        f"/api/events/{event['id']}/feedback", json={"verdict": "false_alarm"}, headers=AUTH
+    )
     assert len(list(csv.DictReader((folder / "MANIFEST.csv").open()))) == 1
-    undo = client.post(f"/api/events/{event['id']}/feedback", json={"verdict": "true_positive"}, headers=AUTH)
+    undo = client.post(
+        f"/api/events/{event['id']}/feedback", json={"verdict": "true_positive"}, headers=AUTH
+    )
     assert undo.status_code == 200 and undo.json()["example"] is None
     assert list(csv.DictReader((folder / "MANIFEST.csv").open())) == []
     assert not kept.exists()
@@ -291,41 +326,61 @@ def test_feedback_validation(client: TestClient, events: list[dict]) -> None:
     bad = client.post(url, json={"verdict": "maybe"}, headers=AUTH)
     assert bad.status_code == 422 and "body.verdict" in bad.json()["detail"]
     assert client.post(url, content="false_alarm", headers=AUTH).status_code == 422
-    assert client.post("/api/events/nope/feedback", json={"verdict": "false_alarm"}, headers=AUTH).status_code == 404
+    assert (
+        client.post(
+            "/api/events/nope/feedback", json={"verdict": "false_alarm"}, headers=AUTH
+        ).status_code
+        == 404
+    )
 
 
 # ----------------------------------------------------------------- classes
-def test_class_controls_go_through_the_shared_controls(client: TestClient, runtime: Runtime) -> None:
+def test_class_controls_go_through_the_shared_controls(
+    client: TestClient, runtime: Runtime
+) -> None:
     classes = client.get("/api/classes", headers=AUTH).json()
     assert [c["name"] for c in classes] == ["baby_cry", "smoke_alarm", "glass_break"]
-    changed = client.patch("/api/classes/glass_break", json={"sensitivity": 0.8, "enabled": False}, headers=AUTH)
+    changed = client.patch(
+        "/api/classes/glass_break", json={"sensitivity": 0.8, "enabled": False}, headers=AUTH
+    )
     assert changed.status_code == 200, changed.text
     assert changed.json()["sensitivity"] == 0.8 and changed.json()["enabled"] is False
     assert runtime.controls.get("glass_break").enabled is False
     assert runtime.store.get_setting("class:glass_break")["sensitivity"] == 0.8  # persisted
-    snoozed = client.patch("/api/classes/glass_break", json={"snooze_minutes": 30}, headers=AUTH).json()
+    snoozed = client.patch(
+        "/api/classes/glass_break", json={"snooze_minutes": 30}, headers=AUTH
+    ).json()
     assert snoozed["snoozed"] is True and snoozed["enabled"] is False
     until = datetime.fromisoformat(snoozed["snoozed_until"].replace("Z", "+00:00"))
     assert timedelta(minutes=29) < until - datetime.now(UTC) <= timedelta(minutes=30)
-    woken = client.patch("/api/classes/glass_break", json={"snooze_minutes": 0, "enabled": True}, headers=AUTH).json()
+    woken = client.patch(
+        "/api/classes/glass_break", json={"snooze_minutes": 0, "enabled": True}, headers=AUTH
+    ).json()
     assert woken["snoozed"] is False and woken["snoozed_until"] is None and woken["enabled"] is True
     later = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
-    assert client.patch("/api/classes/glass_break", json={"snoozed_until": later}, headers=AUTH).json()["snoozed"]
-    assert not client.patch("/api/classes/glass_break", json={"snoozed_until": None}, headers=AUTH).json()["snoozed"]
+    assert client.patch(
+        "/api/classes/glass_break", json={"snoozed_until": later}, headers=AUTH
+    ).json()["snoozed"]
+    assert not client.patch(
+        "/api/classes/glass_break", json={"snoozed_until": None}, headers=AUTH
+    ).json()["snoozed"]
     client.patch("/api/classes/glass_break", json={"sensitivity": 0.5}, headers=AUTH)
 
 
-@pytest.mark.parametrize(("body", "message"), [
-    ({"sensitivity": 1.5}, "body.sensitivity"),
-    ({"sensitivity": "high"}, "body.sensitivity"),
-    ({}, "nothing to change"),
-    ({"enabled": None}, "enabled cannot be null"),
-    ({"snooze_minutes": 99999}, "body.snooze_minutes"),
-    ({"snoozed_until": "2030-01-01T00:00:00"}, "must carry a time zone"),
-    ({"snoozed_until": "2099-01-01T00:00:00Z"}, "snooze is limited to 7 days"),
-    ({"snooze_minutes": 5, "snoozed_until": None}, "not both"),
-    ({"volume": 3}, "body.volume"),
-])
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"sensitivity": 1.5}, "body.sensitivity"),
+        ({"sensitivity": "high"}, "body.sensitivity"),
+        ({}, "nothing to change"),
+        ({"enabled": None}, "enabled cannot be null"),
+        ({"snooze_minutes": 99999}, "body.snooze_minutes"),
+        ({"snoozed_until": "2030-01-01T00:00:00"}, "must carry a time zone"),
+        ({"snoozed_until": "2099-01-01T00:00:00Z"}, "snooze is limited to 7 days"),
+        ({"snooze_minutes": 5, "snoozed_until": None}, "not both"),
+        ({"volume": 3}, "body.volume"),
+    ],
+)
 def test_bad_class_changes_are_422(client: TestClient, body: dict, message: str) -> None:
     response = client.patch("/api/classes/smoke_alarm", json=body, headers=AUTH)
     assert response.status_code == 422, response.text
@@ -344,8 +399,14 @@ def test_metrics_are_prometheus_text(client: TestClient) -> None:
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
     text = response.text
-    for family in ("harken_audio_seconds_total", "harken_inference_seconds_total", "harken_events_total",
-                   "harken_sink_failures_total", "harken_sink_queue_depth", "harken_source_overruns_total"):
+    for family in (
+        "harken_audio_seconds_total",
+        "harken_inference_seconds_total",
+        "harken_events_total",
+        "harken_sink_failures_total",
+        "harken_sink_queue_depth",
+        "harken_source_overruns_total",
+    ):
         assert f"# TYPE {family} " in text
     assert 'harken_sink_queue_depth{sink="live"} 0' in text
     for line in text.splitlines():
@@ -356,16 +417,26 @@ def test_openapi_is_published_and_documents_every_route(client: TestClient) -> N
     schema = client.get("/openapi.json").json()
     assert schema["openapi"].startswith("3.")
     paths = schema["paths"]
-    assert {"/api/health", "/api/status", "/api/events", "/api/events/{event_id}",
-            "/api/events/{event_id}/clip.wav", "/api/events/{event_id}/feedback",
-            "/api/classes", "/api/classes/{name}", "/metrics"} <= set(paths)
+    assert {
+        "/api/health",
+        "/api/status",
+        "/api/events",
+        "/api/events/{event_id}",
+        "/api/events/{event_id}/clip.wav",
+        "/api/events/{event_id}/feedback",
+        "/api/classes",
+        "/api/classes/{name}",
+        "/metrics",
+    } <= set(paths)
     assert "401" in paths["/api/status"]["get"]["responses"]
     assert "401" not in paths["/api/health"]["get"]["responses"]
 
 
 # ----------------------------------------------------------------- retention
 def test_retention_prunes_events_and_their_clips(
-    filled: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    filled: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     source = Path(filled.store.path).parent
     shutil.copytree(source / "clips", tmp_path / "clips")
@@ -373,8 +444,13 @@ def test_retention_prunes_events_and_their_clips(
     for suffix in ("-wal", "-shm"):
         if (source / f"harken.db{suffix}").exists():
             shutil.copyfile(source / f"harken.db{suffix}", tmp_path / f"harken.db{suffix}")
-    settings = filled.model_copy(update={"store": filled.store.model_copy(
-        update={"path": tmp_path / "harken.db", "retention_days": 1.0})})
+    settings = filled.model_copy(
+        update={
+            "store": filled.store.model_copy(
+                update={"path": tmp_path / "harken.db", "retention_days": 1.0}
+            )
+        }
+    )
     runtime = build_runtime(settings)
     # Two days later (file sources run ahead of the wall clock, so "now" would not do).
     monkeypatch.setattr("service.daemon.utc_now", lambda: datetime.now(UTC) + timedelta(days=2))
@@ -392,3 +468,28 @@ def test_retention_prunes_events_and_their_clips(
         assert list((tmp_path / "clips").glob("*.wav")) == []
     finally:
         close_runtime(runtime)
+
+
+def test_false_alarm_marked_before_its_clip_exists_is_kept_when_the_clip_arrives(
+    client: TestClient, runtime: Runtime, events: list[dict]
+) -> None:
+    event = events[1]
+    store = runtime.store
+    name = store.get_event(event["id"]).clip_path
+    store.set_clip(event["id"], "")  # as while the event is still collecting its post-roll
+    try:
+        response = client.post(
+            f"/api/events/{event['id']}/feedback", json={"verdict": "false_alarm"}, headers=AUTH
+        )
+        assert response.status_code == 200 and response.json()["example"] is None
+        # The pipeline writes the clip and calls its hook (wrapped by the API's attach()).
+        runner = next(r for r in runtime.runners if r.source.name == event["source"])
+        runner.on_clip(event["id"], name)
+        manifest = store.path.parent / "feedback" / "MANIFEST.csv"
+        rows = list(csv.DictReader(manifest.open()))
+        assert [r["path"] for r in rows] == [f"{FALSE_ALARM_CLASS}/{event['id']}.wav"]
+    finally:
+        store.set_clip(event["id"], name)
+        client.post(
+            f"/api/events/{event['id']}/feedback", json={"verdict": "true_positive"}, headers=AUTH
+        )

@@ -1,4 +1,4 @@
-"""The real daemon process serving the API: WebSocket live data, metrics and the dashboard in Chromium.
+"""The real daemon process serving the API: WebSocket, metrics and the dashboard in Chromium.
 
 `harken run` plays a looping T3 smoke-alarm scene at real time with a token configured;
 a WebSocket client receives scores and an event; headless Chromium (Playwright) opens the
@@ -31,8 +31,15 @@ ARTIFACTS = REPO / "artifacts"
 TOKEN = "live-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 pytestmark = pytest.mark.integration
 
@@ -74,7 +81,10 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     log = (root / "daemon.log").open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "service.cli", "run", "--config", str(root / "harken.yaml")],
-        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     daemon = Daemon(f"http://127.0.0.1:{port}", root, process)
     try:
@@ -101,7 +111,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     assert code == 0, f"harken did not stop cleanly (exit {code}):\n{daemon.log()}"
 
 
-def receive_until(ws, wanted: set[str], timeout_s: float) -> dict[str, list[dict]]:  # noqa: ANN001
+def receive_until(ws, wanted: set[str], timeout_s: float) -> dict[str, list[dict]]:
     """Collect messages by type until every wanted type has arrived (or time is up)."""
     seen: dict[str, list[dict]] = {}
     deadline = time.monotonic() + timeout_s
@@ -148,9 +158,15 @@ def test_metrics_count_audio_inference_and_events(daemon: Daemon) -> None:
     deadline = time.monotonic() + 20
     while True:
         text = httpx.get(f"{daemon.url}/metrics", headers=AUTH, timeout=5).text
-        values = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-                  for line in text.splitlines() if line and not line.startswith("#")}
-        if values['harken_events_total{source="nursery",class="smoke_alarm"}'] >= 1 or time.monotonic() > deadline:
+        values = {
+            line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line and not line.startswith("#")
+        }
+        if (
+            values['harken_events_total{source="nursery",class="smoke_alarm"}'] >= 1
+            or time.monotonic() > deadline
+        ):
             break
         time.sleep(0.5)
     assert values['harken_events_total{source="nursery",class="smoke_alarm"}'] >= 1
@@ -163,7 +179,10 @@ def test_metrics_count_audio_inference_and_events(daemon: Daemon) -> None:
 
 
 def test_dashboard_in_chromium(daemon: Daemon) -> None:
-    require(importlib.util.find_spec("playwright") is not None, "playwright for Python (pip install playwright)")
+    require(
+        importlib.util.find_spec("playwright") is not None,
+        "playwright for Python (pip install playwright)",
+    )
     require(Path(CHROMIUM).exists(), f"chromium at {CHROMIUM} (apt-get install chromium)")
     from playwright.sync_api import expect, sync_playwright
 

@@ -32,11 +32,15 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
     root: Path = tmp_path_factory.mktemp("schema")
     wav = root / "t3.wav"
     sf.write(str(wav), t3_scene(4.0, alarm_at_s=1.0), 16000, subtype="PCM_16")
-    rt = build_runtime(Settings.model_validate({
-        "sources": [{"name": "kitchen", "url": f"file:{wav}", "realtime": False}],
-        "store": {"path": str(root / "harken.db")},
-        "api": {"token": TOKEN},
-    }))
+    rt = build_runtime(
+        Settings.model_validate(
+            {
+                "sources": [{"name": "kitchen", "url": f"file:{wav}", "realtime": False}],
+                "store": {"path": str(root / "harken.db")},
+                "api": {"token": TOKEN},
+            }
+        )
+    )
     yield rt
     rt.executor.shutdown(wait=True)
     rt.store.close()
@@ -51,13 +55,20 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 
 
 @schema.parametrize()
-@settings(max_examples=EXAMPLES, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=EXAMPLES, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
+)
 def test_no_server_errors_with_token(case: schemathesis.Case) -> None:
     case.call_and_validate(headers={"Authorization": f"Bearer {TOKEN}"}, excluded_checks=EXCLUDED)
 
 
 @schema.parametrize()
-@settings(max_examples=EXAMPLES // 3, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=EXAMPLES // 3,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=list(HealthCheck),
+)
 def test_no_server_errors_without_token(case: schemathesis.Case) -> None:
     response = case.call()
     assert response.status_code < 500, response.text
@@ -66,7 +77,11 @@ def test_no_server_errors_without_token(case: schemathesis.Case) -> None:
     else:
         # Never data without the token: 401, or rejected before auth is even looked at
         # (a method the path does not have, a body that cannot be parsed).
-        assert response.status_code in (400, 401, 405, 422), (case.method, case.path, response.status_code)
+        assert response.status_code in (400, 401, 405, 422), (
+            case.method,
+            case.path,
+            response.status_code,
+        )
 
 
 def test_openapi_document_is_valid(api_schema: schemathesis.BaseSchema) -> None:

@@ -13,8 +13,13 @@ from service.sinks.dispatcher import LiveUpdate
 
 
 def update(audio_s: float, source: str = "nursery") -> LiveUpdate:
-    return LiveUpdate(source=source, audio_s=audio_s, scores={"baby_cry": 0.1}, level_dbfs=-40.0,
-                      active={"baby_cry": False})
+    return LiveUpdate(
+        source=source,
+        audio_s=audio_s,
+        scores={"baby_cry": 0.1},
+        level_dbfs=-40.0,
+        active={"baby_cry": False},
+    )
 
 
 def drain(queue: asyncio.Queue) -> list:
@@ -63,8 +68,17 @@ def test_a_slow_client_is_dropped_and_the_others_keep_getting_everything() -> No
 
 def test_events_are_counted_and_sent_at_once() -> None:
     now = utc_now()
-    record = EventRecord(id="e1", source="nursery", class_name="baby_cry", start_s=1.0, detected_s=1.2,
-                         started_at=now, detected_at=now, score=0.9, model_version="t")
+    record = EventRecord(
+        id="e1",
+        source="nursery",
+        class_name="baby_cry",
+        start_s=1.0,
+        detected_s=1.2,
+        started_at=now,
+        detected_at=now,
+        score=0.9,
+        model_version="t",
+    )
 
     async def scenario() -> tuple[LiveHub, list]:
         hub = LiveHub()
@@ -87,7 +101,9 @@ def test_control_changes_from_another_thread_reach_clients_through_the_loop() ->
         await hub.start()
         client = hub.connect()
         # Like an MQTT command arriving on paho's network thread.
-        thread = threading.Thread(target=controls.update, args=("smoke_alarm",), kwargs={"enabled": False})
+        thread = threading.Thread(
+            target=controls.update, args=("smoke_alarm",), kwargs={"enabled": False}
+        )
         thread.start()
         thread.join(5)
         message = await asyncio.wait_for(client.queue.get(), 5)

@@ -1,4 +1,4 @@
-"""The FastAPI app factory: routers per resource, token dependency, error format, static dashboard."""
+"""The FastAPI app factory: routers per resource, token check, error format, static dashboard."""
 
 from __future__ import annotations
 
@@ -27,8 +27,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorOut, "description": "Bad request (e.g. a Host header that is not allowed)."},
-    422: {"model": ErrorOut, "description": "Invalid parameters or body; `errors` names each field."},
+    400: {
+        "model": ErrorOut,
+        "description": "Bad request (e.g. a Host header that is not allowed).",
+    },
+    422: {
+        "model": ErrorOut,
+        "description": "Invalid parameters or body; `errors` names each field.",
+    },
 }
 PROTECTED: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut, "description": "Missing or wrong bearer token."},
@@ -63,7 +69,7 @@ def attach(runtime: Runtime) -> ApiContext:
     for runner in runtime.runners:
         previous = runner.on_clip
 
-        def on_clip(event_id: str, name: str, previous=previous) -> None:  # noqa: ANN001
+        def on_clip(event_id: str, name: str, previous=previous) -> None:
             if previous is not None:
                 previous(event_id, name)
             # A false alarm marked before its clip was written is kept now.
@@ -92,19 +98,36 @@ class LoopbackHostGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.enabled and scope["type"] in ("http", "websocket"):
-            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
+            headers = {
+                k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])
+            }
             host = headers.get("host")
             origin = headers.get("origin")
-            bad_origin = origin is not None and not host_allowed(origin.split("://", 1)[-1].split("/", 1)[0])
+            bad_origin = origin is not None and not host_allowed(
+                origin.split("://", 1)[-1].split("/", 1)[0]
+            )
             if not host_allowed(host) or (scope["type"] == "websocket" and bad_origin):
                 if scope["type"] == "websocket":
-                    await send({"type": "websocket.close", "code": 1008, "reason": "host not allowed"})
+                    await send(
+                        {"type": "websocket.close", "code": 1008, "reason": "host not allowed"}
+                    )
                     return
-                body = json.dumps({"detail": f"host {host!r} not allowed: without api.token harken answers "
-                                             "only to localhost / 127.0.0.1 / ::1"}).encode()
-                await send({"type": "http.response.start", "status": 400,
-                            "headers": [(b"content-type", b"application/json"),
-                                        (b"content-length", str(len(body)).encode())]})
+                body = json.dumps(
+                    {
+                        "detail": f"host {host!r} not allowed: without api.token harken answers "
+                        "only to localhost / 127.0.0.1 / ::1"
+                    }
+                ).encode()
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 400,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                        ],
+                    }
+                )
                 await send({"type": "http.response.body", "body": body})
                 return
         await self.app(scope, receive, send)
@@ -114,8 +137,11 @@ def _describe(error: dict[str, Any]) -> tuple[str, str]:
     loc = ".".join(str(p) for p in error.get("loc", ())) or "request"
     message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
     value = error.get("input")
-    if error.get("type") not in ("missing", "extra_forbidden", "json_invalid") and isinstance(
-            value, str | int | float | bool) and not isinstance(value, dict | list):
+    if (
+        error.get("type") not in ("missing", "extra_forbidden", "json_invalid")
+        and isinstance(value, str | int | float | bool)
+        and not isinstance(value, dict | list)
+    ):
         shown = repr(value)
         message += f" (got {shown[:60] + '…' if len(shown) > 60 else shown})"
     return loc, message
@@ -125,12 +151,17 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     items = [_describe(e) for e in exc.errors()]
     detail = "; ".join(f"{loc}: {msg}" for loc, msg in items)
-    return JSONResponse({"detail": f"invalid request: {detail}", "errors": [{"loc": loc, "msg": msg} for loc, msg in items]},
-                        status_code=422)
+    return JSONResponse(
+        {
+            "detail": f"invalid request: {detail}",
+            "errors": [{"loc": loc, "msg": msg} for loc, msg in items],
+        },
+        status_code=422,
+    )
 
 
 def create_app(runtime: Runtime) -> FastAPI:
-    """The HTTP app for a runtime: REST under /api, WebSocket /api/live, /metrics and the dashboard."""
+    """The HTTP app of a runtime: REST under /api, WS /api/live, /metrics and the dashboard."""
     ctx = attach(runtime)
     token = runtime.settings.api.token
 
@@ -140,11 +171,15 @@ def create_app(runtime: Runtime) -> FastAPI:
         yield
 
     app = FastAPI(
-        title="harken", version=ctx.version, lifespan=lifespan, responses=ERRORS,
+        title="harken",
+        version=ctx.version,
+        lifespan=lifespan,
+        responses=ERRORS,
         description="Local-first home sound-event monitor. Every endpoint but /api/health needs "
-                    "`Authorization: Bearer <api.token>` when a token is configured.",
-        # Swagger UI and ReDoc load their code from a CDN; harken stays local. /openapi.json is served.
-        docs_url=None, redoc_url=None,
+        "`Authorization: Bearer <api.token>` when a token is configured.",
+        # Swagger UI and ReDoc load their code from a CDN; harken stays local (/openapi.json stays).
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.context = ctx
     app.state.token = token

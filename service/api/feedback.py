@@ -23,7 +23,18 @@ from service.events import EventRecord, iso
 
 log = logging.getLogger(__name__)
 
-MANIFEST_COLUMNS = ["path", "class", "split", "source", "license", "group", "onset", "offset", "quality", "notes"]
+MANIFEST_COLUMNS = [
+    "path",
+    "class",
+    "split",
+    "source",
+    "license",
+    "group",
+    "onset",
+    "offset",
+    "quality",
+    "notes",
+]
 FALSE_ALARM_CLASS = "confuser_user_false_alarm"
 
 
@@ -87,12 +98,22 @@ class FeedbackKeeper:
 
 def manifest_row(event: EventRecord, relative: str) -> dict[str, str]:
     peak = event.peak_score if event.peak_score is not None else event.score
-    notes = (f"false_alarm_of={event.class_name}; peak_score={peak:.3f}; started_at={iso(event.started_at)}; "
-             f"model_version={event.model_version}; event_id={event.id}")
+    notes = (
+        f"false_alarm_of={event.class_name}; peak_score={peak:.3f}; "
+        f"started_at={iso(event.started_at)}; model_version={event.model_version}; "
+        f"event_id={event.id}"
+    )
     return {
-        "path": relative, "class": FALSE_ALARM_CLASS, "split": "train", "source": "harken:user-feedback",
-        "license": "private recording (user's own home)", "group": f"harken:{event.source}",
-        "onset": "", "offset": "", "quality": "author-labelled", "notes": notes,
+        "path": relative,
+        "class": FALSE_ALARM_CLASS,
+        "split": "train",
+        "source": "harken:user-feedback",
+        "license": "private recording (user's own home)",
+        "group": f"harken:{event.source}",
+        "onset": "",
+        "offset": "",
+        "quality": "author-labelled",
+        "notes": notes,
     }
 
 

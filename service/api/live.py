@@ -53,8 +53,12 @@ class LiveHub:
 
     name = "live"
 
-    def __init__(self, controls: ClassControls | None = None, interval_s: float = 0.1,
-                 client_queue: int = CLIENT_QUEUE) -> None:
+    def __init__(
+        self,
+        controls: ClassControls | None = None,
+        interval_s: float = 0.1,
+        client_queue: int = CLIENT_QUEUE,
+    ) -> None:
         self.interval_s = interval_s
         self.client_queue = client_queue
         self.clients: set[LiveClient] = set()
@@ -93,7 +97,11 @@ class LiveHub:
         self.broadcast({"type": "event", "phase": message.phase, "event": message.event.to_dict()})
 
     def status(self) -> dict[str, Any]:
-        return {"state": "ok", "clients": len(self.clients), "clients_dropped": self.clients_dropped}
+        return {
+            "state": "ok",
+            "clients": len(self.clients),
+            "clients_dropped": self.clients_dropped,
+        }
 
     # ----------------------------------------------------------------- clients
     def connect(self) -> LiveClient:
@@ -142,8 +150,13 @@ class LiveHub:
 
 def live_message(update: LiveUpdate) -> dict[str, Any]:
     return {
-        "type": "live", "source": update.source, "audio_s": update.audio_s, "scores": update.scores,
-        "level_dbfs": update.level_dbfs, "active": update.active, "at": iso(utc_now()),
+        "type": "live",
+        "source": update.source,
+        "audio_s": update.audio_s,
+        "scores": update.scores,
+        "level_dbfs": update.level_dbfs,
+        "active": update.active,
+        "at": iso(utc_now()),
     }
 
 

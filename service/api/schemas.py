@@ -20,10 +20,12 @@ class ErrorItem(BaseModel):
 
 
 class ErrorOut(BaseModel):
-    """Every 4xx answer: one sentence in `detail`, and for validation errors each problem in `errors`."""
+    """Every 4xx answer: one sentence in `detail`; validation errors list each problem too."""
 
     detail: str = Field(description="What went wrong, in one sentence.")
-    errors: list[ErrorItem] | None = Field(None, description="Each invalid field (validation errors only).")
+    errors: list[ErrorItem] | None = Field(
+        None, description="Each invalid field (validation errors only)."
+    )
 
 
 class HealthOut(BaseModel):
@@ -41,35 +43,50 @@ class EventOut(BaseModel):
     source: str = Field(description="Name of the source (room) that heard it.")
     class_name: str = Field(alias="class", description="Sound class, e.g. `smoke_alarm`.")
     state: Literal["open", "closed"] = Field(description="`open` while the sound goes on.")
-    start_s: float = Field(description="Audio time of the onset, seconds since the source's stream started.")
+    start_s: float = Field(
+        description="Audio time of the onset, seconds since the source's stream started."
+    )
     detected_s: float = Field(description="Audio time at which the decision fired.")
     end_s: float | None = Field(None, description="Audio time of the end (null while open).")
     duration_s: float | None = Field(None, description="end_s - start_s (null while open).")
     started_at: str = Field(description="Wall-clock onset, UTC ISO 8601.")
     detected_at: str = Field(description="Wall-clock time of the decision, UTC ISO 8601.")
-    ended_at: str | None = Field(None, description="Wall-clock end, UTC ISO 8601 (null while open).")
+    ended_at: str | None = Field(
+        None, description="Wall-clock end, UTC ISO 8601 (null while open)."
+    )
     score: float = Field(description="Smoothed score when the event started.")
     peak_score: float | None = Field(None, description="Highest score during the event.")
     mean_score: float | None = Field(None, description="Mean score during the event.")
-    flicker: int | None = Field(None, description="Score crossings of the threshold inside the event.")
+    flicker: int | None = Field(
+        None, description="Score crossings of the threshold inside the event."
+    )
     level_dbfs: float | None = Field(None, description="Peak sound level during the event, dBFS.")
     model_version: str = Field(description="Version of the model that decided.")
     clip_path: str | None = Field(None, description="File name of the stored clip, if any.")
-    clip_url: str | None = Field(None, description="Where to fetch the clip (WAV), null until it is written.")
-    feedback: Literal["true_positive", "false_alarm"] | None = Field(None, description="User's verdict, if given.")
-    extra: dict[str, Any] = Field(default_factory=dict, description="Additional fields (e.g. `closed_by`).")
+    clip_url: str | None = Field(
+        None, description="Where to fetch the clip (WAV), null until it is written."
+    )
+    feedback: Literal["true_positive", "false_alarm"] | None = Field(
+        None, description="User's verdict, if given."
+    )
+    extra: dict[str, Any] = Field(
+        default_factory=dict, description="Additional fields (e.g. `closed_by`)."
+    )
 
 
 class EventPage(BaseModel):
     events: list[EventOut] = Field(description="Newest first.")
-    next_cursor: str | None = Field(None, description="Pass as `cursor` to get the next (older) page; null at the end.")
+    next_cursor: str | None = Field(
+        None, description="Pass as `cursor` to get the next (older) page; null at the end."
+    )
 
 
 class FeedbackIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     verdict: Literal["true_positive", "false_alarm"] = Field(
-        description="`false_alarm` keeps the event's clip as a labelled negative example for retraining."
+        description="`false_alarm` keeps the event's clip as a labelled negative example "
+        "for retraining."
     )
 
 
@@ -85,9 +102,13 @@ class FeedbackOut(BaseModel):
 class ClassOut(BaseModel):
     name: str = Field(description="Class name.")
     enabled: bool = Field(description="Events of this class are published.")
-    sensitivity: float = Field(description="0 = only certain sounds, 0.5 = as tuned, 1 = most sensitive.")
+    sensitivity: float = Field(
+        description="0 = only certain sounds, 0.5 = as tuned, 1 = most sensitive."
+    )
     snoozed: bool = Field(description="True while snoozed.")
-    snoozed_until: str | None = Field(None, description="End of the snooze, UTC ISO 8601, null when not snoozed.")
+    snoozed_until: str | None = Field(
+        None, description="End of the snooze, UTC ISO 8601, null when not snoozed."
+    )
 
 
 class ClassPatch(BaseModel):
@@ -96,13 +117,22 @@ class ClassPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool | None = Field(None, description="Publish events of this class.")
-    sensitivity: float | None = Field(None, ge=0.0, le=1.0, allow_inf_nan=False,
-                                      description="0 = only certain sounds, 0.5 = as tuned, 1 = most sensitive.")
+    sensitivity: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="0 = only certain sounds, 0.5 = as tuned, 1 = most sensitive.",
+    )
     snoozed_until: datetime | None = Field(
-        None, description="Snooze until this time (with a time zone); `null` ends a snooze.",
+        None,
+        description="Snooze until this time (with a time zone); `null` ends a snooze.",
     )
     snooze_minutes: float | None = Field(
-        None, ge=0.0, le=SNOOZE_MAX.total_seconds() / 60, allow_inf_nan=False,
+        None,
+        ge=0.0,
+        le=SNOOZE_MAX.total_seconds() / 60,
+        allow_inf_nan=False,
         description="Snooze for this many minutes from now; 0 ends a snooze.",
     )
 
@@ -110,7 +140,9 @@ class ClassPatch(BaseModel):
     def _one_snooze(self) -> ClassPatch:
         given = self.model_fields_set
         if not given:
-            raise ValueError("nothing to change: give enabled, sensitivity, snoozed_until or snooze_minutes")
+            raise ValueError(
+                "nothing to change: give enabled, sensitivity, snoozed_until or snooze_minutes"
+            )
         if "snoozed_until" in given and "snooze_minutes" in given:
             raise ValueError("give snoozed_until or snooze_minutes, not both")
         if self.snoozed_until is not None and self.snoozed_until.tzinfo is None:
@@ -145,5 +177,7 @@ class StatusOut(BaseModel):
     uptime_s: float
     model: ModelInfo
     sources: list[SourceStatusOut]
-    sinks: dict[str, dict[str, Any]] = Field(description="Per sink: state, delivered, failures, dropped, queued, ...")
+    sinks: dict[str, dict[str, Any]] = Field(
+        description="Per sink: state, delivered, failures, dropped, queued, ..."
+    )
     classes: list[ClassOut]

@@ -31,9 +31,12 @@ def is_loopback(host: str) -> bool:
 def exposure_problem(api: ApiConfig) -> str | None:
     """Why this API config must not start, or None when it is safe."""
     if api.token is None and not is_loopback(api.host):
-        return (f"api.host is {api.host!r}, which is reachable beyond this machine, and no api.token is set; "
-                "set api.token (HARKEN_API__TOKEN) to a secret of at least 8 characters, "
-                "or listen on 127.0.0.1")
+        return (
+            f"api.host is {api.host!r}, which is reachable beyond this machine, "
+            "and no api.token is set; "
+            "set api.token (HARKEN_API__TOKEN) to a secret of at least 8 characters, "
+            "or listen on 127.0.0.1"
+        )
     return None
 
 
@@ -52,7 +55,9 @@ def bearer(header: str | None) -> str | None:
 
 
 def unauthorized(detail: str) -> HTTPException:
-    return HTTPException(status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": "Bearer"})
+    return HTTPException(
+        status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": "Bearer"}
+    )
 
 
 def require_token(request: Request) -> None:
@@ -68,18 +73,18 @@ def require_token(request: Request) -> None:
 
 
 def websocket_token(websocket: WebSocket) -> str | None:
-    """The token a WebSocket client offered: Authorization header, `bearer.<token>` subprotocol or ?token=."""
+    """The token a WebSocket client offered: Authorization header, subprotocol or ?token=."""
     header = bearer(websocket.headers.get("authorization"))
     if header:
         return header
     for protocol in websocket.scope.get("subprotocols", []):
         if protocol.startswith(WS_TOKEN_PREFIX):
-            return protocol[len(WS_TOKEN_PREFIX):]
+            return protocol[len(WS_TOKEN_PREFIX) :]
     return websocket.query_params.get("token")
 
 
 def host_allowed(host_header: str | None) -> bool:
-    """Without a token the API answers only to loopback host names (a guard against DNS rebinding)."""
+    """Without a token the API answers only to loopback host names (against DNS rebinding)."""
     if not host_header:
         return False
     host = host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header

@@ -39,7 +39,9 @@ def listen(api: ApiConfig) -> socket.socket:
     if problem:
         raise StartupError(problem)
     try:
-        infos = socket.getaddrinfo(api.host, api.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        infos = socket.getaddrinfo(
+            api.host, api.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
         family, kind, proto, _, address = infos[0]
         sock = socket.socket(family, kind, proto)
         try:
@@ -49,7 +51,9 @@ def listen(api: ApiConfig) -> socket.socket:
             sock.close()
             raise
     except OSError as exc:
-        raise StartupError(f"api: cannot listen on {api.host}:{api.port}: {exc.strerror or exc}") from None
+        raise StartupError(
+            f"api: cannot listen on {api.host}:{api.port}: {exc.strerror or exc}"
+        ) from None
     sock.set_inheritable(True)
     return sock
 
@@ -60,13 +64,21 @@ def bound_url(sock: socket.socket) -> str:
 
 
 async def serve(runtime: Runtime, sock: socket.socket | None = None) -> None:
-    """Serve until cancelled; on cancellation close connections gracefully (a few seconds at most)."""
+    """Serve until cancelled, then close connections gracefully (a few seconds at most)."""
     sock = sock or listen(runtime.settings.api)
     app = create_app(runtime)
     host, port = sock.getsockname()[:2]
     config = uvicorn.Config(
-        app, host=host, port=port, log_config=None, access_log=False, lifespan="on",
-        proxy_headers=False, server_header=False, timeout_graceful_shutdown=3, ws_ping_interval=20.0,
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        proxy_headers=False,
+        server_header=False,
+        timeout_graceful_shutdown=3,
+        ws_ping_interval=20.0,
     )
     server = _Server(config)
     url = bound_url(sock)

@@ -1,4 +1,4 @@
-"""Class controls (enable, sensitivity, snooze) through `runtime.controls`, the same object MQTT uses."""
+"""Class controls (enable, sensitivity, snooze) via `runtime.controls`, the object MQTT uses too."""
 
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ async def list_classes(ctx: Annotated[ApiContext, Depends(context)]) -> list[dic
 
 
 @router.patch(
-    "/api/classes/{name}", response_model=ClassOut, summary="Enable, tune or snooze a class",
+    "/api/classes/{name}",
+    response_model=ClassOut,
+    summary="Enable, tune or snooze a class",
     responses={404: {"model": ErrorOut, "description": "No such class."}},
 )
 async def patch_class(
@@ -43,8 +45,13 @@ async def patch_class(
     elif "snoozed_until" in given:
         until, clear = body.snoozed_until, body.snoozed_until is None
     try:
-        changed = controls.update(name, enabled=body.enabled, sensitivity=body.sensitivity,
-                                  snoozed_until=until, clear_snooze=clear)
+        changed = controls.update(
+            name,
+            enabled=body.enabled,
+            sensitivity=body.sensitivity,
+            snoozed_until=until,
+            clear_snooze=clear,
+        )
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from None
     return changed.to_dict()

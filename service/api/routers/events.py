@@ -56,19 +56,33 @@ def _event(ctx: ApiContext, event_id: str) -> EventRecord:
 @router.get("/api/events", response_model=EventPage, summary="Event history, newest first")
 def list_events(
     ctx: Annotated[ApiContext, Depends(context)],
-    class_name: Annotated[str | None, Query(alias="class", max_length=64, description="Only this class.")] = None,
+    class_name: Annotated[
+        str | None, Query(alias="class", max_length=64, description="Only this class.")
+    ] = None,
     source: Annotated[str | None, Query(max_length=64, description="Only this source.")] = None,
-    since: Annotated[IsoTime | None, Query(description="Events that started at or after this time (ISO 8601; UTC if no zone).")] = None,
-    until: Annotated[IsoTime | None, Query(description="Events that started before this time.")] = None,
+    since: Annotated[
+        IsoTime | None,
+        Query(description="Events that started at or after this time (ISO 8601; UTC if no zone)."),
+    ] = None,
+    until: Annotated[
+        IsoTime | None, Query(description="Events that started before this time.")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")] = 50,
-    cursor: Annotated[str | None, Query(pattern=r"^[0-9]{1,18}$", description="`next_cursor` of the previous page.")] = None,
+    cursor: Annotated[
+        str | None,
+        Query(pattern=r"^[0-9]{1,18}$", description="`next_cursor` of the previous page."),
+    ] = None,
 ) -> dict[str, Any]:
     since, until = _utc(since), _utc(until)
     if since is not None and until is not None and since > until:
         raise HTTPException(422, "since must not be later than until")
     # One row more than asked tells whether another page exists.
     rows = ctx.runtime.store.list_events(
-        class_name=class_name, source=source, since=since, until=until, limit=limit + 1,
+        class_name=class_name,
+        source=source,
+        since=since,
+        until=until,
+        limit=limit + 1,
         before_seq=int(cursor) if cursor is not None else None,
     )
     page = rows[:limit]
@@ -76,33 +90,55 @@ def list_events(
     return {"events": [event_out(record) for _, record in page], "next_cursor": next_cursor}
 
 
-@router.get("/api/events/{event_id}", response_model=EventOut, responses=NOT_FOUND, summary="One event")
+@router.get(
+    "/api/events/{event_id}", response_model=EventOut, responses=NOT_FOUND, summary="One event"
+)
 def get_event(event_id: EventId, ctx: Annotated[ApiContext, Depends(context)]) -> dict[str, Any]:
     return event_out(_event(ctx, event_id))
 
 
 @router.get(
-    "/api/events/{event_id}/clip.wav", response_class=FileResponse, summary="The event's audio (WAV)",
-    responses={**NOT_FOUND, 200: {"content": {"audio/wav": {"schema": {"type": "string", "format": "binary"}}},
-                                  "description": "16 kHz mono PCM WAV with pre- and post-roll."}},
+    "/api/events/{event_id}/clip.wav",
+    response_class=FileResponse,
+    summary="The event's audio (WAV)",
+    responses={
+        **NOT_FOUND,
+        200: {
+            "content": {"audio/wav": {"schema": {"type": "string", "format": "binary"}}},
+            "description": "16 kHz mono PCM WAV with pre- and post-roll.",
+        },
+    },
 )
 def get_clip(event_id: EventId, ctx: Annotated[ApiContext, Depends(context)]) -> FileResponse:
     record = _event(ctx, event_id)
     if not record.clip_path:
-        raise HTTPException(404, f"event {event_id} has no clip (yet: clips are written after the event's post-roll)")
+        raise HTTPException(
+            404,
+            f"event {event_id} has no clip (yet: clips are written after the event's post-roll)",
+        )
     path = safe_clip(ctx.runtime.store.clips_dir, record.clip_path)
     if path is None:
-        log.warning("event %s: clip %r is missing or outside the clips folder", event_id, record.clip_path)
+        log.warning(
+            "event %s: clip %r is missing or outside the clips folder", event_id, record.clip_path
+        )
         raise HTTPException(404, f"the clip of event {event_id} is not available")
-    return FileResponse(path, media_type="audio/wav", filename=f"{record.class_name}-{event_id}.wav",
-                        content_disposition_type="inline")
+    return FileResponse(
+        path,
+        media_type="audio/wav",
+        filename=f"{record.class_name}-{event_id}.wav",
+        content_disposition_type="inline",
+    )
 
 
 @router.post(
-    "/api/events/{event_id}/feedback", response_model=FeedbackOut, responses=NOT_FOUND,
+    "/api/events/{event_id}/feedback",
+    response_model=FeedbackOut,
+    responses=NOT_FOUND,
     summary="Mark an event a true positive or a false alarm",
 )
-async def feedback(event_id: EventId, body: FeedbackIn, ctx: Annotated[ApiContext, Depends(context)]) -> dict[str, Any]:
+async def feedback(
+    event_id: EventId, body: FeedbackIn, ctx: Annotated[ApiContext, Depends(context)]
+) -> dict[str, Any]:
     store = ctx.runtime.store
     _event(ctx, event_id)
     store.set_feedback(event_id, body.verdict)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter, Depends
 
 from service.api.deps import ApiContext, context
@@ -11,5 +13,5 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/api/health", response_model=HealthOut, summary="Liveness check (no token needed)")
-async def health(ctx: ApiContext = Depends(context)) -> HealthOut:
+async def health(ctx: Annotated[ApiContext, Depends(context)]) -> HealthOut:
     return HealthOut(status="ok", version=ctx.version, uptime_s=round(ctx.runtime.uptime_s, 1))

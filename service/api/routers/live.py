@@ -48,8 +48,14 @@ async def live(websocket: WebSocket) -> None:
     runtime = ctx.runtime
     contract = runtime.detector.contract
     hello = {
-        "type": "hello", "version": ctx.version, "interval_s": ctx.hub.interval_s,
-        "model": {"name": contract.model_name, "version": contract.model_version, "classes": list(contract.class_names)},
+        "type": "hello",
+        "version": ctx.version,
+        "interval_s": ctx.hub.interval_s,
+        "model": {
+            "name": contract.model_name,
+            "version": contract.model_version,
+            "classes": list(contract.class_names),
+        },
         "sources": [r.source.name for r in runtime.runners],
         "classes": [c.to_dict() for c in runtime.controls.all()],
     }
@@ -79,7 +85,9 @@ async def _send(websocket: WebSocket, client: LiveClient) -> None:
         if item is CLOSE:
             code = CLOSE_TRY_LATER if client.dropped else CLOSE_GOING_AWAY
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(websocket.close(code=code, reason="too slow" if client.dropped else ""), 1.0)
+                await asyncio.wait_for(
+                    websocket.close(code=code, reason="too slow" if client.dropped else ""), 1.0
+                )
             return
         # A client whose TCP window stays full is as slow as one whose queue overflows.
         await asyncio.wait_for(websocket.send_text(item), SEND_TIMEOUT_S)

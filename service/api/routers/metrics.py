@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter, Depends
 from fastapi.responses import PlainTextResponse
 
@@ -12,8 +14,10 @@ router = APIRouter(tags=["metrics"])
 
 
 @router.get(
-    "/metrics", response_class=PlainTextResponse, summary="Prometheus metrics",
+    "/metrics",
+    response_class=PlainTextResponse,
+    summary="Prometheus metrics",
     responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
 )
-async def metrics(ctx: ApiContext = Depends(context)) -> PlainTextResponse:
+async def metrics(ctx: Annotated[ApiContext, Depends(context)]) -> PlainTextResponse:
     return PlainTextResponse(render_metrics(ctx.runtime, ctx.hub), media_type=CONTENT_TYPE)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 
@@ -13,6 +13,6 @@ router = APIRouter(tags=["status"])
 
 
 @router.get("/api/status", response_model=StatusOut, summary="What harken is doing now")
-async def status(ctx: ApiContext = Depends(context)) -> dict[str, Any]:
+async def status(ctx: Annotated[ApiContext, Depends(context)]) -> dict[str, Any]:
     # async: runs on the daemon's loop, so it reads the runners' state without racing them.
     return {"version": ctx.version, **ctx.runtime.status()}
