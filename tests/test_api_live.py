@@ -205,11 +205,13 @@ def test_dashboard_in_chromium(daemon: Daemon) -> None:
             # Events: from the history and live; at least one closed one with its clip.
             rows = page.locator('.event[data-state="closed"]')
             expect(rows.first).to_be_visible(timeout=20_000)
-            expect(rows.first.locator(".ev-class")).to_have_text("Smoke alarm")
-            expect(rows.first.locator(".play")).to_be_enabled(timeout=10_000)
+            # Pin the row by id: newer events are added above it while the test goes on.
+            row = page.locator(f'.event[data-id="{rows.first.get_attribute("data-id")}"]')
+            expect(row.locator(".ev-class")).to_have_text("Smoke alarm")
+            expect(row.locator(".play")).to_be_enabled(timeout=10_000)
             # The user says it was a false alarm: the row shows it, the clip is kept for retraining.
-            rows.first.locator(".fa").click()
-            expect(rows.first).to_have_class("event false-alarm", timeout=5_000)
+            row.locator(".fa").click()
+            expect(row).to_have_class("event false-alarm", timeout=5_000)
             assert (daemon.root / "feedback" / "MANIFEST.csv").exists()
             # A class control: snooze glass_break for an hour from the page.
             glass = page.locator('.class-card[data-class="glass_break"]')
