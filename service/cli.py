@@ -121,6 +121,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         check_targets(settings.webhooks, detector.class_names)
     except (StartupError, WebhookConfigError) as exc:
         raise ConfigError(f"{args.file}: {exc}") from None
+    if settings.api.enabled:
+        from service.api.security import exposure_problem
+
+        problem = exposure_problem(settings.api)
+        if problem:
+            raise ConfigError(f"{args.file}: {problem}")
     print(f"{args.file}: OK ({len(settings.sources)} source(s), mqtt {'on' if settings.mqtt.enabled else 'off'}, "
           f"{len(settings.webhooks)} webhook(s), api {'on' if settings.api.enabled else 'off'})")
     return 0

@@ -153,6 +153,12 @@ def add_sinks(runtime: Runtime) -> None:
         from service.sinks.mqtt import MqttSink
 
         runtime.dispatcher.add_sink(MqttSink.from_runtime(runtime))
+    if runtime.settings.api.enabled:
+        from service.api import attach, listen, serve
+
+        attach(runtime)  # the live WebSocket hub sink, feedback keeper and clip notifications
+        sock = listen(runtime.settings.api)  # refuses exposure without a token; binds the port now
+        runtime.extras.setdefault("servers", []).append(("api", serve(runtime, sock)))
 
 
 async def _prune_forever(runtime: Runtime) -> None:

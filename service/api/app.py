@@ -1,0 +1,195 @@
+"""The FastAPI app factory: routers per resource, token check, error format, static dashboard."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from service.api.deps import ApiContext
+from service.api.feedback import FeedbackKeeper
+from service.api.live import LiveHub
+from service.api.routers import classes, dashboard, events, health, live, metrics, status
+from service.api.schemas import ErrorOut
+from service.api.security import host_allowed, require_token
+
+if TYPE_CHECKING:
+    from service.daemon import Runtime
+
+log = logging.getLogger(__name__)
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {
+        "model": ErrorOut,
+        "description": "Bad request (e.g. a Host header that is not allowed).",
+    },
+    422: {
+        "model": ErrorOut,
+        "description": "Invalid parameters or body; `errors` names each field.",
+    },
+}
+PROTECTED: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "Missing or wrong bearer token."},
+}
+
+
+def harken_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("harken")
+    except PackageNotFoundError:
+        return "dev"
+
+
+def attach(runtime: Runtime) -> ApiContext:
+    """Create (once) the live hub sink and the feedback keeper, and hook clip notifications.
+
+    Must run before the dispatcher starts (it does, from `daemon.add_sinks`), so that the
+    hub gets its queue; `create_app` calls it too, which makes the app usable on its own.
+    """
+    existing = runtime.extras.get("api_context")
+    if existing is not None:
+        return existing
+    hub = LiveHub(runtime.controls)
+    runtime.dispatcher.add_sink(hub)
+    store = runtime.store
+    keeper = FeedbackKeeper(store.path.parent / "feedback", store.clips_dir)
+    ctx = ApiContext(runtime, hub, keeper, harken_version())
+    runtime.extras["api_context"] = ctx
+
+    for runner in runtime.runners:
+        previous = runner.on_clip
+
+        def on_clip(event_id: str, name: str, previous=previous) -> None:
+            if previous is not None:
+                previous(event_id, name)
+            # A false alarm marked before its clip was written is kept now.
+            record = store.get_event(event_id)
+            if record is not None and record.extra.get("feedback") == "false_alarm":
+                try:
+                    keeper.keep(record)
+                except OSError as exc:
+                    log.error("false alarm %s not kept: %s", event_id, exc)
+            hub.clip_ready(event_id)
+
+        runner.on_clip = on_clip
+    return ctx
+
+
+class LoopbackHostGuard:
+    """Without a token, answer only requests addressed to a loopback name.
+
+    A web page the user visits cannot then reach the API through DNS rebinding, and a
+    WebSocket opened by another site's page (checked by Origin) is refused.
+    """
+
+    def __init__(self, app: ASGIApp, enabled: bool) -> None:
+        self.app = app
+        self.enabled = enabled
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.enabled and scope["type"] in ("http", "websocket"):
+            headers = {
+                k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])
+            }
+            host = headers.get("host")
+            origin = headers.get("origin")
+            bad_origin = origin is not None and not host_allowed(
+                origin.split("://", 1)[-1].split("/", 1)[0]
+            )
+            if not host_allowed(host) or (scope["type"] == "websocket" and bad_origin):
+                if scope["type"] == "websocket":
+                    await send(
+                        {"type": "websocket.close", "code": 1008, "reason": "host not allowed"}
+                    )
+                    return
+                body = json.dumps(
+                    {
+                        "detail": f"host {host!r} not allowed: without api.token harken answers "
+                        "only to localhost / 127.0.0.1 / ::1"
+                    }
+                ).encode()
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 400,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
+def _describe(error: dict[str, Any]) -> tuple[str, str]:
+    loc = ".".join(str(p) for p in error.get("loc", ())) or "request"
+    message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    value = error.get("input")
+    if (
+        error.get("type") not in ("missing", "extra_forbidden", "json_invalid")
+        and isinstance(value, str | int | float | bool)
+        and not isinstance(value, dict | list)
+    ):
+        shown = repr(value)
+        message += f" (got {shown[:60] + '…' if len(shown) > 60 else shown})"
+    return loc, message
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    items = [_describe(e) for e in exc.errors()]
+    detail = "; ".join(f"{loc}: {msg}" for loc, msg in items)
+    return JSONResponse(
+        {
+            "detail": f"invalid request: {detail}",
+            "errors": [{"loc": loc, "msg": msg} for loc, msg in items],
+        },
+        status_code=422,
+    )
+
+
+def create_app(runtime: Runtime) -> FastAPI:
+    """The HTTP app of a runtime: REST under /api, WS /api/live, /metrics and the dashboard."""
+    ctx = attach(runtime)
+    token = runtime.settings.api.token
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        log.info("API ready%s", "" if token else " (no token: loopback only)")
+        yield
+
+    app = FastAPI(
+        title="harken",
+        version=ctx.version,
+        lifespan=lifespan,
+        responses=ERRORS,
+        description="Local-first home sound-event monitor. Every endpoint but /api/health needs "
+        "`Authorization: Bearer <api.token>` when a token is configured.",
+        # Swagger UI and ReDoc load their code from a CDN; harken stays local (/openapi.json stays).
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.context = ctx
+    app.state.token = token
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    protected = [Depends(require_token)]
+    app.include_router(health.router)
+    for module in (status, events, classes, metrics):
+        app.include_router(module.router, dependencies=protected, responses=PROTECTED)
+    app.include_router(live.router)  # checks the token itself (headers, subprotocol or query)
+    app.include_router(dashboard.router)
+    app.mount("/static", StaticFiles(directory=dashboard.STATIC_DIR), name="static")
+    app.add_middleware(LoopbackHostGuard, enabled=token is None)
+    return app

@@ -1,0 +1,1 @@
+"""One router per resource: health, status, events, classes, metrics, live, dashboard."""
