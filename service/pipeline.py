@@ -135,6 +135,7 @@ class _OpenEvent:
     record: EventRecord
     clip: list[np.ndarray]
     clip_samples: int
+    clip_start_sample: int = 0
     clip_until_sample: int | None = None
     peak_level: float = -120.0
 
@@ -294,7 +295,9 @@ class SourceRunner:
         # Decision times and ring indices share one axis: samples since the runner started.
         pre_from = int((d.start_s - self.clip_pre_s) * TARGET_RATE)
         pre_roll = self._ring.since(pre_from)
-        self._open[d.class_name] = _OpenEvent(record, [pre_roll], pre_roll.shape[0])
+        self._open[d.class_name] = _OpenEvent(
+            record, [pre_roll], pre_roll.shape[0], clip_start_sample=self._ring.total - pre_roll.shape[0]
+        )
         self.events_started += 1
         log.info("%s: %s started at %.2f s (score %.2f)", self.source.name, d.class_name, d.start_s, d.score)
         await self.dispatcher.publish(EventMessage("start", record))
@@ -330,7 +333,11 @@ class SourceRunner:
             return
         import soundfile as sf
 
-        audio = np.concatenate(open_event.clip)[: int(MAX_CLIP_S * TARGET_RATE)]
+        # The end is decided merge_gap_s after the sound stops; keep only clip_post_s of that.
+        wanted = int(MAX_CLIP_S * TARGET_RATE)
+        if open_event.clip_until_sample is not None:
+            wanted = min(wanted, max(0, open_event.clip_until_sample - open_event.clip_start_sample))
+        audio = np.concatenate(open_event.clip)[:wanted]
         path = self.clips_dir / f"{open_event.record.id}.wav"
         try:
             self.clips_dir.mkdir(parents=True, exist_ok=True)

@@ -133,3 +133,25 @@ def test_clipped_signal_is_reported_and_analysed(write_wav) -> None:
     assert result.returncode == 0
     assert "clipped.wav: 11.1% of samples are clipped at full scale" in result.stderr
     assert all(json.loads(line)["class"] for line in result.stdout.splitlines())
+
+
+def test_clip_holds_pre_roll_event_and_post_roll_only(t3_wav: Path, tmp_path: Path) -> None:
+    import asyncio
+
+    import soundfile as sf
+
+    from service.config import Settings, SourceConfig
+    from service.daemon import run_daemon
+
+    db = tmp_path / "h.db"
+    settings = Settings.model_validate({
+        "sources": [SourceConfig(name="hall", url=f"file:{t3_wav}", realtime=False).model_dump()],
+        "store": {"path": str(db), "clip_pre_s": 1.0, "clip_post_s": 2.0}, "api": {"enabled": False},
+    })
+    asyncio.run(asyncio.wait_for(run_daemon(settings), 60))
+    with sqlite3.connect(db) as conn:
+        (data,) = conn.execute("SELECT data FROM events").fetchone()
+    event = EventRecord.from_dict(json.loads(data))
+    info = sf.info(str(tmp_path / "clips" / f"{event.id}.wav"))
+    expected = 1.0 + (event.end_s - event.start_s) + 2.0
+    assert abs(info.duration - expected) < 0.1, (info.duration, expected)
