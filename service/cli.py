@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -14,8 +15,22 @@ from service.config import ConfigError, Settings, load_settings
 log = logging.getLogger("harken")
 
 
+def _config_path(args: argparse.Namespace) -> Path | None:
+    """--config, else HARKEN_CONFIG when that file exists (the Docker image sets it)."""
+    if args.config is not None:
+        return args.config
+    from_env = os.environ.get("HARKEN_CONFIG")
+    if not from_env:
+        return None
+    if Path(from_env).is_file():
+        return Path(from_env)
+    print(f"harken: no config file at HARKEN_CONFIG={from_env}; using embedded defaults and "
+          "HARKEN_* variables", file=sys.stderr)
+    return None
+
+
 def _settings(args: argparse.Namespace) -> Settings:
-    settings = load_settings(args.config)
+    settings = load_settings(_config_path(args))
     if getattr(args, "source", None):
         from service.config import SourceConfig
 
@@ -121,6 +136,25 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from service.doctor import Check, format_checks, run_checks
+
+    try:
+        settings = load_settings(_config_path(args))
+    except ConfigError as exc:
+        checks = [Check("config", "fail", str(exc),
+                        "fix the named key; `harken check-config FILE` validates a file")]
+    else:
+        where = _config_path(args) or "embedded defaults"
+        checks = [Check("config", "ok", f"{where}: {len(settings.sources)} source(s)")]
+        checks += run_checks(settings, timeout_s=args.timeout)
+    if args.json:
+        print(json.dumps([c.to_dict() for c in checks], indent=2))
+    else:
+        print(format_checks(checks))
+    return 1 if any(c.status == "fail" for c in checks) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harken", description="Local-first home sound-event monitor.")
     parser.add_argument("--version", action="version", version=f"harken {_version()}")
@@ -145,6 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config file")
     check.add_argument("file", type=Path)
     check.set_defaults(func=cmd_check_config)
+
+    doctor = sub.add_parser(
+        "doctor", help="check audio devices, model, broker, webhooks and store; say how to fix"
+    )
+    doctor.add_argument("--config", type=Path, help="YAML config file (default: embedded defaults)")
+    doctor.add_argument("--timeout", type=float, default=5.0, help="seconds per network check")
+    doctor.add_argument("--json", action="store_true", help="the checks as a JSON list")
+    doctor.set_defaults(func=cmd_doctor)
     return parser
 
 
