@@ -31,11 +31,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from service import daemon  # noqa: E402
-from service.audio.features import StreamingLogMel  # noqa: E402
-from service.audio.sources import DEMO_PATH, read_audio  # noqa: E402
-from service.config import Settings  # noqa: E402
-from service.detector import Detector, push_many  # noqa: E402
+from service import daemon
+from service.audio.features import StreamingLogMel
+from service.audio.sources import DEMO_PATH, read_audio
+from service.config import Settings
+from service.detector import Detector, push_many
 
 BLOCK = 1600  # 100 ms, as file, stdin and url sources deliver
 WARMUP_S = 3.0  # real-time runs: start-up time left out of the pace measurement
@@ -167,15 +167,16 @@ def bench_saturation(sizes: list[int]) -> None:
             xrt = r["audio_s"] / r["wall_s"]
             cost = r["cpu_s"] / r["audio_s"]
             print(
-                f"{n:>8} {'batched' if batched else 'per-source':>10} {r['wall_s']:>7.1f} {xrt:>12.0f} "
-                f"{cost:>14.4f} {1 / cost:>13.0f} {r['mean_batch']:>11.1f}"
+                f"{n:>8} {'batched' if batched else 'per-source':>10} {r['wall_s']:>7.1f} "
+                f"{xrt:>12.0f} {cost:>14.4f} {1 / cost:>13.0f} {r['mean_batch']:>11.1f}"
             )
 
 
 def bench_realtime(sizes: list[int], seconds: float) -> None:
     print(f"\n3. Real time: N demo sources paced at real time for {seconds:.0f} s")
     print(
-        f"{'streams':>8} {'slowest stream':>15} {'keeps up':>9} {'cpu of one core':>16} {'mean batch':>11}"
+        f"{'streams':>8} {'slowest stream':>15} {'keeps up':>9} {'cpu of one core':>16} "
+        f"{'mean batch':>11}"
     )
     for n in sizes:
         r = _run(n, realtime=True, seconds=seconds, batched=True)
