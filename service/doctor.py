@@ -225,12 +225,16 @@ def check_store(settings: Settings) -> Check:
         f"make {path.parent} writable for the user running harken, or set store.path "
         "(HARKEN_STORE__PATH) to a writable place"
     )
+    # The directory harken would create is not created here: its nearest existing
+    # ancestor must let us write (a temporary file, removed at once).
+    existing = path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".harken-doctor-"):
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".harken-doctor-"):
             pass
     except OSError as exc:
-        return Check("store", "fail", f"{path.parent} is not writable ({exc.strerror or exc})", fix)
+        return Check("store", "fail", f"{existing} is not writable ({exc.strerror or exc})", fix)
     if path.exists():
         try:
             conn = sqlite3.connect(str(path), timeout=2.0, isolation_level=None)
@@ -241,7 +245,7 @@ def check_store(settings: Settings) -> Check:
                 conn.close()
         except sqlite3.Error as exc:
             return Check("store", "fail", f"{path}: {exc}", fix)
-    free = shutil.disk_usage(path.parent).free
+    free = shutil.disk_usage(existing).free
     if free < MIN_FREE_BYTES:
         return Check(
             "store",
