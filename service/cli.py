@@ -8,7 +8,10 @@ import json
 import logging
 import os
 import sys
+import threading
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from service.config import ConfigError, Settings, load_settings
 
@@ -55,7 +58,32 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     setup_logging(settings.log.level, settings.log.json_format)
-    return asyncio.run(run_daemon(settings))
+    return _run_until_stopped(run_daemon(settings))
+
+
+def _run_until_stopped(daemon: Coroutine[Any, Any, int]) -> int:
+    """asyncio.run without its final wait for executor threads.
+
+    A source thread blocked on input (an idle stdin pipe, a stalled stream) cannot be
+    interrupted, and asyncio.run, then the interpreter, would wait for it forever after
+    a SIGTERM. The daemon has stored, delivered and closed everything when it returns,
+    so such a thread is left behind and the process exits with the daemon's status.
+    """
+    loop = asyncio.new_event_loop()
+    try:
+        code = loop.run_until_complete(daemon)
+        loop.run_until_complete(loop.shutdown_asyncgens())
+    finally:
+        loop.close()  # shuts the default executor down without waiting
+    blocked = [t.name for t in threading.enumerate()
+               if t is not threading.main_thread() and t.is_alive() and not t.daemon]
+    if blocked:
+        log.debug("exiting without waiting for blocked threads: %s", ", ".join(blocked))
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def cmd_detect(args: argparse.Namespace) -> int:

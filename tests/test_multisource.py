@@ -297,11 +297,12 @@ def test_three_file_sources_and_a_failing_stream_in_one_process(
 class _Process:
     """`harken run` as a subprocess whose stderr lines are collected by a thread."""
 
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], stdin: int | None = None) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "service.cli", *args],
             cwd=REPO,
             env=env,
+            stdin=stdin,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -388,6 +389,24 @@ def test_signal_closes_open_events_and_exits_cleanly(
         messages = process.lines
     assert any("smoke_alarm ended" in m for m in messages)
     assert "harken stopped" in messages[-1]
+
+
+@pytest.mark.integration
+def test_sigterm_with_an_idle_stdin_source_exits_promptly(tmp_path: Path) -> None:
+    """A reader thread blocked on stdin must not keep the stopped daemon alive."""
+    process = _Process(["run", "--source", "-"], _daemon_env(tmp_path), stdin=subprocess.PIPE)
+    proc = process.proc
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write("\0" * 32000)  # one second of silence, then nothing: the pipe stays open
+        proc.stdin.flush()
+        process.wait_line("source default running", 30)
+        time.sleep(2)  # the second of audio is consumed: the reader now blocks on the pipe
+        proc.send_signal(signal.SIGTERM)
+        assert process.finish(15) == 0
+    finally:
+        proc.stdin.close()  # type: ignore[union-attr]
+    assert "harken stopped" in process.lines[-1]
 
 
 @pytest.mark.integration
