@@ -295,6 +295,56 @@ def test_image_install_steps_in_a_fresh_venv(tmp_path: Path) -> None:
     assert module.startswith(str(venv))  # the installed copy, not the source tree
 
 
+@pytest.mark.slow
+@pytest.mark.integration
+def test_runtime_dependencies_have_wheels_for_arm64_and_amd64(tmp_path: Path) -> None:
+    """The image builds on a Raspberry Pi as on a server: every runtime dependency resolves
+    to a binary wheel for each architecture (pip resolves metadata only, installs nothing)."""
+    src = _image_sources(tmp_path / "src")
+    wheels = tmp_path / "wheels"
+    env = _clean_env(PIP_DISABLE_PIP_VERSION_CHECK="1")
+    pip = [sys.executable, "-m", "pip"]
+    built = subprocess.run(
+        [*pip, "wheel", "-q", "--no-deps", "-w", str(wheels), str(src)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stderr[-3000:]
+    (wheel,) = wheels.glob("harken-*.whl")
+    for arch in ("aarch64", "x86_64"):
+        tags = ("manylinux_2_28", "manylinux_2_17", "manylinux2014")
+        report = tmp_path / f"report-{arch}.json"
+        resolve = subprocess.run(
+            [
+                *pip,
+                "install",
+                "--dry-run",
+                "--ignore-installed",
+                "--only-binary=:all:",
+                *(f"--platform={tag}_{arch}" for tag in tags),
+                "--python-version=3.11",
+                "--implementation=cp",
+                "--abi=cp311",
+                f"--target={tmp_path / 'target'}",
+                f"--report={report}",
+                "-q",
+                str(wheel),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert resolve.returncode == 0, f"{arch}: {resolve.stderr[-3000:]}"
+        installs = json.loads(report.read_text())["install"]
+        names = {re.sub(r"[-_.]+", "-", i["metadata"]["name"]).lower() for i in installs}  # PEP 503
+        expected = {"numpy", "scipy", "onnxruntime", "soundfile", "soxr", "pydantic-core"}
+        assert expected <= names, (arch, sorted(names))
+        assert "torch" not in names
+
+
 # ----------------------------------------------------------------- systemd
 
 

@@ -4,6 +4,7 @@ graceful shutdown of the real process, and its log formats."""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import logging
 import os
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import require_program, t3_scene
+from conftest import require, require_program, t3_scene
 
 from models import synth
 from service import daemon
@@ -93,7 +94,9 @@ def test_bundled_model_batches_by_concatenation(detector: Detector) -> None:
 
 
 def test_dynamic_batch_model_batches_along_batch_axis(tmp_path: Path, detector: Detector) -> None:
-    onnx = pytest.importorskip("onnx")  # [train] extra; scripts/test installs it
+    require(importlib.util.find_spec("onnx") is not None, "python package onnx (the [train] extra)")
+    import onnx
+
     model = onnx.load(str(detector.path))
     model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
     model.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "batch"
