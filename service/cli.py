@@ -6,16 +6,34 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
+import threading
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from service.config import ConfigError, Settings, load_settings
 
 log = logging.getLogger("harken")
 
 
+def _config_path(args: argparse.Namespace) -> Path | None:
+    """--config, else HARKEN_CONFIG when that file exists (the Docker image sets it)."""
+    if args.config is not None:
+        return args.config
+    from_env = os.environ.get("HARKEN_CONFIG")
+    if not from_env:
+        return None
+    if Path(from_env).is_file():
+        return Path(from_env)
+    print(f"harken: no config file at HARKEN_CONFIG={from_env}; using embedded defaults and "
+          "HARKEN_* variables", file=sys.stderr)
+    return None
+
+
 def _settings(args: argparse.Namespace) -> Settings:
-    settings = load_settings(args.config)
+    settings = load_settings(_config_path(args))
     if getattr(args, "source", None):
         from service.config import SourceConfig
 
@@ -40,7 +58,32 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     setup_logging(settings.log.level, settings.log.json_format)
-    return asyncio.run(run_daemon(settings))
+    return _run_until_stopped(run_daemon(settings))
+
+
+def _run_until_stopped(daemon: Coroutine[Any, Any, int]) -> int:
+    """asyncio.run without its final wait for executor threads.
+
+    A source thread blocked on input (an idle stdin pipe, a stalled stream) cannot be
+    interrupted, and asyncio.run, then the interpreter, would wait for it forever after
+    a SIGTERM. The daemon has stored, delivered and closed everything when it returns,
+    so such a thread is left behind and the process exits with the daemon's status.
+    """
+    loop = asyncio.new_event_loop()
+    try:
+        code = loop.run_until_complete(daemon)
+        loop.run_until_complete(loop.shutdown_asyncgens())
+    finally:
+        loop.close()  # shuts the default executor down without waiting
+    blocked = [t.name for t in threading.enumerate()
+               if t is not threading.main_thread() and t.is_alive() and not t.daemon]
+    if blocked:
+        log.debug("exiting without waiting for blocked threads: %s", ", ".join(blocked))
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
@@ -191,6 +234,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"report: {args.out / 'report.md'} (every figure in {args.out / 'report.json'})")
     return 1 if report["dataset"]["failed_files"] else 0
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from service.doctor import Check, format_checks, run_checks
+
+    try:
+        settings = load_settings(_config_path(args))
+    except ConfigError as exc:
+        checks = [Check("config", "fail", str(exc),
+                        "fix the named key; `harken check-config FILE` validates a file")]
+    else:
+        where = _config_path(args) or "embedded defaults"
+        checks = [Check("config", "ok", f"{where}: {len(settings.sources)} source(s)")]
+        checks += run_checks(settings, timeout_s=args.timeout)
+    if args.json:
+        print(json.dumps([c.to_dict() for c in checks], indent=2))
+    else:
+        print(format_checks(checks))
+    return 1 if any(c.status == "fail" for c in checks) else 0
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harken", description="Local-first home sound-event monitor.")
@@ -244,6 +305,14 @@ def build_parser() -> argparse.ArgumentParser:
     notify.add_argument("target", nargs="?", help="target name or index (default: every target)")
     notify.add_argument("--config", type=Path, help="YAML config file with webhooks")
     notify.set_defaults(func=cmd_notify_test)
+
+    doctor = sub.add_parser(
+        "doctor", help="check audio devices, model, broker, webhooks and store; say how to fix"
+    )
+    doctor.add_argument("--config", type=Path, help="YAML config file (default: embedded defaults)")
+    doctor.add_argument("--timeout", type=float, default=5.0, help="seconds per network check")
+    doctor.add_argument("--json", action="store_true", help="the checks as a JSON list")
+    doctor.set_defaults(func=cmd_doctor)
     return parser
 
 

@@ -20,6 +20,7 @@ from service.controls import ClassControl, ClassControls
 from service.decision import DecisionParams
 from service.detector import Detector
 from service.events import EventMessage, utc_now
+from service.inference import InferenceBatcher
 from service.pipeline import SourceRunner
 from service.sinks.dispatcher import Dispatcher
 from service.sinks.store import EventStore, default_store_path
@@ -60,6 +61,7 @@ class Runtime:
     dispatcher: Dispatcher
     executor: ThreadPoolExecutor
     runners: list[SourceRunner] = field(default_factory=list)
+    batcher: InferenceBatcher | None = None
     started_monotonic: float = field(default_factory=time.monotonic)
     started_at: datetime = field(default_factory=utc_now)
     extras: dict[str, Any] = field(default_factory=dict)
@@ -125,13 +127,15 @@ def build_runtime(settings: Settings) -> Runtime:
     runtime = Runtime(settings, detector, store, controls, dispatcher, executor)
     # Sinks saw these events start but never end: they get the end once they are running.
     runtime.extras["closed_on_start"] = dangling
+    # Every source's blocks go through one shared inference stage on the executor's worker.
+    runtime.batcher = InferenceBatcher(executor)
     for source_cfg in settings.sources:
         source = AudioSource(source_cfg.name, source_cfg.url, realtime=source_cfg.realtime, loop=source_cfg.loop)
         runtime.runners.append(SourceRunner(
             source, detector, dispatcher, executor, params, controls,
             arbitration_margin=settings.decision.arbitration_margin,
             clip_pre_s=settings.store.clip_pre_s, clip_post_s=settings.store.clip_post_s,
-            clips_dir=store.clips_dir, on_clip=store.set_clip,
+            clips_dir=store.clips_dir, on_clip=store.set_clip, batcher=runtime.batcher,
         ))
     return runtime
 

@@ -9,7 +9,9 @@ padded with the features of digital silence: `context` frames before the first f
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -19,6 +21,15 @@ from service.contract import CONTRACT_KEY, ContractError, ModelContract
 log = logging.getLogger(__name__)
 
 BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "models" / "harken.onnx"
+
+#: How several windows are scored in one model call: stacked along the batch axis (a
+#: model with a dynamic batch dimension), concatenated along time (a model without
+#: internal padding or time-global operations: the outputs that straddle two windows
+#: are dropped), or one call per window.
+BatchMode = Literal["batch", "concat", "sequential"]
+#: Largest score difference between one window alone and the same window inside a batch
+#: that still counts as the same result (float summation order differs a little).
+BATCH_TOLERANCE = 1e-4
 
 
 def bundled_model_path() -> Path:
@@ -34,6 +45,7 @@ class Detector:
         self.contract = contract
         self.path = path
         self.silence_frame = LogMel(contract.features).silence_frame
+        self._batch_mode: BatchMode | None = None
 
     @classmethod
     def load(cls, path: str | Path | None = None, threads: int = 1) -> Detector:
@@ -102,6 +114,69 @@ class Detector:
         )
         return np.asarray(scores[0], dtype=np.float32)
 
+    @property
+    def batch_mode(self) -> BatchMode:
+        """The fastest way this model scores several windows at once, checked once by a probe."""
+        if self._batch_mode is None:
+            self._batch_mode = self._probe_batch_mode()
+            log.debug("model %s: batched scoring by %s", self.path.name, self._batch_mode)
+        return self._batch_mode
+
+    @batch_mode.setter
+    def batch_mode(self, mode: BatchMode) -> None:
+        self._batch_mode = mode  # the streams benchmark compares the modes
+
+    def _probe_batch_mode(self) -> BatchMode:
+        # A mode is used only if it gives the scores of separate calls: a recurrent or
+        # attention model would not, and then every window gets its own call.
+        c = self.contract
+        rng = np.random.default_rng(0)
+        windows = [
+            self.silence_frame
+            + rng.normal(0.0, 2.0, (c.receptive_field_frames + n, c.features.n_mels))
+            for n in (3, 8)
+        ]
+        windows = [w.astype(np.float32) for w in windows]
+        expected = [self.raw_scores(w) for w in windows]
+        batch_dim = self._session.get_inputs()[0].shape[0]  # type: ignore[attr-defined]
+        candidates: list[BatchMode] = ["concat"] if batch_dim == 1 else ["batch", "concat"]
+        for mode in candidates:
+            try:
+                got = self._raw_scores_by(mode, windows)
+            except Exception:  # the model refuses this layout (e.g. a fixed batch of 1)
+                continue
+            if all(g.shape == e.shape and np.abs(g - e).max() <= BATCH_TOLERANCE
+                   for g, e in zip(got, expected, strict=True)):
+                return mode
+        return "sequential"
+
+    def raw_scores_many(self, windows: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """`raw_scores` of several padded windows in as few model calls as the model allows."""
+        if len(windows) <= 1:
+            return [self.raw_scores(w) for w in windows]
+        return self._raw_scores_by(self.batch_mode, windows)
+
+    def _raw_scores_by(self, mode: BatchMode, windows: Sequence[np.ndarray]) -> list[np.ndarray]:
+        rf = self.contract.receptive_field_frames
+        lengths = [w.shape[0] for w in windows]
+        if mode == "sequential":
+            return [self.raw_scores(w) for w in windows]
+        if mode == "concat":
+            # (sum T, n_mels) -> (sum T - rf, C); window i owns [start_i, start_i + T_i - rf).
+            out = self.raw_scores(np.concatenate(windows))
+            starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+            return [out[s : s + t - rf] for s, t in zip(starts, lengths, strict=True)]
+        # "batch": pad the end with silence; padding only affects outputs that are dropped.
+        longest = max(lengths)
+        silence = self.silence_frame
+        batch = np.stack([
+            np.concatenate([w, np.tile(silence, (longest - w.shape[0], 1))]) for w in windows
+        ]).astype(np.float32)  # (B, T_max, n_mels)
+        (scores,) = self._session.run(  # type: ignore[attr-defined]
+            [self.contract.output_name], {self.contract.input_name: batch}
+        )
+        return [np.asarray(scores[i, : t - rf], dtype=np.float32) for i, t in enumerate(lengths)]
+
     def scores(self, frames: np.ndarray) -> np.ndarray:
         """Scores of a whole signal's frames in one pass: (T, n_mels) -> (T, C)."""
         c = self.contract
@@ -131,15 +206,39 @@ class StreamingScorer:
 
     def push(self, frames: np.ndarray) -> np.ndarray:
         """Feed frames (T, n_mels); return scores (k, C) of every frame now complete."""
-        buffer = np.concatenate([self._history, frames]) if frames.shape[0] else self._history
-        if buffer.shape[0] <= self._receptive_field:
-            self._history = buffer
-            return np.zeros((0, len(self._detector.class_names)), dtype=np.float32)
-        scores = self._detector.raw_scores(buffer)
-        self._history = buffer[buffer.shape[0] - self._receptive_field :]
-        return scores
+        return push_many([(self, frames)])[0]
+
+    def _window(self, frames: np.ndarray) -> np.ndarray:
+        """History + new frames: the window to score (no state change)."""
+        return np.concatenate([self._history, frames]) if frames.shape[0] else self._history
+
+    def _advance(self, window: np.ndarray) -> None:
+        keep = min(window.shape[0], self._receptive_field)
+        self._history = window[window.shape[0] - keep :]
 
     def flush(self) -> np.ndarray:
         """End of stream: score the frames still waiting for their look-ahead."""
         c = self._detector.contract
         return self.push(np.tile(self._detector.silence_frame, (c.lookahead_frames, 1)))
+
+
+def push_many(items: Sequence[tuple[StreamingScorer, np.ndarray]]) -> list[np.ndarray]:
+    """`StreamingScorer.push` for several streams of one detector, batched into one model call.
+
+    Either every scorer advances or, when the model call raises, none does.
+    """
+    if not items:
+        return []
+    detector = items[0][0]._detector
+    if any(scorer._detector is not detector for scorer, _ in items):
+        raise ValueError("push_many: all scorers must share one detector")
+    windows = [scorer._window(frames) for scorer, frames in items]
+    rf = detector.contract.receptive_field_frames
+    ready = [i for i, w in enumerate(windows) if w.shape[0] > rf]
+    scored = detector.raw_scores_many([windows[i] for i in ready])
+    results = [np.zeros((0, len(detector.class_names)), dtype=np.float32) for _ in items]
+    for i, scores in zip(ready, scored, strict=True):
+        results[i] = scores
+    for (scorer, _), window in zip(items, windows, strict=True):
+        scorer._advance(window)
+    return results

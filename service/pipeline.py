@@ -24,6 +24,7 @@ from service.controls import ClassControl, ClassControls
 from service.decision import DecisionParams, EventDecider, EventEnded, EventStarted
 from service.detector import Detector
 from service.events import EventMessage, EventRecord, StreamClock, new_event_id, utc_now
+from service.inference import InferenceBatcher
 from service.sinks.dispatcher import Dispatcher, LiveUpdate
 
 log = logging.getLogger(__name__)
@@ -156,6 +157,7 @@ class SourceRunner:
         clip_post_s: float = 3.0,
         clips_dir: Path | None = None,
         on_clip: Callable[[str, str], None] | None = None,
+        batcher: InferenceBatcher | None = None,
     ) -> None:
         self.source = source
         self.detector = detector
@@ -167,6 +169,7 @@ class SourceRunner:
         self.clip_pre_s, self.clip_post_s = clip_pre_s, clip_post_s
         self.clips_dir = clips_dir
         self.on_clip = on_clip
+        self.batcher = batcher  # shared by every runner of the daemon: one batched model call
         self.status = source.status
         self.latest_scores: dict[str, float] = dict.fromkeys(detector.class_names, 0.0)
         self.latest_level = -120.0
@@ -245,8 +248,11 @@ class SourceRunner:
         return scores
 
     async def _process(self, block: np.ndarray) -> None:
-        loop = asyncio.get_running_loop()
-        scores = await loop.run_in_executor(self.executor, self._infer, block)
+        if self.batcher is not None:
+            scores, seconds = await self.batcher.score(self.frontend, self.scorer, block)
+            self.inference_s += seconds
+        else:
+            scores = await asyncio.get_running_loop().run_in_executor(self.executor, self._infer, block)
         self._ring.write(block)
         self.audio_s += block.shape[0] / TARGET_RATE
         self.latest_level = level_dbfs(block)

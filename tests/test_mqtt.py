@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import getpass
 import json
 import logging
 import os
@@ -485,38 +484,3 @@ def test_unusable_tls_files_give_a_clear_degraded_status(tmp_path: Path) -> None
         assert store.outbox_counts("mqtt")["pending"] == 1
     finally:
         store.close()
-
-
-def test_deploy_mosquitto_config_requires_a_login(
-    tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
-    """deploy/mosquitto/mosquitto.conf, with its container paths moved to a temp dir."""
-    mosquitto, mosquitto_pub = _programs()
-    passwd = require_program("mosquitto_passwd")
-    text = (REPO / "deploy" / "mosquitto" / "mosquitto.conf").read_text()
-    assert "allow_anonymous false" in text and "listener 1883\n" in text
-    (tmp_path / "config").mkdir()
-    (tmp_path / "data").mkdir()
-    subprocess.run(
-        [passwd, "-b", "-c", str(tmp_path / "config" / "passwd"), "harken", "pw-123456"],
-        check=True,
-        capture_output=True,
-        timeout=10,
-    )
-    local = text.replace("listener 1883\n", "listener PORT 127.0.0.1\n")
-    local = local.replace("/mosquitto/", f"{tmp_path}/") + f"user {getpass.getuser()}\n"
-    server = Broker(
-        tmp_path / "run",
-        mosquitto,
-        mosquitto_pub,
-        credentials=("harken", "pw-123456"),
-        conf_text=local,
-    )
-    request.addfinalizer(server.stop)
-    server.start()  # waits until a login with the credentials works
-    anonymous = subprocess.run(
-        [mosquitto_pub, "-h", "127.0.0.1", "-p", str(server.port), "-t", "t", "-m", "x"],
-        capture_output=True,
-        timeout=10,
-    )
-    assert anonymous.returncode != 0
