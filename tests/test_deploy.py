@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tests.conftest import require_program
 from pydantic import BaseModel
 
 from service.config import Settings
+from tests.conftest import require_program
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from tests.conftest import require_program
 
 from service.cli import main
+from tests.conftest import require_program
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.conftest import require, require_program, t3_scene
 
 from models import synth
 from service import daemon
@@ -29,6 +28,7 @@ from service.config import Settings
 from service.detector import Detector, push_many
 from service.inference import InferenceBatcher
 from service.sinks.store import EventStore
+from tests.conftest import require, require_program, t3_scene
 
 REPO = Path(__file__).resolve().parent.parent
 
