@@ -26,6 +26,13 @@ log = logging.getLogger(__name__)
 TARGET_RATE = 16000
 #: Block length delivered by file, stdin and ffmpeg sources.
 BLOCK_S = 0.1
+#: At most this many samples (all channels together) are read from a file at once, whatever
+#: block length is asked for: 60 s of 8-channel 192 kHz audio would otherwise be 370 MB.
+MAX_READ_SAMPLES = 2_000_000
+#: Sample rates outside this range are not recordings but broken or hostile headers
+#: (a file claiming 1 Hz would be "upsampled" into days of audio).
+MIN_RATE_HZ = 1000
+MAX_RATE_HZ = 768_000
 DEMO_PATH = Path(__file__).resolve().parent.parent / "assets" / "demo.flac"
 
 SourceKind = Literal["mic", "file", "stdin", "url", "demo"]
@@ -208,8 +215,13 @@ def iter_file(path: str | Path, block_s: float = BLOCK_S) -> Iterator[np.ndarray
             raise SourceError(f"{file_path}: contains no audio (0 samples)")
         if handle.channels > 64:
             raise SourceError(f"{file_path}: {handle.channels} channels is not a plausible recording")
+        if not MIN_RATE_HZ <= handle.samplerate <= MAX_RATE_HZ:
+            raise SourceError(
+                f"{file_path}: a sample rate of {handle.samplerate} Hz is not plausible "
+                f"(accepted: {MIN_RATE_HZ}-{MAX_RATE_HZ} Hz); is the header broken?"
+            )
         converter = MonoResampler(handle.samplerate, handle.channels)
-        block_frames = max(1, int(block_s * handle.samplerate))
+        block_frames = max(1, min(int(block_s * handle.samplerate), MAX_READ_SAMPLES // handle.channels))
         # 16-bit files: reading int16 and scaling in numpy is ~2x faster than libsndfile's
         # per-sample float conversion, and gives the same values.
         as_int16 = handle.subtype in ("PCM_16", "PCM_S8", "PCM_U8")

@@ -100,6 +100,7 @@ class MqttSink:
         self._first_outcome = asyncio.Event()
         self._acks: dict[int, asyncio.Future[None]] = {}
         self._deliverer: asyncio.Task[None] | None = None
+        self._unmarked: set[int] = set()  # acknowledged by the broker, not yet marked in the store
         self._stopping = False
 
         self.state = "stopped"
@@ -346,18 +347,33 @@ class MqttSink:
             await self._connected.wait()
             self._wake.clear()  # before reading, so a put during the read is not missed
             try:
-                due = self.store.outbox_due(SINK_NAME, limit=OUTBOX_WINDOW)
+                self._mark_unmarked()
+                due = [
+                    item
+                    for item in self.store.outbox_due(SINK_NAME, limit=OUTBOX_WINDOW + len(self._unmarked))
+                    if item.seq not in self._unmarked
+                ][:OUTBOX_WINDOW]
+                if due:
+                    await self._deliver(due)
+                    continue
+                next_at = self.store.outbox_next_attempt(SINK_NAME)
             except StoreError as exc:
-                log.error("MQTT outbox unreadable: %s", exc)
+                # Disk full or store locked: what reached the broker is remembered in memory
+                # (no re-sends); the rest waits in the outbox until the store recovers.
+                log.error("MQTT outbox unusable: %s; trying again in %g s", exc, self.config.reconnect_max_s)
                 await asyncio.sleep(self.config.reconnect_max_s)
                 continue
-            if due:
-                await self._deliver(due)
-                continue
-            next_at = self.store.outbox_next_attempt(SINK_NAME)
+            if self._unmarked:
+                next_at = time.time() + self.config.reconnect_min_s
             timeout_s = 60.0 if next_at is None else min(60.0, max(0.05, next_at - time.time()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout_s)
+
+    def _mark_unmarked(self) -> None:
+        """Record deliveries that could not be marked while the store refused writes."""
+        for seq in sorted(self._unmarked):
+            self.store.outbox_delivered(seq)  # raises StoreError while the store still refuses
+            self._unmarked.discard(seq)
 
     async def _deliver(self, due: list[Any]) -> None:
         client = self._client
@@ -405,8 +421,13 @@ class MqttSink:
             self._delivered(seq)
 
     def _delivered(self, seq: int) -> None:
-        self.store.outbox_delivered(seq)
         self.events_published += 1
+        try:
+            self.store.outbox_delivered(seq)
+        except StoreError as exc:
+            if not self._unmarked:
+                log.error("MQTT delivery of outbox item %d not recorded (%s); kept in memory", seq, exc)
+            self._unmarked.add(seq)
 
     # ------------------------------------------------------------------ loop-side reactions
     def _acked(self, mid: int) -> None:
