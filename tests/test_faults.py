@@ -170,3 +170,74 @@ def test_mosquitto_killed_three_times_during_a_stream_loses_nothing(tmp_path: Pa
     late.wait_for(lambda ms: len(ms) >= len(CLASSES) + 1, 10, "the retained states")
     states = {m.topic.split("/")[2]: m.text for m in late.messages}
     assert states == {**dict.fromkeys(CLASSES, "OFF"), "availability": "offline"}
+
+
+# --------------------------------------------------------------------------- harken crashes
+def test_kill_9_mid_event_and_mid_delivery_then_restart(tmp_path: Path, cleanup: list[Any]) -> None:
+    """harken dies by SIGKILL with one event open, the broker away (MQTT outbox pending) and
+    a webhook request in flight; the restarted harken closes the event, announces its end and
+    delivers everything that was recorded."""
+    broker = persistent_broker(tmp_path / "broker")  # not started yet: the broker is down
+    cleanup.append(broker)
+    gate = threading.Event()  # the receiver holds every request until the gate opens
+    receiver = Receiver(gate=gate).start()
+    cleanup.append(receiver)
+    node = "phoenix"
+    events_topic = f"harken/{node}/events"
+    config = {
+        "sources": [{"name": "hall", "url": "-"}],
+        "store": {"path": str(tmp_path / "harken" / "harken.db")},
+        "api": {"enabled": False},
+        "mqtt": mqtt_config(broker, node),
+        "webhooks": [{"name": "phone", "url": receiver.url(), "on": ["start", "end"], "secret": "whsec-kill9",
+                      **FAST_WEBHOOK}],
+    }
+    harken = Harken(tmp_path / "harken", config, stdin=True).start()
+    cleanup.append(harken)
+    store = harken.store
+    harken.wait_log("harken started")
+    harken.feed(alarm_segment(seed=0))  # a complete event
+    harken.feed(alarm_segment(seed=1)[: 6 * 16000])  # the next one starts and is still sounding
+    wait_until(lambda: len(store.events()) >= 2 and store.ended() == 1, 30, "one closed and one open event")
+    wait_until(receiver.received, 10, "a webhook request in flight")
+    harken.kill9()
+
+    # What the crash left: a consistent file, the open event, every notification pending.
+    assert store.integrity() == "ok"
+    events = store.events()
+    open_events = [e for e in events if e["end_s"] is None]
+    assert len(open_events) == 1 and open_events[0]["class"] == "smoke_alarm"
+    assert store.pending("mqtt") == len(store.outbox("mqtt")) == 2 * len(events) - 1
+    assert store.pending("webhook:phone") == len(store.outbox("webhook:phone")) == 2 * len(events) - 1
+
+    broker.start()
+    recorder = Recorder(broker.port, [events_topic])
+    cleanup.append(recorder)
+    receiver.gate = None
+    gate.set()
+    harken.start()  # the same config and store: a service manager restarting it
+    harken.wait_log("harken started")
+    expected = 2 * len(events)
+    wait_until(lambda: store.pending("mqtt") == 0 and len(store.outbox("mqtt")) == expected, 30,
+               "the MQTT outbox to drain, the closing end included")
+    wait_until(lambda: store.pending("webhook:phone") == 0, 30, "the webhook outbox to drain")
+    recorder.wait_for(lambda ms: len(ms) >= expected, 10, "every event message at the subscriber")
+    code, _elapsed = harken.terminate()
+    assert code == 0, harken.log()[-3000:]
+
+    closed = {e["id"]: e for e in store.events()}[open_events[0]["id"]]
+    assert closed["extra"]["closed_by"] == "restart"
+    # Closed at the last moment known for sure: its detection (later audio died with harken).
+    assert closed["end_s"] == closed["detected_s"] and closed["ended_at"] == closed["detected_at"]
+    assert "closing event" in harken.log(this_run=True) and "left open by an earlier run" in harken.log()
+
+    received, repeats = without_repeats(payloads(recorder, events_topic))
+    assert received == store.outbox("mqtt") and repeats == 0
+    assert received[-1] == {"phase": "end", **closed, "clip_path": None}
+
+    # Webhooks: every notification delivered; only the one in flight at the kill may come twice.
+    keys = [r.headers["idempotency-key"] for r in receiver.received()]
+    wanted = [f"{p['event_id']}-{p['phase']}" for p in store.outbox("webhook:phone")]
+    assert list(dict.fromkeys(keys)) == wanted
+    assert all(keys.count(key) == 1 for key in wanted[1:])
+    assert len(store.events()) == len(events)  # nothing recorded was lost
