@@ -11,22 +11,27 @@ the store stays consistent, and harken neither crashes nor loops.
 from __future__ import annotations
 
 import getpass
+import itertools
 import json
+import os
+import signal
+import struct
 import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
+import soundfile
 
 from service.sinks.mqtt import OUTBOX_WINDOW
-from service.sinks.store import EventStore
 from tests.conftest import require_program
-from tests.harken_process import Harken, alarm_segment, quiet, wait_until
+from tests.harken_process import Harken, alarm_segment, pcm16, quiet, wait_until
 from tests.mqtt_helpers import Broker, Recorder, free_port
 from tests.test_webhooks import Receiver
+from tests.virtual_mic import VirtualMic
 
 pytestmark = pytest.mark.integration
 
@@ -241,3 +246,134 @@ def test_kill_9_mid_event_and_mid_delivery_then_restart(tmp_path: Path, cleanup:
     assert list(dict.fromkeys(keys)) == wanted
     assert all(keys.count(key) == 1 for key in wanted[1:])
     assert len(store.events()) == len(events)  # nothing recorded was lost
+
+
+# --------------------------------------------------------------------------- sources that vanish
+class LiveStream:
+    """An endless WAV over HTTP at real-time pace, like a camera's audio: what ffmpeg reads."""
+
+    def __init__(self) -> None:
+        self.clients = 0
+        stream = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                stream.clients += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "audio/wav")
+                self.end_headers()
+                header = sf_header()
+                noise = pcm16(quiet(1.0, seed=stream.clients))
+                try:
+                    self.wfile.write(header)
+                    started = time.monotonic()
+                    for second in itertools.count():
+                        self.wfile.write(noise)
+                        self.wfile.flush()
+                        time.sleep(max(0.0, started + second + 1 - time.monotonic()))
+                except OSError:
+                    pass  # the reader (ffmpeg) went away
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/live.wav"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def sf_header() -> bytes:
+    """A 16 kHz mono 16-bit WAV header declaring the largest length a WAV can (a live stream)."""
+    data_bytes = 0xFFFFFFFF - 36
+    return (b"RIFF" + struct.pack("<I", 0xFFFFFFFF) + b"WAVE" + b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, 16000,
+            32000, 2, 16) + b"data" + struct.pack("<I", data_bytes))
+
+
+def children_named(pid: int, name: str) -> list[int]:
+    """Child processes of `pid` with this command name (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)
+            comm = fields[0].split("(", 1)[1]
+            ppid = int(fields[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid and comm == name:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_microphone_and_stream_vanish_and_come_back(tmp_path: Path, cleanup: list[Any]) -> None:
+    """The microphone's PulseAudio server stops and restarts, the camera stream's ffmpeg is
+    killed: each recovers with backoff, is degraded meanwhile, and the third source never notices."""
+    require_program("pulseaudio")
+    require_program("pactl")
+    require_program("ffmpeg")
+    mic = VirtualMic(tmp_path / "vmic")
+    cleanup.append(mic)
+    mic.start()
+    stream = LiveStream()
+    cleanup.append(stream)
+    hall = tmp_path / "hall.wav"
+    soundfile.write(str(hall), quiet(5.0, seed=9), 16000, subtype="PCM_16")
+    port = free_port()
+    harken = Harken(tmp_path / "harken", {
+        "sources": [
+            {"name": "nursery", "url": "mic"},
+            {"name": "camera", "url": f"url:{stream.url}"},
+            {"name": "hall", "url": f"file:{hall}", "realtime": True, "loop": True},
+        ],
+        "store": {"path": str(tmp_path / "harken" / "harken.db")},
+        "api": {"port": port, "token": TOKEN},
+    }, env={"PULSE_SERVER": mic.env["PULSE_SERVER"]}).start()
+    cleanup.append(harken)
+    harken.wait_api()
+
+    seen: dict[str, list[str]] = {"nursery": [], "camera": [], "hall": []}
+    hall_audio: list[float] = []
+
+    def sources() -> dict[str, dict[str, Any]]:
+        response = harken.get("/api/status", TOKEN)
+        assert response.status_code == 200, response.text
+        current = {s["name"]: s for s in response.json()["sources"]}
+        for name, source in current.items():
+            seen[name].append(source["state"])
+        hall_audio.append(current["hall"]["audio_s"])
+        return current
+
+    wait_until(lambda: all(s["state"] == "running" for s in sources().values()), 30, "every source running")
+
+    # The camera's ffmpeg dies: the stream is re-opened after a back-off of 1 s.
+    (ffmpeg,) = wait_until(lambda: children_named(harken.process.pid, "ffmpeg"), 10, "the ffmpeg child")
+    os.kill(ffmpeg, signal.SIGKILL)
+    wait_until(lambda: sources()["camera"]["restarts"] >= 1 and sources()["camera"]["state"] == "running", 30,
+               "the camera stream back")
+    assert stream.clients >= 2
+
+    # The microphone's sound server goes away (an unplugged USB microphone looks the same).
+    mic.stop()
+    degraded = wait_until(lambda: sources()["nursery"]["state"] == "degraded" and sources()["nursery"], 30,
+                          "the microphone to be reported degraded")
+    assert degraded["error"]
+    time.sleep(2.0)  # it stays away for a while: retries back off, nothing crashes
+    assert sources()["nursery"]["state"] == "degraded"
+    mic.start()
+    back = wait_until(lambda: sources()["nursery"]["state"] == "running" and sources()["nursery"], 40,
+                      "the microphone back")
+    assert back["restarts"] >= 1
+
+    assert "degraded" in seen["camera"] and "degraded" in seen["nursery"]
+    # The third source never noticed: always running, its audio clock always advancing.
+    assert set(seen["hall"]) == {"running"}
+    assert hall_audio == sorted(hall_audio) and hall_audio[-1] > hall_audio[0] + 3.0
+    log = harken.log()
+    assert "source camera: ffmpeg could not decode" in log and "retrying in 1 s" in log
+    assert "source nursery:" in log and "retrying in 2 s" in log  # the back-off grows while the mic is away
+    code, _elapsed = harken.terminate()
+    assert code == 0, log[-3000:]
