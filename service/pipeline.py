@@ -348,7 +348,7 @@ class SourceRunner:
             self.clips_dir.mkdir(parents=True, exist_ok=True)
             sf.write(str(path), audio, TARGET_RATE, subtype="PCM_16")
         except (OSError, RuntimeError) as exc:
-            log.error("clip of event %s not written: %s", open_event.record.id, exc)
+            log.error("clip of event %s not written to %s (disk full?): %s", open_event.record.id, path, exc)
             return
         if self.on_clip is not None:
             try:

@@ -27,8 +27,9 @@ import pytest
 import soundfile
 
 from service.sinks.mqtt import OUTBOX_WINDOW
+from service.sinks.store import EventStore
 from tests.conftest import require_program
-from tests.harken_process import Harken, alarm_segment, pcm16, quiet, wait_until
+from tests.harken_process import Harken, Store, alarm_segment, pcm16, quiet, wait_until
 from tests.mqtt_helpers import Broker, Recorder, free_port
 from tests.test_webhooks import Receiver
 from tests.virtual_mic import VirtualMic
@@ -377,3 +378,97 @@ def test_microphone_and_stream_vanish_and_come_back(tmp_path: Path, cleanup: lis
     assert "source nursery:" in log and "retrying in 2 s" in log  # the back-off grows while the mic is away
     code, _elapsed = harken.terminate()
     assert code == 0, log[-3000:]
+
+
+# --------------------------------------------------------------------------- the disk fills up
+@pytest.fixture
+def broker(tmp_path: Path, cleanup: list[Any]) -> Broker:
+    server = Broker(tmp_path / "broker", require_program("mosquitto"), require_program("mosquitto_pub"))
+    cleanup.append(server)
+    server.start()
+    return server
+
+
+def smoke_messages(recorder: Recorder, topic: str) -> set[tuple[str, str]]:
+    return {(m["id"], m["phase"]) for m in payloads(recorder, topic) if m["class"] == "smoke_alarm"}
+
+
+def test_disk_full_degrades_the_store_while_detection_and_mqtt_go_on(
+    tmp_path: Path, broker: Broker, cleanup: list[Any]
+) -> None:
+    """The store's disk fills up while harken runs. A tmpfs or loop device cannot be mounted
+    here and root ignores file permissions, so the disk is filled the way the kernel reports
+    it to one process: RLIMIT_FSIZE makes every write past 160 kB fail (EFBIG), which SQLite
+    and the clip writer see exactly as they would see a full disk."""
+    node = "diskfull"
+    events_topic = f"harken/{node}/events"
+    db = tmp_path / "harken" / "harken.db"
+    EventStore(db).close()  # the store exists, ~40 kB: the first events still fit
+    recorder = Recorder(broker.port, [events_topic])
+    cleanup.append(recorder)
+    port = free_port()
+    harken = Harken(tmp_path / "harken", {
+        "sources": [{"name": "hall", "url": "-"}],
+        "store": {"path": str(db)},
+        "api": {"port": port, "token": TOKEN},
+        "mqtt": mqtt_config(broker, node),
+    }, stdin=True, file_size_limit=160 * 1024).start()
+    cleanup.append(harken)
+    harken.wait_api()
+    segments = 6
+    for index in range(segments):
+        harken.feed(alarm_segment(seed=index))
+        # Every event reaches MQTT: through the outbox while it is writable, directly after.
+        wait_until(lambda n=index + 1: len(smoke_messages(recorder, events_topic)) >= 2 * n, 30,
+                   f"event {index + 1} at the MQTT subscriber")
+    status = harken.get("/api/status", TOKEN).json()
+    store_status = status["sinks"]["store"]
+    assert store_status["state"] == "degraded" and store_status["write_errors"] > 0
+    assert "disk I/O error" in store_status["error"] or "full" in store_status["error"]
+    assert status["sources"][0]["state"] == "running"
+    assert status["sinks"]["mqtt"]["connected"]
+    # Some events were stored before the disk filled, not all: the fault really happened.
+    stored = {e["id"] for e in Store(db).events() if e["class"] == "smoke_alarm"}
+    announced = {event_id for event_id, _phase in smoke_messages(recorder, events_topic)}
+    assert 1 <= len(stored) < segments and stored < announced and len(announced) == segments
+    # The API keeps answering from what is stored.
+    assert harken.get("/api/events", TOKEN).status_code == 200
+    harken.check_alive()
+    code, _elapsed = harken.terminate()
+    log = harken.log()
+    assert code == 0, log[-3000:]
+    assert "not stored" in log and "Traceback" not in log
+    assert log.count("MQTT outbox unusable") <= 3  # waits between tries: no busy loop
+
+
+def test_a_store_that_cannot_be_opened_runs_in_memory_degraded(
+    tmp_path: Path, broker: Broker, cleanup: list[Any]
+) -> None:
+    """No crash loop under a service manager: harken starts on a store in memory, says why
+    in the log and the status, and detection and MQTT work as before."""
+    node = "nostore"
+    events_topic = f"harken/{node}/events"
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the store's directory should be")
+    recorder = Recorder(broker.port, [events_topic])
+    cleanup.append(recorder)
+    port = free_port()
+    harken = Harken(tmp_path / "harken", {
+        "sources": [{"name": "hall", "url": "-"}],
+        "store": {"path": str(blocker / "harken.db")},
+        "api": {"port": port, "token": TOKEN},
+        "mqtt": mqtt_config(broker, node),
+    }, stdin=True).start()
+    cleanup.append(harken)
+    harken.wait_api()
+    harken.feed(alarm_segment(seed=0))
+    wait_until(lambda: len(smoke_messages(recorder, events_topic)) >= 2, 30, "the event at the subscriber")
+    store_status = harken.get("/api/status", TOKEN).json()["sinks"]["store"]
+    assert store_status["state"] == "degraded"
+    assert f"cannot open event store {blocker / 'harken.db'}" in store_status["error"]
+    assert "in memory only" in store_status["error"]
+    events = harken.get("/api/events", TOKEN).json()["events"]
+    assert [e["class"] for e in events].count("smoke_alarm") == 1
+    code, _elapsed = harken.terminate()
+    assert code == 0, harken.log()[-3000:]
+    assert "in memory only" in harken.log()
