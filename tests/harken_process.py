@@ -8,6 +8,7 @@ second, read-only SQLite connection, as an operator's `sqlite3` would.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import resource
@@ -253,7 +254,5 @@ class Harken:
         if self._reader is not None:
             self._reader.join(5)
         if self.process is not None and self.process.stdin is not None and not self.process.stdin.closed:
-            try:
+            with contextlib.suppress(OSError):
                 self.process.stdin.close()
-            except OSError:
-                pass

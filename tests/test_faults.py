@@ -4,12 +4,14 @@ Each test drives harken's audio through stdin (or live sources), so events happe
 between the faults: Mosquitto killed with SIGKILL and restarted, harken itself killed
 with SIGKILL mid-event and mid-delivery, a full disk, SIGTERM under load. What must hold:
 every event reaches its subscribers exactly as stored, in order (QoS 1 and webhooks are
-at least once: a message in flight at the moment of a kill may come twice, never never),
+at least once: a message in flight at the moment of a kill may come twice, but none is
+missing),
 the store stays consistent, and harken neither crashes nor loops.
 """
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import itertools
 import json
@@ -23,6 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import soundfile
 
@@ -96,10 +99,8 @@ def cleanup() -> Iterator[list[Any]]:
     for item in reversed(items):
         for method in ("cleanup", "close", "stop"):
             if hasattr(item, method):
-                try:
+                with contextlib.suppress(Exception):  # cleaning up after a failure must not hide it
                     getattr(item, method)()
-                except Exception:  # cleaning up after a failure must not hide it
-                    pass
                 break
 
 
@@ -472,3 +473,97 @@ def test_a_store_that_cannot_be_opened_runs_in_memory_degraded(
     code, _elapsed = harken.terminate()
     assert code == 0, harken.log()[-3000:]
     assert "in memory only" in harken.log()
+
+
+# --------------------------------------------------------------------------- SIGTERM under load
+#: What the daemon's own stop budget adds up to (sources 3 s, sinks' drain and stop, the API's
+#: graceful close), with room for a slow shared machine. Not a speed claim: a hang fails it.
+SHUTDOWN_BOUND_S = 20.0
+
+
+def test_sigterm_under_heavy_load_stops_in_bounds_and_loses_nothing(
+    tmp_path: Path, broker: Broker, cleanup: list[Any]
+) -> None:
+    node = "busy"
+    events_topic = f"harken/{node}/events"
+
+    def slow_phone(_request: Any, _index: int) -> tuple[int, dict[str, str], bytes]:
+        time.sleep(0.2)  # a slow receiver: notifications queue up in the outbox under load
+        return 200, {}, b"{}"
+
+    receiver = Receiver(script=slow_phone).start()
+    cleanup.append(receiver)
+    recorder = Recorder(broker.port, [events_topic, f"harken/{node}/availability"])
+    cleanup.append(recorder)
+    scene = tmp_path / "scene.wav"
+    soundfile.write(str(scene), np.concatenate([alarm_segment(seed) for seed in range(3)]), 16000, subtype="PCM_16")
+    port = free_port()
+    db = tmp_path / "harken" / "harken.db"
+    config: dict[str, Any] = {
+        # Three rooms played as fast as the CPU allows, forever: events every fraction of a second.
+        "sources": [{"name": f"room{i}", "url": f"file:{scene}", "realtime": False, "loop": True} for i in range(3)],
+        "store": {"path": str(db)},
+        "api": {"port": port, "token": TOKEN},
+        "mqtt": mqtt_config(broker, node),
+        "webhooks": [{"name": "phone", "url": receiver.url(), "on": ["start", "end"], **FAST_WEBHOOK}],
+    }
+    harken = Harken(tmp_path / "harken", config).start()
+    cleanup.append(harken)
+    harken.wait_api()
+    store = harken.store
+
+    stop_clients = threading.Event()
+
+    def api_client() -> None:  # dashboard-like readers on top of the audio load
+        while not stop_clients.is_set():
+            try:
+                harken.get("/api/events?limit=100", TOKEN)
+                harken.get("/api/status", TOKEN)
+            except Exception:
+                pass  # refused while shutting down: expected
+            time.sleep(0.02)
+
+    clients = [threading.Thread(target=api_client, daemon=True) for _ in range(3)]
+    for client in clients:
+        client.start()
+    try:
+        wait_until(lambda: store.ended() >= 24, 60, "two dozen events under load")
+        code, elapsed_s = harken.terminate(timeout_s=60)
+    finally:
+        stop_clients.set()
+        for client in clients:
+            client.join(5)
+    log = harken.log()
+    assert code == 0, log[-3000:]
+    assert elapsed_s < SHUTDOWN_BOUND_S, f"shutdown took {elapsed_s:.1f} s"
+    recorder.wait_for(lambda ms: ms and ms[-1].text == "offline", 10, "availability offline")
+
+    # Nothing lost: every stored event is closed and has both notifications per sink, either
+    # delivered (and then received, in order, as stored) or pending for the next start.
+    events = store.events()
+    assert all(event["end_s"] is not None for event in events)
+    for sink in ("mqtt", "webhook:phone"):
+        entries = store.outbox(sink)
+        assert len(entries) == 2 * len(events), sink
+    delivered = [json.loads(row[0]) for row in store.query(
+        "SELECT payload FROM outbox WHERE sink = 'mqtt' AND delivered_at IS NOT NULL ORDER BY seq")]
+    received, _repeats = without_repeats(payloads(recorder, events_topic))
+    assert received[: len(delivered)] == delivered
+
+    assert store.pending("webhook:phone") > 0  # the stop came with notifications queued
+
+    # A restart delivers whatever was still pending.
+    harken.config = {**config, "sources": [{"name": "quiet", "url": f"file:{scene}", "realtime": True}],
+                     "classes": {"smoke_alarm": {"enabled": False}}}
+    harken.start()
+    harken.wait_api()
+    wait_until(lambda: store.pending("mqtt") == 0 and store.pending("webhook:phone") == 0, 30,
+               "the outboxes to drain after the restart")
+    recorder.wait_for(lambda _ms: len(without_repeats(payloads(recorder, events_topic))[0]) >= 2 * len(events),
+                      15, "every event message")
+    received, _repeats = without_repeats(payloads(recorder, events_topic))
+    assert received[: 2 * len(events)] == store.outbox("mqtt")[: 2 * len(events)]
+    keys = {r.headers["idempotency-key"] for r in receiver.received()}
+    assert {f"{p['event_id']}-{p['phase']}" for p in store.outbox("webhook:phone")} <= keys
+    code, _elapsed = harken.terminate()
+    assert code == 0
