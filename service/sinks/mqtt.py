@@ -55,6 +55,15 @@ CONNECT_TIMEOUT_S = 3.0
 AUTH_REFUSALS = ("Bad user name or password", "Not authorized")
 
 
+def _no_op(*_args: Any) -> None:
+    pass
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    """Anyone on the broker chooses topics and payloads: a log line quotes at most `limit` chars."""
+    return text if len(text) <= limit else text[:limit] + f"…(+{len(text) - limit})"
+
+
 def harken_version() -> str:
     try:
         return version("harken")
@@ -500,7 +509,7 @@ class MqttSink:
                 )
             name, kind = self.topics.parse_command(topic)
             if name not in self.controls.names:
-                raise ha.CommandError(f"unknown class {name!r}")
+                raise ha.CommandError(f"unknown class {_clip(name)!r}")
             if kind == "enabled":
                 self.controls.update(name, enabled=ha.parse_enabled(payload))
             elif kind == "sensitivity":
@@ -516,10 +525,10 @@ class MqttSink:
             KeyError,
         ) as exc:  # CommandError is a ValueError; so are the controls' range errors
             self.commands_ignored += 1
-            log.warning("MQTT command on %s ignored: %s", topic, exc)
+            log.warning("MQTT command on %s ignored: %s", _clip(topic), _clip(str(exc), 160))
         except Exception:
             self.commands_ignored += 1
-            log.exception("MQTT command on %s failed", topic)
+            log.exception("MQTT command on %s failed", _clip(topic))
         else:
             self.commands_applied += 1
 
@@ -548,6 +557,12 @@ class MqttSink:
             )
             if not cfg.tls.verify:
                 client.tls_insecure_set(True)
+        # paho writes to the socket from the publishing thread when it sees no network thread
+        # of its own (ours calls client.loop()): the asyncio thread and the network thread
+        # then use one socket at once, which corrupts a TLS stream ("bad record mac").
+        # Announcing an external loop makes publish() only queue and wake our network thread.
+        client.on_socket_register_write = _no_op
+        client.on_socket_unregister_write = _no_op
         client.will_set(self.topics.availability, ha.OFFLINE, qos=1, retain=True)
         client.on_connect = self._cb_connect
         client.on_disconnect = self._cb_disconnect
