@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import getpass
 import hmac
-import ipaddress
 import json
 import logging
 import os
@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
+import soundfile as sf
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -36,7 +37,7 @@ from service.sinks.ha_discovery import DeviceInfo
 from service.sinks.mqtt import MqttSink
 from service.sinks.store import EventStore
 from tests.conftest import REPO_ROOT, require_program
-from tests.harken_process import Harken, alarm_segment, wait_until
+from tests.harken_process import Harken, alarm_segment, quiet, wait_until
 from tests.mqtt_helpers import Broker, Recorder, free_port
 from tests.test_webhooks import Receiver
 
@@ -55,10 +56,6 @@ def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _daemon(root: Path, api: dict[str, Any], **config: Any) -> Harken:
     scene = root / "quiet.wav"
-    import soundfile as sf
-
-    from tests.harken_process import quiet
-
     root.mkdir(parents=True, exist_ok=True)
     sf.write(str(scene), quiet(3.0), 16000, subtype="PCM_16")
     values = {
@@ -122,7 +119,7 @@ def test_cors_is_off(daemon: Harken) -> None:
 
 
 def test_rate_limit_per_client_with_retry_after(tmp_path: Path) -> None:
-    harken = _daemon(tmp_path, {"rate_limit_per_s": 2.0, "rate_limit_burst": 5})
+    harken = _daemon(tmp_path, {"rate_limit_per_s": 0.5, "rate_limit_burst": 5})
     try:
         time.sleep(3.0)  # the bucket refills from the start-up polling
         auth = {"Authorization": f"Bearer {TOKEN}"}
@@ -350,8 +347,6 @@ def test_tls_to_the_broker_verifies_the_certificate(tmp_path: Path, request: pyt
     cert_file = _write_pem(tmp_path / "server.pem", server_cert)
     key_file = _write_pem(tmp_path / "server.key", server_key)
     tls_port = free_port()
-    import getpass
-
     conf = "\n".join([
         "per_listener_settings false",
         "allow_anonymous true",
@@ -391,7 +386,6 @@ def test_tls_to_the_broker_verifies_the_certificate(tmp_path: Path, request: pyt
     # verify: false is the user's explicit choice (documented as insecure): it connects.
     insecure = outcome("127.0.0.1", ca_file=str(other_ca_file), verify=False)
     assert insecure["state"] == "ok", insecure
-    assert ipaddress.ip_address("127.0.0.1").is_loopback
 
 
 # --------------------------------------------------------------------------- hostile MQTT commands
