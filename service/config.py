@@ -86,6 +86,18 @@ class ApiConfig(Section):
     host: str = Field("127.0.0.1", description="Listen address; beyond loopback a token is required.")
     port: int = Field(8080, ge=0, le=65535, description="Listen port (0 picks a free one).")
     token: str | None = Field(None, min_length=8, description="Bearer token required by every endpoint but health.")
+    max_body_bytes: int = Field(
+        65536, ge=1024, le=16 * 1024 * 1024,
+        description="Largest request body accepted, in bytes; larger ones are refused with 413.",
+    )
+    rate_limit_per_s: float | None = Field(
+        20.0, gt=0,
+        description="Requests per second a client (IP address) may make, sustained; over it: 429 with "
+                    "Retry-After. null disables the limit.",
+    )
+    rate_limit_burst: int = Field(
+        200, ge=1, description="Requests a client may make at once before rate_limit_per_s applies."
+    )
 
 
 class TlsConfig(Section):
@@ -310,6 +322,14 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+#: Keys whose values are secrets: error messages name the key but never echo the value.
+SECRET_KEYS = frozenset({"token", "password", "secret", "headers"})
+
+
+def _is_secret(loc: tuple[int | str, ...]) -> bool:
+    return any(str(part) in SECRET_KEYS for part in loc)
+
+
 def _describe(error: ValidationError, origin: str) -> str:
     lines = []
     for item in error.errors():
@@ -317,6 +337,8 @@ def _describe(error: ValidationError, origin: str) -> str:
         message = item["msg"]
         if item["type"] == "extra_forbidden":
             message = "unknown key"
+        elif _is_secret(item["loc"]):
+            message += " (value not shown: it is a secret)"
         elif "input" in item and not isinstance(item["input"], dict | list):
             message += f" (got {item['input']!r})"
         lines.append(f"{where}: {message}")

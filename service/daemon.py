@@ -23,7 +23,7 @@ from service.events import EventMessage, utc_now
 from service.inference import InferenceBatcher
 from service.pipeline import SourceRunner
 from service.sinks.dispatcher import Dispatcher
-from service.sinks.store import EventStore, default_store_path
+from service.sinks.store import EventStore, StoreError, default_store_path
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +84,20 @@ class Runtime:
                 }
                 for r in self.runners
             ],
-            "sinks": {"store": {"path": str(self.store.path), "write_errors": self.store.write_errors,
-                                "state": "degraded" if self.dispatcher.store_failures else "ok"},
-                      **self.dispatcher.status()},
+            "sinks": {"store": self.store_status(), **self.dispatcher.status()},
             "classes": [control.to_dict() for control in self.controls.all()],
+        }
+
+
+    def store_status(self) -> dict[str, Any]:
+        """The store's health: degraded while it cannot be opened or its last write failed."""
+        store = self.store
+        failing = store.degraded_reason is not None or (
+            self.dispatcher.store_failures > 0 and store.last_write_failed
+        )
+        return {
+            "path": str(store.path), "write_errors": store.write_errors, "state": "degraded" if failing else "ok",
+            "error": store.degraded_reason or (store.last_error if failing else None),
         }
 
 
@@ -117,10 +127,19 @@ def build_runtime(settings: Settings) -> Runtime:
         raise StartupError(f"model: {exc}") from None
     params = class_params(settings, detector)
     store_path = settings.store.path or default_store_path()
-    store = EventStore(store_path)
-    dangling = store.close_dangling()
+    try:
+        store = EventStore(store_path)
+    except StoreError as exc:
+        # A notifier that refuses to start over a full disk protects no one (and a service
+        # manager would restart it in a loop): run on a store in memory, loudly degraded.
+        reason = f"{exc}; events are kept in memory only until it is fixed and harken restarted"
+        log.error("%s", reason)
+        store = EventStore.in_memory(reason, Path(store_path).parent / "clips")
+    # Not saved here: run_daemon stores each closed event with its sinks' notifications in one
+    # transaction, so a crash during start-up leaves it open for the next start to close.
+    dangling = store.close_dangling(save=False)
     for event in dangling:
-        log.warning("closed event %s (%s) left open by an earlier run", event.id, event.class_name)
+        log.warning("closing event %s (%s) left open by an earlier run", event.id, event.class_name)
     controls = load_controls(settings, detector, store)
     dispatcher = Dispatcher(store)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")

@@ -223,7 +223,12 @@ class SourceRunner:
                     self.status.set("ended")
                     log.info("source %s ended after %.1f s of audio", self.source.name, self.audio_s)
                 return
-            except SourceError as exc:
+            except Exception as exc:
+                if not isinstance(exc, SourceError):
+                    # A bug or a library failure must not end a live source silently with a
+                    # stale "running" status: say so, then treat it like a stream that broke.
+                    log.exception("source %s failed unexpectedly", self.source.name)
+                    exc = SourceError(f"unexpected error: {type(exc).__name__}: {exc}", retryable=True)
                 await self._end_stream()
                 if not exc.retryable or not self.source.retryable:
                     self.status.set("stopped", str(exc))
@@ -349,10 +354,13 @@ class SourceRunner:
             self.clips_dir.mkdir(parents=True, exist_ok=True)
             sf.write(str(path), audio, TARGET_RATE, subtype="PCM_16")
         except (OSError, RuntimeError) as exc:
-            log.error("clip of event %s not written: %s", open_event.record.id, exc)
+            log.error("clip of event %s not written to %s (disk full?): %s", open_event.record.id, path, exc)
             return
         if self.on_clip is not None:
-            self.on_clip(open_event.record.id, path.name)
+            try:
+                self.on_clip(open_event.record.id, path.name)
+            except Exception as exc:  # e.g. StoreError on a full disk: the source must go on
+                log.error("clip of event %s written but not recorded: %s", open_event.record.id, exc)
 
     def flush_clips(self) -> None:
         """On shutdown: write every clip that is still collecting audio."""

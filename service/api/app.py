@@ -16,10 +16,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.deps import ApiContext
 from service.api.feedback import FeedbackKeeper
+from service.api.limits import BodyLimit, RateLimit
 from service.api.live import LiveHub
 from service.api.routers import classes, dashboard, events, health, live, metrics, status
 from service.api.schemas import ErrorOut
 from service.api.security import host_allowed, require_token
+from service.sinks.store import StoreError
 
 if TYPE_CHECKING:
     from service.daemon import Runtime
@@ -31,10 +33,16 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         "model": ErrorOut,
         "description": "Bad request (e.g. a Host header that is not allowed).",
     },
+    413: {"model": ErrorOut, "description": "Request body larger than api.max_body_bytes."},
     422: {
         "model": ErrorOut,
         "description": "Invalid parameters or body; `errors` names each field.",
     },
+    429: {
+        "model": ErrorOut,
+        "description": "Too many requests from this client (api.rate_limit_per_s); see Retry-After.",
+    },
+    503: {"model": ErrorOut, "description": "The event store cannot be written (disk full?)."},
 }
 PROTECTED: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut, "description": "Missing or wrong bearer token."},
@@ -160,6 +168,12 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _store_error(request: Request, exc: Exception) -> JSONResponse:
+    # A full disk or an unwritable store is the daemon's condition, not a bug of the request.
+    log.error("%s %s: event store error: %s", request.method, request.url.path, exc)
+    return JSONResponse({"detail": f"the event store cannot be written: {exc}"}, status_code=503)
+
+
 def create_app(runtime: Runtime) -> FastAPI:
     """The HTTP app of a runtime: REST under /api, WS /api/live, /metrics and the dashboard."""
     ctx = attach(runtime)
@@ -184,6 +198,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.state.context = ctx
     app.state.token = token
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StoreError, _store_error)
     protected = [Depends(require_token)]
     app.include_router(health.router)
     for module in (status, events, classes, metrics):
@@ -191,5 +206,9 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.include_router(live.router)  # checks the token itself (headers, subprotocol or query)
     app.include_router(dashboard.router)
     app.mount("/static", StaticFiles(directory=dashboard.STATIC_DIR), name="static")
+    api = runtime.settings.api
+    # The last added runs first: the rate limit is the cheapest check, then the host, then the body.
+    app.add_middleware(BodyLimit, max_bytes=api.max_body_bytes)
     app.add_middleware(LoopbackHostGuard, enabled=token is None)
+    app.add_middleware(RateLimit, rate_per_s=api.rate_limit_per_s, burst=api.rate_limit_burst)
     return app

@@ -8,16 +8,19 @@ to retry (microphones and streams come back) or to stop (a broken file does not)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import shutil
 import struct
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 
@@ -26,6 +29,13 @@ log = logging.getLogger(__name__)
 TARGET_RATE = 16000
 #: Block length delivered by file, stdin and ffmpeg sources.
 BLOCK_S = 0.1
+#: At most this many samples (all channels together) are read from a file at once, whatever
+#: block length is asked for: 60 s of 8-channel 192 kHz audio would otherwise be 370 MB.
+MAX_READ_SAMPLES = 2_000_000
+#: Sample rates outside this range are not recordings but broken or hostile headers
+#: (a file claiming 1 Hz would be "upsampled" into days of audio).
+MIN_RATE_HZ = 1000
+MAX_RATE_HZ = 768_000
 DEMO_PATH = Path(__file__).resolve().parent.parent / "assets" / "demo.flac"
 
 SourceKind = Literal["mic", "file", "stdin", "url", "demo"]
@@ -208,8 +218,13 @@ def iter_file(path: str | Path, block_s: float = BLOCK_S) -> Iterator[np.ndarray
             raise SourceError(f"{file_path}: contains no audio (0 samples)")
         if handle.channels > 64:
             raise SourceError(f"{file_path}: {handle.channels} channels is not a plausible recording")
+        if not MIN_RATE_HZ <= handle.samplerate <= MAX_RATE_HZ:
+            raise SourceError(
+                f"{file_path}: a sample rate of {handle.samplerate} Hz is not plausible "
+                f"(accepted: {MIN_RATE_HZ}-{MAX_RATE_HZ} Hz); is the header broken?"
+            )
         converter = MonoResampler(handle.samplerate, handle.channels)
-        block_frames = max(1, int(block_s * handle.samplerate))
+        block_frames = max(1, min(int(block_s * handle.samplerate), MAX_READ_SAMPLES // handle.channels))
         # 16-bit files: reading int16 and scaling in numpy is ~2x faster than libsndfile's
         # per-sample float conversion, and gives the same values.
         as_int16 = handle.subtype in ("PCM_16", "PCM_S8", "PCM_U8")
@@ -285,7 +300,10 @@ def parse_wav_header(stream: BinaryIO) -> tuple[int, int, int, bool]:
 
 def iter_stdin(stream: BinaryIO | None = None, block_s: float = BLOCK_S) -> Iterator[np.ndarray]:
     """Raw s16le 16 kHz mono PCM on stdin, or a WAV stream (detected by its RIFF header)."""
-    stream = stream or sys.stdin.buffer
+    if stream is None:
+        # A reader of our own on a copy of fd 0, not sys.stdin: the read may block in a daemon
+        # thread at exit, and Python aborts if it must lock sys.stdin's buffer then.
+        stream = open(os.dup(sys.stdin.fileno()), "rb")  # noqa: SIM115 (lives as long as the read)
     head = stream.read(4)
     rate, channels, width, is_float = TARGET_RATE, 1, 2, False
     pending = b""
@@ -350,24 +368,70 @@ class SourceStatus:
         return self.samples / TARGET_RATE
 
 
-async def _iterate_in_thread(iterator_factory, realtime: bool, status: SourceStatus) -> AsyncIterator[np.ndarray]:
-    """Run a blocking block iterator in a thread; pace at real time when asked."""
+#: Blocks a reader thread may run ahead of the pipeline.
+READ_AHEAD_BLOCKS = 8
+
+
+async def _iterate_in_thread(
+    iterator_factory: Callable[[], Iterator[np.ndarray]], realtime: bool, status: SourceStatus
+) -> AsyncIterator[np.ndarray]:
+    """Run a blocking block iterator in its own daemon thread; pace at real time when asked.
+
+    A daemon thread rather than the loop's executor: a read that never returns (stdin kept
+    open by a writer that went quiet, a stalled stream) must not keep harken from exiting
+    after SIGTERM, and the executor's threads are joined at interpreter exit.
+    """
     loop = asyncio.get_running_loop()
-    iterator = iterator_factory()
-    sentinel = object()
+    handed: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    slots = threading.Semaphore(READ_AHEAD_BLOCKS)
+    stop = threading.Event()
+
+    def hand_over(kind: str, value: Any) -> bool:
+        while not slots.acquire(timeout=0.5):
+            if stop.is_set():
+                return False
+        try:
+            loop.call_soon_threadsafe(handed.put_nowait, (kind, value))
+        except RuntimeError:  # the loop is closed: nobody listens any more
+            return False
+        return not stop.is_set()
+
+    def produce() -> None:
+        iterator = iterator_factory()
+        try:
+            for block in iterator:
+                if not hand_over("block", block):
+                    return
+            hand_over("end", None)
+        except BaseException as exc:  # handed to the pipeline, which decides what it means
+            hand_over("error", exc)
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    close()  # e.g. kills an ffmpeg child
+
+    threading.Thread(target=produce, name=f"read-{status.name}", daemon=True).start()
     started = time.monotonic()
     delivered_s = 0.0
-    while True:
-        block = await loop.run_in_executor(None, next, iterator, sentinel)
-        if block is sentinel:
-            return
-        status.samples += block.shape[0]
-        yield block  # type: ignore[misc]
-        if realtime:
-            delivered_s += block.shape[0] / TARGET_RATE
-            ahead = delivered_s - (time.monotonic() - started)
-            if ahead > 0:
-                await asyncio.sleep(ahead)
+    try:
+        while True:
+            kind, value = await handed.get()
+            slots.release()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            status.samples += value.shape[0]
+            yield value
+            if realtime:
+                delivered_s += value.shape[0] / TARGET_RATE
+                ahead = delivered_s - (time.monotonic() - started)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+    finally:
+        stop.set()
+        slots.release()  # a reader waiting for a slot sees the stop at once
 
 
 class AudioSource:

@@ -112,7 +112,7 @@ class Dispatcher:
             except StoreError as exc:
                 # Detection and the other sinks go on; the status shows the store degraded.
                 self.store_failures += 1
-                log.error("event %s not stored: %s", message.event.id, exc)
+                log.error("event %s not stored (disk full or store not writable?): %s", message.event.id, exc)
         for sink in self.sinks:
             if not stored:
                 # The outbox is not writable: sinks that can deliver from memory do so.

@@ -55,6 +55,15 @@ CONNECT_TIMEOUT_S = 3.0
 AUTH_REFUSALS = ("Bad user name or password", "Not authorized")
 
 
+def _no_op(*_args: Any) -> None:
+    pass
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    """Anyone on the broker chooses topics and payloads: a log line quotes at most `limit` chars."""
+    return text if len(text) <= limit else text[:limit] + f"…(+{len(text) - limit})"
+
+
 def harken_version() -> str:
     try:
         return version("harken")
@@ -100,6 +109,7 @@ class MqttSink:
         self._first_outcome = asyncio.Event()
         self._acks: dict[int, asyncio.Future[None]] = {}
         self._deliverer: asyncio.Task[None] | None = None
+        self._unmarked: set[int] = set()  # acknowledged by the broker, not yet marked in the store
         self._stopping = False
 
         self.state = "stopped"
@@ -346,18 +356,33 @@ class MqttSink:
             await self._connected.wait()
             self._wake.clear()  # before reading, so a put during the read is not missed
             try:
-                due = self.store.outbox_due(SINK_NAME, limit=OUTBOX_WINDOW)
+                self._mark_unmarked()
+                due = [
+                    item
+                    for item in self.store.outbox_due(SINK_NAME, limit=OUTBOX_WINDOW + len(self._unmarked))
+                    if item.seq not in self._unmarked
+                ][:OUTBOX_WINDOW]
+                if due:
+                    await self._deliver(due)
+                    continue
+                next_at = self.store.outbox_next_attempt(SINK_NAME)
             except StoreError as exc:
-                log.error("MQTT outbox unreadable: %s", exc)
+                # Disk full or store locked: what reached the broker is remembered in memory
+                # (no re-sends); the rest waits in the outbox until the store recovers.
+                log.error("MQTT outbox unusable: %s; trying again in %g s", exc, self.config.reconnect_max_s)
                 await asyncio.sleep(self.config.reconnect_max_s)
                 continue
-            if due:
-                await self._deliver(due)
-                continue
-            next_at = self.store.outbox_next_attempt(SINK_NAME)
+            if self._unmarked:
+                next_at = time.time() + self.config.reconnect_min_s
             timeout_s = 60.0 if next_at is None else min(60.0, max(0.05, next_at - time.time()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout_s)
+
+    def _mark_unmarked(self) -> None:
+        """Record deliveries that could not be marked while the store refused writes."""
+        for seq in sorted(self._unmarked):
+            self.store.outbox_delivered(seq)  # raises StoreError while the store still refuses
+            self._unmarked.discard(seq)
 
     async def _deliver(self, due: list[Any]) -> None:
         client = self._client
@@ -405,8 +430,13 @@ class MqttSink:
             self._delivered(seq)
 
     def _delivered(self, seq: int) -> None:
-        self.store.outbox_delivered(seq)
         self.events_published += 1
+        try:
+            self.store.outbox_delivered(seq)
+        except StoreError as exc:
+            if not self._unmarked:
+                log.error("MQTT delivery of outbox item %d not recorded (%s); kept in memory", seq, exc)
+            self._unmarked.add(seq)
 
     # ------------------------------------------------------------------ loop-side reactions
     def _acked(self, mid: int) -> None:
@@ -479,7 +509,7 @@ class MqttSink:
                 )
             name, kind = self.topics.parse_command(topic)
             if name not in self.controls.names:
-                raise ha.CommandError(f"unknown class {name!r}")
+                raise ha.CommandError(f"unknown class {_clip(name)!r}")
             if kind == "enabled":
                 self.controls.update(name, enabled=ha.parse_enabled(payload))
             elif kind == "sensitivity":
@@ -495,10 +525,10 @@ class MqttSink:
             KeyError,
         ) as exc:  # CommandError is a ValueError; so are the controls' range errors
             self.commands_ignored += 1
-            log.warning("MQTT command on %s ignored: %s", topic, exc)
+            log.warning("MQTT command on %s ignored: %s", _clip(topic), _clip(str(exc), 160))
         except Exception:
             self.commands_ignored += 1
-            log.exception("MQTT command on %s failed", topic)
+            log.exception("MQTT command on %s failed", _clip(topic))
         else:
             self.commands_applied += 1
 
@@ -527,6 +557,12 @@ class MqttSink:
             )
             if not cfg.tls.verify:
                 client.tls_insecure_set(True)
+        # paho writes to the socket from the publishing thread when it sees no network thread
+        # of its own (ours calls client.loop()): the asyncio thread and the network thread
+        # then use one socket at once, which corrupts a TLS stream ("bad record mac").
+        # Announcing an external loop makes publish() only queue and wake our network thread.
+        client.on_socket_register_write = _no_op
+        client.on_socket_unregister_write = _no_op
         client.will_set(self.topics.availability, ha.OFFLINE, qos=1, retain=True)
         client.on_connect = self._cb_connect
         client.on_disconnect = self._cb_disconnect

@@ -14,13 +14,13 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from service.events import EventMessage, EventRecord, iso, utc_now
+from service.events import EventMessage, EventRecord, iso
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +78,13 @@ class EventStore:
 
     name = "store"
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, clips_dir: Path | None = None) -> None:
         self.path = Path(path)
+        self._clips_dir = clips_dir
+        in_memory = str(path) == ":memory:"
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not in_memory:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -92,10 +95,21 @@ class EventStore:
         self._lock = threading.Lock()
         self.write_errors = 0
         self.last_error: str | None = None
+        self.last_write_failed = False
+        #: Set when this store stands in for one that could not be opened (see `in_memory`).
+        self.degraded_reason: str | None = None
+
+    @classmethod
+    def in_memory(cls, reason: str, clips_dir: Path) -> EventStore:
+        """A store in RAM standing in for one that cannot be opened (disk full, no permission):
+        detection, notifications and the API go on; nothing survives a restart."""
+        store = cls(":memory:", clips_dir=clips_dir)
+        store.degraded_reason = reason
+        return store
 
     @property
     def clips_dir(self) -> Path:
-        return self.path.parent / "clips"
+        return self._clips_dir if self._clips_dir is not None else self.path.parent / "clips"
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -104,10 +118,13 @@ class EventStore:
                 self._db.execute("BEGIN IMMEDIATE")
                 yield self._db
                 self._db.execute("COMMIT")
+                self.last_write_failed = False
             except BaseException as exc:
                 if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
+                    with suppress(sqlite3.Error):  # a failed ROLLBACK must not hide the real error
+                        self._db.execute("ROLLBACK")
                 if isinstance(exc, sqlite3.Error):
+                    self.last_write_failed = True
                     self.write_errors += 1
                     self.last_error = f"{self.path}: {exc}"
                     raise StoreError(self.last_error) from None
@@ -200,8 +217,14 @@ class EventStore:
             db.execute("UPDATE events SET clip_path = ?, data = ? WHERE id = ?",
                        (clip_path, json.dumps(data), event_id))
 
-    def close_dangling(self) -> list[EventRecord]:
-        """After a crash: close events that were left open, at their last known audio time."""
+    def close_dangling(self, save: bool = True) -> list[EventRecord]:
+        """After a crash: close events that were left open, at the last moment known for sure
+        (their detection: later audio died with the crashed process), marked `closed_by: restart`.
+
+        With `save=False` the closed records are only returned, for a caller that stores them
+        together with their notifications (the daemon does, through its dispatcher, so that a
+        crash during start-up cannot close an event without ever announcing its end).
+        """
         closed: list[EventRecord] = []
         with self._lock:
             rows = self._db.execute("SELECT data, feedback FROM events WHERE end_s IS NULL").fetchall()
@@ -209,11 +232,12 @@ class EventStore:
             event = _record(data, feedback)
             extra = {**event.extra, "closed_by": "restart"}
             ended = event.ended(
-                end_s=event.detected_s, ended_at=utc_now(), peak_score=event.score,
+                end_s=event.detected_s, ended_at=event.detected_at, peak_score=event.score,
                 mean_score=event.score, flicker=0,
             )
             ended = EventRecord(**{**ended.__dict__, "extra": extra})
-            self.save_event(ended)
+            if save:
+                self.save_event(ended)
             closed.append(ended)
         return closed
 
