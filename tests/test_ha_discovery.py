@@ -322,5 +322,6 @@ def test_discovery_topics_of_this_node_and_stale_state_topics() -> None:
     assert ha.stale_state_topics(ha.dumps(event).encode(), TOPICS, in_use) == []
     foreign = {"state_topic": "harken/other/nursery/smoke_alarm/state", "json_attributes_topic": 3}
     assert ha.stale_state_topics(ha.dumps(foreign).encode(), TOPICS, in_use) == []
-    for garbage in (b"", b"\xff\xfe", b"[1, 2]", b"not json", b"null"):
+    huge = ha.dumps({**stale, "padding": "x" * ha.MAX_CONFIG_BYTES}).encode()
+    for garbage in (b"", b"\xff\xfe", b"[1, 2]", b"not json", b"null", huge):
         assert ha.stale_state_topics(garbage, TOPICS, in_use) == []

@@ -53,6 +53,8 @@ EVENT_TYPES = ("start", "end")
 SENSITIVITY_STEP = 0.05
 #: Longest command payload worth parsing; anything longer is garbage by construction.
 MAX_COMMAND_BYTES = 64
+#: Longest left-over discovery config worth reading for its state topics (ours are < 2 KiB).
+MAX_CONFIG_BYTES = 16384
 
 CommandKind = Literal["enabled", "sensitivity", "snooze"]
 COMMAND_KINDS: tuple[CommandKind, ...] = ("enabled", "sensitivity", "snooze")
@@ -350,6 +352,8 @@ def stale_state_topics(config_payload: bytes, topics: Topics, in_use: set[str]) 
     """The retained state and attribute topics a stale discovery config (one this run does not
     publish, e.g. of a source removed from the config) points at and this run does not use:
     clearing them leaves nothing of the removed entity on the broker. Garbage gives []."""
+    if len(config_payload) > MAX_CONFIG_BYTES:
+        return []
     try:
         config = json.loads(config_payload)
     except (ValueError, UnicodeDecodeError):
