@@ -8,6 +8,7 @@ import math
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from paho.mqtt.client import topic_matches_sub
 
 from service.events import EventMessage, EventRecord, utc_now
 from service.sinks import ha_discovery as ha
@@ -229,3 +230,98 @@ def test_garbage_payloads_only_ever_raise_command_error(payload: bytes) -> None:
         except ha.CommandError:
             continue
         assert value is not None and (isinstance(value, bool) or math.isfinite(value))
+
+
+# --------------------------------------------------------------------------- several sources
+SOURCES = ["nursery", "living_room"]
+
+
+def source_configs() -> dict[str, dict]:
+    return ha.discovery_configs(
+        TOPICS, DEVICE, CLASSES, snooze_minutes=10, level_interval_s=5, sources=SOURCES
+    )
+
+
+def test_only_two_or_more_sources_get_entities_of_their_own() -> None:
+    assert ha.entity_sources([]) == [] and ha.entity_sources(["default"]) == []
+    assert ha.entity_sources(SOURCES) == SOURCES
+    assert ha.source_label("living_room") == "Living room" and ha.source_label("Cam-2A") == "Cam-2A"
+
+
+def test_per_source_entities_name_the_room_and_keep_the_per_class_ones_unchanged() -> None:
+    found = source_configs()
+    # The "any source" entities are exactly those of a node without per-source entities.
+    assert {t: c for t, c in found.items() if t in configs()} == configs()
+    added = {t: c for t, c in found.items() if t not in configs()}
+    assert len(added) == len(SOURCES) * (len(CLASSES) + 1)
+    expected = {"smoke_alarm": "smoke", "baby_cry": "sound", "glass_break": "safety"}
+    for source in SOURCES:
+        for name, device_class in expected.items():
+            sensor = added.pop(f"homeassistant/binary_sensor/kitchen/{source}-{name}/config")
+            assert sensor["device_class"] == device_class
+            assert sensor["state_topic"] == f"harken/kitchen/{source}/{name}/state"
+            assert sensor["json_attributes_topic"] == f"harken/kitchen/{source}/{name}/attributes"
+            assert (sensor["payload_on"], sensor["payload_off"]) == ("ON", "OFF")
+            assert sensor["unique_id"] == f"harken_kitchen_{source}-{name}"
+        level = added.pop(f"homeassistant/sensor/kitchen/{source}-level/config")
+        assert level["state_topic"] == f"harken/kitchen/{source}/level"
+        assert level["unit_of_measurement"] == "dBFS" and level["expire_after"] >= 15
+    assert added == {}
+    names = {c["name"] for c in found.values()}
+    assert {"Nursery baby cry", "Living room smoke alarm", "Nursery sound level"} <= names
+    for topic, config in found.items():
+        component = topic.split("/")[1]
+        decoded = json.loads(ha.dumps(config))
+        assert REQUIRED[component] <= decoded.keys()
+        assert decoded["availability_topic"] == "harken/kitchen/availability"
+    unique_ids = [c["unique_id"] for c in found.values()]
+    assert len(set(unique_ids)) == len(unique_ids)
+
+
+def test_per_source_topics_collide_with_nothing_and_are_no_commands() -> None:
+    # A source may even be named like a class or a topic of the node.
+    sources = ["smoke_alarm", "level", "events", "availability", "nursery"]
+    found = ha.discovery_configs(TOPICS, DEVICE, CLASSES, 10, 5, sources=sources)
+    assert len(found) == len(CLASSES) * 5 + 1 + len(sources) * (len(CLASSES) + 1)
+    states = [c[k] for c in found.values() for k in ("state_topic", "json_attributes_topic") if k in c]
+    shared = [t for t in states if t == TOPICS.events]  # the event entities share the events topic
+    assert len(set(states)) == len(states) - len(shared) + 1
+    for source in sources:
+        for name in CLASSES:
+            with pytest.raises(ha.CommandError):
+                TOPICS.parse_command(TOPICS.source_state(source, name))
+            assert not topic_matches_sub(TOPICS.command_filter, TOPICS.source_state(source, name))
+            assert not topic_matches_sub(TOPICS.command_filter, TOPICS.source_attributes(source, name))
+
+
+def test_per_source_attributes_name_the_source_before_any_event() -> None:
+    idle = ha.state_attributes("smoke_alarm", False, "2026-01-01T00:00:00.000Z", None, None, None, source="nursery")
+    assert idle["source"] == "nursery" and idle["event_id"] is None
+    assert ha.state_attributes("smoke_alarm", False, None, None, None, None)["source"] is None
+
+
+def test_discovery_topics_of_this_node_and_stale_state_topics() -> None:
+    assert topic_matches_sub(TOPICS.discovery_filter, TOPICS.discovery("binary_sensor", "nursery-baby_cry"))
+    assert TOPICS.is_discovery("homeassistant/binary_sensor/kitchen/nursery-baby_cry/config")
+    for topic in (
+        "homeassistant/binary_sensor/other/nursery-baby_cry/config",
+        "homeassistant/binary_sensor/kitchen/nursery-baby_cry/state",
+        "homeassistant/status",
+        "harken/kitchen/smoke_alarm/state",
+    ):
+        assert not TOPICS.is_discovery(topic)
+    in_use = ha.retained_topics(configs())
+    assert TOPICS.events in in_use and TOPICS.state("smoke_alarm") in in_use
+    stale = source_configs()["homeassistant/binary_sensor/kitchen/nursery-smoke_alarm/config"]
+    assert ha.stale_state_topics(ha.dumps(stale).encode(), TOPICS, in_use) == [
+        "harken/kitchen/nursery/smoke_alarm/state",
+        "harken/kitchen/nursery/smoke_alarm/attributes",
+    ]
+    # Never a topic in use (the shared events topic), another node's, or anything from garbage.
+    event = configs()["homeassistant/event/kitchen/smoke_alarm_event/config"]
+    assert ha.stale_state_topics(ha.dumps(event).encode(), TOPICS, in_use) == []
+    foreign = {"state_topic": "harken/other/nursery/smoke_alarm/state", "json_attributes_topic": 3}
+    assert ha.stale_state_topics(ha.dumps(foreign).encode(), TOPICS, in_use) == []
+    huge = ha.dumps({**stale, "padding": "x" * ha.MAX_CONFIG_BYTES}).encode()
+    for garbage in (b"", b"\xff\xfe", b"[1, 2]", b"not json", b"null", huge):
+        assert ha.stale_state_topics(garbage, TOPICS, in_use) == []

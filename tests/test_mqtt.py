@@ -11,10 +11,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import soundfile as sf
 import yaml
@@ -171,6 +173,146 @@ def test_daemon_publishes_discovery_availability_state_events_and_level(
         assert levels and all(-120.0 <= level <= 3.0 for level in levels)
     finally:
         recorder.close()
+
+
+# --------------------------------------------------------------------------- several sources
+def test_daemon_with_two_sources_turns_on_the_right_rooms_sensor(
+    broker: Broker, tmp_path: Path
+) -> None:
+    node = "rooms"
+    alarm_wav, quiet_wav = tmp_path / "alarm.wav", tmp_path / "quiet.wav"
+    scene = t3_scene()
+    sf.write(str(alarm_wav), scene, 16000, subtype="PCM_16")
+    quiet = np.random.default_rng(5).normal(0.0, 0.002, len(scene)).astype(np.float32)
+    sf.write(str(quiet_wav), quiet, 16000, subtype="PCM_16")
+    recorder = Recorder(broker.port, [f"homeassistant/+/{node}/+/config", f"harken/{node}/#"])
+    settings = Settings.model_validate(
+        {
+            "sources": [
+                {"name": "nursery", "url": f"file:{alarm_wav}", "realtime": False},
+                {"name": "living_room", "url": f"file:{quiet_wav}", "realtime": False},
+            ],
+            "store": {"path": str(tmp_path / "harken.db")},
+            "api": {"enabled": False},
+            "mqtt": {
+                "enabled": True,
+                "host": "127.0.0.1",
+                "port": broker.port,
+                "node_id": node,
+                "level_interval_s": 0.02,
+            },
+        }
+    )
+    base = f"harken/{node}"
+    try:
+        assert asyncio.run(asyncio.wait_for(run_daemon(settings), 60)) == 0
+        recorder.wait_for(
+            lambda ms: any(m.topic == f"{base}/availability" and m.text == "offline" for m in ms),
+            10,
+            "offline after the clean shutdown",
+        )
+        config = json.loads(
+            recorder.on(f"homeassistant/binary_sensor/{node}/nursery-smoke_alarm/config")[0].payload
+        )
+        assert config["name"] == "Nursery smoke alarm" and config["device_class"] == "smoke"
+        assert config["state_topic"] == f"{base}/nursery/smoke_alarm/state"
+        assert node in config["unique_id"] and "nursery" in config["unique_id"]
+        assert recorder.on(f"homeassistant/binary_sensor/{node}/living_room-smoke_alarm/config")
+        assert recorder.on(f"homeassistant/sensor/{node}/living_room-level/config")
+
+        def states(topic: str) -> list[str]:
+            return [m.text for m in recorder.on(topic)]
+
+        nursery = states(f"{base}/nursery/smoke_alarm/state")
+        assert "ON" in nursery and nursery[-1] == "OFF"
+        living_room = states(f"{base}/living_room/smoke_alarm/state")
+        assert living_room and set(living_room) == {"OFF"}
+        aggregate = states(f"{base}/smoke_alarm/state")
+        assert "ON" in aggregate and aggregate[-1] == "OFF"
+        attributes = [json.loads(m.payload) for m in recorder.on(f"{base}/nursery/smoke_alarm/attributes")]
+        on_attributes = next(a for a in attributes if a["state"] == "ON")
+        assert on_attributes["source"] == "nursery" and on_attributes["event_id"]
+        quiet_attributes = json.loads(recorder.on(f"{base}/living_room/smoke_alarm/attributes")[-1].payload)
+        assert quiet_attributes["source"] == "living_room" and quiet_attributes["event_id"] is None
+
+        events = [json.loads(m.payload) for m in recorder.on(f"{base}/events")]
+        assert {e["source"] for e in events if e["class"] == "smoke_alarm"} == {"nursery"}
+        assert on_attributes["event_id"] in {e["id"] for e in events}
+        for source in ("nursery", "living_room"):
+            levels = [float(text) for text in states(f"{base}/{source}/level")]
+            assert levels and all(-120.0 <= level <= 3.0 for level in levels)
+        loud = max(float(text) for text in states(f"{base}/nursery/level"))
+        assert loud > max(float(text) for text in states(f"{base}/living_room/level"))
+    finally:
+        recorder.close()
+
+
+def test_per_source_states_republish_turn_off_and_removed_sources_are_cleared(
+    broker: Broker, tmp_path: Path
+) -> None:
+    node = "moved"
+    base = f"harken/{node}"
+    discovery = f"homeassistant/+/{node}/+/config"
+    store = EventStore(tmp_path / "harken.db")
+    recorder = Recorder(broker.port, [f"{base}/#"])
+
+    def sink_with(sources: list[str]) -> MqttSink:
+        sink, _controls = _sink(store, broker.port, node)
+        return MqttSink(sink.config, store, sink.controls, CLASSES, sink.device, source_names=sources)
+
+    first, second = sink_with(["attic", "garage"]), sink_with(["attic", "cellar"])
+    alarm = replace(_event(0), source="attic")
+    cellar_state = f"{base}/cellar/smoke_alarm/state"
+
+    async def scenario() -> None:
+        await first.start()  # leaves retained configs and states of the garage
+        await first.stop()
+        await second.start()
+        assert second.status()["connected"]
+        await _until(
+            lambda: second.status()["stale_configs_cleared"] == len(CLASSES) + 1,
+            5,
+            "the garage's configs to be cleared",
+        )
+        await hand_over(second, store, EventMessage("start", alarm))
+        await asyncio.to_thread(
+            recorder.wait_for,
+            lambda _ms: [m.text for m in recorder.on(f"{base}/attic/smoke_alarm/state")][-1:] == ["ON"],
+            5,
+            "the attic's smoke alarm ON",
+        )
+        # Home Assistant restarts: the per-source states come again too.
+        seen = len(recorder.on(cellar_state))
+        await asyncio.to_thread(recorder.publish, "homeassistant/status", "online")
+        await asyncio.to_thread(
+            recorder.wait_for, lambda _ms: len(recorder.on(cellar_state)) > seen, 5, "states re-sent"
+        )
+        second.on_live(LiveUpdate(source="cellar", audio_s=1.0, scores={}, level_dbfs=-44.04))
+        await second.stop()  # the attic's alarm is still open: a clean stop turns it OFF
+
+    try:
+        asyncio.run(asyncio.wait_for(scenario(), 40))
+        assert [m.text for m in recorder.on(f"{base}/attic/smoke_alarm/state")][-1] == "OFF"
+        assert [m.text for m in recorder.on(f"{base}/smoke_alarm/state")][-2:] == ["ON", "OFF"]
+        assert set(m.text for m in recorder.on(cellar_state)) == {"OFF"}
+        assert [m.text for m in recorder.on(f"{base}/cellar/level")] == ["-44.0"]
+        # What a newcomer (Home Assistant after a restart) finds retained on the broker.
+        late = Recorder(broker.port, [discovery, f"{base}/#"])
+        try:
+            late.publish(f"{base}/marker", "end")  # after the retained ones of the subscription
+            late.wait_for(lambda ms: any(m.topic == f"{base}/marker" for m in ms), 5, "the marker")
+            retained = {m.topic for m in late.messages if m.retain}
+        finally:
+            late.close()
+        assert not [t for t in retained if "garage" in t]
+        for source in ("attic", "cellar"):
+            assert f"homeassistant/sensor/{node}/{source}-level/config" in retained
+            assert f"{base}/{source}/smoke_alarm/state" in retained
+        assert f"homeassistant/binary_sensor/{node}/smoke_alarm/config" in retained
+        assert f"{base}/smoke_alarm/state" in retained
+    finally:
+        recorder.close()
+        store.close()
 
 
 # --------------------------------------------------------------------------- nothing lost

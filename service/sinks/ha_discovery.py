@@ -13,6 +13,13 @@ under ``<topic_prefix>/<node_id>/``:
 - ``<class>/sensitivity``          0..1 (the sensitivity number), retained
 - ``<class>/enabled/set``, ``<class>/sensitivity/set``, ``<class>/snooze/set``  commands
 
+With two or more sources, each source also gets its own entities (the per-class ones above
+stay the "any source" sensors):
+
+- ``<source>/<class>/state``       ON while an event of the class is open in that source, retained
+- ``<source>/<class>/attributes``  JSON attributes of that binary sensor, retained
+- ``<source>/level``               that source's loudest block level over the interval, dBFS
+
 Discovery configs go to ``<discovery_prefix>/<component>/<node_id>/<object_id>/config``.
 """
 
@@ -20,7 +27,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -46,6 +53,8 @@ EVENT_TYPES = ("start", "end")
 SENSITIVITY_STEP = 0.05
 #: Longest command payload worth parsing; anything longer is garbage by construction.
 MAX_COMMAND_BYTES = 64
+#: Longest left-over discovery config worth reading for its state topics (ours are < 2 KiB).
+MAX_CONFIG_BYTES = 16384
 
 CommandKind = Literal["enabled", "sensitivity", "snooze"]
 COMMAND_KINDS: tuple[CommandKind, ...] = ("enabled", "sensitivity", "snooze")
@@ -101,8 +110,29 @@ class Topics:
     def command(self, class_name: str, kind: CommandKind) -> str:
         return f"{self.base}/{class_name}/{kind}/set"
 
+    def source_state(self, source: str, class_name: str) -> str:
+        return f"{self.base}/{source}/{class_name}/state"
+
+    def source_attributes(self, source: str, class_name: str) -> str:
+        return f"{self.base}/{source}/{class_name}/attributes"
+
+    def source_level(self, source: str) -> str:
+        return f"{self.base}/{source}/level"
+
     def discovery(self, component: str, object_id: str) -> str:
         return f"{self.discovery_prefix}/{component}/{self.node_id}/{object_id}/config"
+
+    @property
+    def discovery_filter(self) -> str:
+        """Every discovery config of this node: subscribing to it on connect shows the retained
+        ones an earlier run left, so that configs of removed sources can be cleared."""
+        return f"{self.discovery_prefix}/+/{self.node_id}/+/config"
+
+    def is_discovery(self, topic: str) -> bool:
+        """Whether `topic` is a discovery config topic of this node."""
+        prefix = self.discovery_prefix + "/"
+        parts = topic[len(prefix) :].split("/") if topic.startswith(prefix) else []
+        return len(parts) == 4 and parts[1] == self.node_id and parts[3] == "config"
 
     def parse_command(self, topic: str) -> tuple[str, CommandKind]:
         """`harken/node/smoke_alarm/enabled/set` -> ("smoke_alarm", "enabled")."""
@@ -147,6 +177,27 @@ def pretty(class_name: str) -> str:
     return class_name.replace("_", " ").capitalize()
 
 
+def source_label(source: str) -> str:
+    """`living_room` -> `Living room`; unlike `pretty`, the rest keeps its case (`Cam-2A`)."""
+    text = source.replace("_", " ")
+    return text[:1].upper() + text[1:]
+
+
+def source_object_id(source: str, what: str) -> str:
+    """Object id of a per-source entity: `nursery-baby_cry`, `nursery-level`.
+
+    Source names and class names are `[A-Za-z0-9_-]`; class names are snake_case, so the
+    last `-` separates them and no per-source id equals a per-class one (which have no `-`).
+    """
+    return f"{source}-{what}"
+
+
+def entity_sources(source_names: Sequence[str]) -> list[str]:
+    """The sources that get entities of their own: none with a single source, whose entities
+    would only repeat the per-class ones, otherwise all of them."""
+    return list(source_names) if len(source_names) > 1 else []
+
+
 def event_value_template(class_name: str) -> str:
     """Jinja template that turns a message of the shared events topic into this class's event.
 
@@ -169,8 +220,13 @@ def discovery_configs(
     class_names: Iterable[str],
     snooze_minutes: float,
     level_interval_s: float,
+    sources: Sequence[str] = (),
 ) -> dict[str, dict[str, Any]]:
-    """Every retained discovery config of the node, keyed by its discovery topic."""
+    """Every retained discovery config of the node, keyed by its discovery topic.
+
+    `sources`: the sources that get a binary sensor per class and a level sensor of their own
+    (pass `entity_sources(all_source_names)`).
+    """
     common = {
         "availability_topic": topics.availability,
         "payload_available": ONLINE,
@@ -253,21 +309,64 @@ def discovery_configs(
                 "icon": "mdi:bell-sleep",
             },
         )
-    add(
-        "sensor",
-        "level",
-        {
-            "name": "Sound level",
-            "state_topic": topics.level,
-            "unit_of_measurement": "dBFS",
-            "state_class": "measurement",
-            "suggested_display_precision": 1,
-            # A level older than a few intervals is shown as unavailable instead of frozen.
-            "expire_after": max(60, math.ceil(3 * level_interval_s)),
-            "icon": "mdi:volume-high",
-        },
-    )
+    level = {
+        "unit_of_measurement": "dBFS",
+        "state_class": "measurement",
+        "suggested_display_precision": 1,
+        # A level older than a few intervals is shown as unavailable instead of frozen.
+        "expire_after": max(60, math.ceil(3 * level_interval_s)),
+        "icon": "mdi:volume-high",
+    }
+    add("sensor", "level", {"name": "Sound level", "state_topic": topics.level, **level})
+    for source in sources:
+        room = source_label(source)
+        for name in class_names:
+            add(
+                "binary_sensor",
+                source_object_id(source, name),
+                {
+                    "name": f"{room} {pretty(name).lower()}",
+                    "state_topic": topics.source_state(source, name),
+                    "payload_on": ON,
+                    "payload_off": OFF,
+                    "device_class": DEVICE_CLASSES.get(name, "sound"),
+                    "json_attributes_topic": topics.source_attributes(source, name),
+                    "icon": ICONS.get(name, "mdi:ear-hearing"),
+                },
+            )
+        add(
+            "sensor",
+            source_object_id(source, "level"),
+            {"name": f"{room} sound level", "state_topic": topics.source_level(source), **level},
+        )
     return configs
+
+
+def retained_topics(configs: Mapping[str, Mapping[str, Any]]) -> set[str]:
+    """Every topic the configs point Home Assistant at (states, attributes, commands, events)."""
+    keys = ("state_topic", "json_attributes_topic", "command_topic", "availability_topic")
+    return {str(c[k]) for c in configs.values() for k in keys if k in c}
+
+
+def stale_state_topics(config_payload: bytes, topics: Topics, in_use: set[str]) -> list[str]:
+    """The retained state and attribute topics a stale discovery config (one this run does not
+    publish, e.g. of a source removed from the config) points at and this run does not use:
+    clearing them leaves nothing of the removed entity on the broker. Garbage gives []."""
+    if len(config_payload) > MAX_CONFIG_BYTES:
+        return []
+    try:
+        config = json.loads(config_payload)
+    except (ValueError, UnicodeDecodeError):
+        return []
+    if not isinstance(config, dict):
+        return []
+    found = []
+    for key in ("state_topic", "json_attributes_topic"):
+        topic = config.get(key)
+        # Only harken's own topics of this node, and never one that is in use (e.g. events).
+        if isinstance(topic, str) and topic.startswith(topics.base + "/") and topic not in in_use:
+            found.append(topic)
+    return found
 
 
 def clip_base_url(
@@ -292,11 +391,13 @@ def state_attributes(
     event: Mapping[str, Any] | None,
     control: Mapping[str, Any] | None,
     clip_base: str | None,
+    source: str | None = None,
 ) -> dict[str, Any]:
     """JSON attributes of a class's binary sensor.
 
     `event` is the open event (state ON) or the last one (state OFF), as
-    `EventRecord.to_dict()`; `since` is when the state last changed.
+    `EventRecord.to_dict()`; `since` is when the state last changed. `source` is given for a
+    per-source sensor, whose `source` attribute then names it even before its first event.
     """
     attributes: dict[str, Any] = {
         "class": class_name,
@@ -304,7 +405,7 @@ def state_attributes(
         "since": since,
         "event_id": None,
         "score": None,
-        "source": None,
+        "source": source,
         "started_at": None,
         "ended_at": None,
         "clip_url": None,

@@ -11,6 +11,11 @@ when the connection drops stays in paho's session and is re-sent after the recon
 message still pending when harken stops is sent on the next start (at least once).
 Retained states are not queued: they are re-published whole on every (re)connect and when
 Home Assistant announces `online`.
+
+Several sources: besides the per-class ("any source") entities, each source gets a binary
+sensor per class and a level sensor when there are two or more (`ha.entity_sources`). On
+connect the sink also reads its node's retained discovery configs and clears those it no
+longer publishes (a source removed from the config), with the states they pointed at.
 """
 
 from __future__ import annotations
@@ -84,6 +89,7 @@ class MqttSink:
         class_names: Sequence[str],
         device: ha.DeviceInfo,
         clip_base: str | None = None,
+        source_names: Sequence[str] = (),
     ) -> None:
         self.config = config
         self.store = store
@@ -93,6 +99,17 @@ class MqttSink:
         self.clip_base = clip_base
         self.topics = ha.Topics(config.topic_prefix, config.node_id, config.discovery_prefix)
         self.broker = f"{config.host}:{config.port}"
+        self.sources = ha.entity_sources(source_names)
+        # Static for the run: what to publish on each connect, and what is ours to keep.
+        self._configs = ha.discovery_configs(
+            self.topics,
+            self.device,
+            self.class_names,
+            config.snooze_minutes,
+            config.level_interval_s,
+            self.sources,
+        )
+        self._in_use = ha.retained_topics(self._configs)
 
         self._client: mqtt.Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -120,6 +137,7 @@ class MqttSink:
         self.events_published = 0
         self.commands_applied = 0
         self.commands_ignored = 0
+        self.stale_configs_cleared = 0
 
         started = iso(utc_now())
         self._open: dict[str, dict[str, dict[str, Any]]] = {c: {} for c in self.class_names}
@@ -127,6 +145,10 @@ class MqttSink:
         self._since: dict[str, str | None] = dict.fromkeys(self.class_names, started)
         self._level_peak_dbfs: float | None = None
         self._level_published_at = 0.0
+        pairs = [(s, c) for s in self.sources for c in self.class_names]
+        self._source_last: dict[tuple[str, str], dict[str, Any] | None] = dict.fromkeys(pairs)
+        self._source_since: dict[tuple[str, str], str | None] = dict.fromkeys(pairs, started)
+        self._source_peak_dbfs: dict[str, float] = {}
 
     @classmethod
     def from_runtime(cls, runtime: Runtime) -> MqttSink:
@@ -146,7 +168,13 @@ class MqttSink:
             configuration_url=clip_base if settings.api.enabled else None,
         )
         return cls(
-            settings.mqtt, runtime.store, runtime.controls, contract.class_names, device, clip_base
+            settings.mqtt,
+            runtime.store,
+            runtime.controls,
+            contract.class_names,
+            device,
+            clip_base,
+            source_names=[source.name for source in settings.sources],
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -190,10 +218,13 @@ class MqttSink:
             since = iso(utc_now())
             waits = []
             for name in self.class_names:
+                for source in self.sources:
+                    if self._source_open(source, name):
+                        self._source_since[(source, name)] = since
                 if self._open[name]:
                     self._open[name].clear()
                     self._since[name] = since
-                for topic, payload in self._class_state(name):
+                for topic, payload in self._class_state(name) + self._source_states(name):
                     waits += self._publish_acked(topic, payload, retain=True)
             waits += self._publish_acked(self.topics.availability, ha.OFFLINE, retain=True)
             if waits:
@@ -231,6 +262,8 @@ class MqttSink:
             "events_published": self.events_published,
             "commands_applied": self.commands_applied,
             "commands_ignored": self.commands_ignored,
+            "sources": self.sources,
+            "stale_configs_cleared": self.stale_configs_cleared,
             "outbox": outbox,
         }
 
@@ -259,18 +292,37 @@ class MqttSink:
             if not open_events:
                 self._since[name] = event["ended_at"]
         self._last_event[name] = event
+        key = (message.event.source, name)
+        if key in self._source_since:
+            if message.phase == "start":
+                self._source_since[key] = event["started_at"]
+            elif not self._source_open(*key):
+                self._source_since[key] = event["ended_at"]
+            self._source_last[key] = event
         if name in self.class_names:
             self._publish_class_state(name)
+            if key in self._source_since:
+                for topic, payload in self._source_state(*key):
+                    self._publish(topic, payload, True)
 
     def on_live(self, update: LiveUpdate) -> None:
         """Keep the loudest level of the interval; publish it every `level_interval_s`."""
         peak = self._level_peak_dbfs
         self._level_peak_dbfs = update.level_dbfs if peak is None else max(peak, update.level_dbfs)
+        if update.source in self.sources:
+            source_peak = self._source_peak_dbfs.get(update.source)
+            self._source_peak_dbfs[update.source] = (
+                update.level_dbfs if source_peak is None else max(source_peak, update.level_dbfs)
+            )
         now = time.monotonic()
         if now - self._level_published_at >= self.config.level_interval_s and self._link_up:
             self._publish(self.topics.level, f"{self._level_peak_dbfs:.1f}", retain=False, qos=0)
+            # A source without blocks in the interval publishes nothing: its sensor expires.
+            for source, level_dbfs in self._source_peak_dbfs.items():
+                self._publish(self.topics.source_level(source), f"{level_dbfs:.1f}", retain=False, qos=0)
             self._level_published_at = now
             self._level_peak_dbfs = None
+            self._source_peak_dbfs = {}
 
     # ------------------------------------------------------------------ publishing (loop thread)
     def _publish(
@@ -308,6 +360,32 @@ class MqttSink:
             (self.topics.state(name), ha.ON if on else ha.OFF),
         ]
 
+    def _source_open(self, source: str, name: str) -> list[dict[str, Any]]:
+        """The open events of one class in one source, oldest first."""
+        return [e for e in self._open.get(name, {}).values() if e.get("source") == source]
+
+    def _source_state(self, source: str, name: str) -> list[tuple[str, str]]:
+        """Like `_class_state`, for the class's binary sensor of one source."""
+        open_events = self._source_open(source, name)
+        event = open_events[-1] if open_events else self._source_last.get((source, name))
+        control = self.controls.get(name).to_dict() if name in self.controls.names else None
+        attributes = ha.state_attributes(
+            name,
+            bool(open_events),
+            self._source_since.get((source, name)),
+            event,
+            control,
+            self.clip_base,
+            source=source,
+        )
+        return [
+            (self.topics.source_attributes(source, name), ha.dumps(attributes)),
+            (self.topics.source_state(source, name), ha.ON if open_events else ha.OFF),
+        ]
+
+    def _source_states(self, name: str) -> list[tuple[str, str]]:
+        return [pair for source in self.sources for pair in self._source_state(source, name)]
+
     def _publish_class_state(self, name: str) -> None:
         for topic, payload in self._class_state(name):
             self._publish(topic, payload, True)
@@ -324,25 +402,34 @@ class MqttSink:
 
     def _publish_all(self) -> None:
         """Discovery, availability and every state: on each connect and when HA comes online."""
-        configs = ha.discovery_configs(
-            self.topics,
-            self.device,
-            self.class_names,
-            self.config.snooze_minutes,
-            self.config.level_interval_s,
-        )
-        for topic, config in configs.items():
+        for topic, config in self._configs.items():
             self._publish(topic, ha.dumps(config), True)
         self._publish(self.topics.availability, ha.ONLINE, True)
         for name in self.class_names:
             if name in self.controls.names:
                 self._publish_controls(self.controls.get(name))
             self._publish_class_state(name)
+            for topic, payload in self._source_states(name):
+                self._publish(topic, payload, True)
 
     def _on_control(self, control: ClassControl) -> None:
         if control.name in self.class_names:
             self._publish_controls(control)
             self._publish_class_state(control.name)
+            for topic, payload in self._source_states(control.name):
+                self._publish(topic, payload, True)
+
+    def _on_discovery_config(self, topic: str, payload: bytes, retained: bool) -> None:
+        """A retained config of this node that this run does not publish is left over (a source
+        removed from the config, a class the model dropped): clear it and its states, so that
+        Home Assistant removes the entity. Our own configs echo back and are ignored."""
+        if not retained or not payload or topic in self._configs:
+            return
+        for state_topic in ha.stale_state_topics(payload, self.topics, self._in_use):
+            self._publish(state_topic, "", True)
+        self._publish(topic, "", True)
+        self.stale_configs_cleared += 1
+        log.info("MQTT: cleared the left-over discovery config %s", _clip(topic, 160))
 
     # ------------------------------------------------------------------ the outbox
     def _pending(self) -> int:
@@ -497,6 +584,9 @@ class MqttSink:
         )
 
     def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
+        if self.topics.is_discovery(topic):
+            self._on_discovery_config(topic, payload, retained)
+            return
         if topic == self.topics.ha_status:
             if payload.strip().lower() == ha.ONLINE.encode():
                 log.info("Home Assistant is online: re-sending discovery and states")
@@ -622,7 +712,13 @@ class MqttSink:
             return
         self._auth_refused = False
         self._round_connected = True
-        client.subscribe([(self.topics.command_filter, 1), (self.topics.ha_status, 1)])
+        client.subscribe(
+            [
+                (self.topics.command_filter, 1),
+                (self.topics.ha_status, 1),
+                (self.topics.discovery_filter, 1),
+            ]
+        )
         self._link_up = True
         self._call(self._on_connected)
 
