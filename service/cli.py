@@ -121,6 +121,38 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _training_module(command: str):
+    """Import the trainer lazily; torch and onnx come with the [train] extra only."""
+    try:
+        import onnx  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(
+            f"`harken {command}` needs the training extra ({exc.name} is not installed): "
+            "pip install 'harken[train]' (torch==2.13.0, onnx, pyroomacoustics)"
+        ) from None
+    from models import train
+
+    return train
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    train = _training_module("train")
+    try:
+        return train.cmd_train(args)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    train = _training_module("export")
+    if not args.checkpoint.is_file():
+        raise ConfigError(
+            f"checkpoint {args.checkpoint} not found (write one with `harken train`)"
+        )
+    return train.cmd_export(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harken", description="Local-first home sound-event monitor.")
     parser.add_argument("--version", action="version", version=f"harken {_version()}")
@@ -145,6 +177,29 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config file")
     check.add_argument("file", type=Path)
     check.set_defaults(func=cmd_check_config)
+
+    # Arguments are declared here (not in models/) so that `harken --help` needs no torch.
+    models_dir = Path(__file__).resolve().parent.parent / "models"
+    train = sub.add_parser("train", help="train the detector (needs the [train] extra)")
+    train.add_argument("--config", type=Path, default=models_dir / "configs" / "default.yaml",
+                       help="training recipe (default: models/configs/default.yaml)")
+    train.add_argument("--data", type=Path, required=True,
+                       help="folder with MANIFEST.csv and 16 kHz FLAC clips")
+    train.add_argument("--out", type=Path, help="run folder (default: runs/<config name>)")
+    train.add_argument("--cache", type=Path, help="scene cache folder (default: <out>/cache)")
+    train.add_argument("--steps", type=int, help="override opt.steps of the config")
+    train.add_argument("--ablation", action="store_true",
+                       help="train every loss variant and write ablation.md")
+    train.add_argument("--ablation-steps", type=int,
+                       help="steps per ablation variant (default: opt.steps)")
+    train.set_defaults(func=cmd_train, command_line=None)
+
+    export = sub.add_parser("export", help="write a trained checkpoint as ONNX with its contract")
+    export.add_argument("--checkpoint", type=Path, required=True,
+                        help="best.pt written by `harken train`")
+    export.add_argument("--out", type=Path, default=models_dir / "harken.onnx",
+                        help="ONNX file to write (default: the bundled models/harken.onnx)")
+    export.set_defaults(func=cmd_export)
     return parser
 
 
