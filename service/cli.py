@@ -153,6 +153,45 @@ def cmd_export(args: argparse.Namespace) -> int:
     return train.cmd_export(args)
 
 
+def _eval_command(args: argparse.Namespace) -> str:
+    """The options of this run as a command line, for the report."""
+    parts = ["harken eval"]
+    for key, value in vars(args).items():
+        if key in ("func", "command") or value is None or value is False:
+            continue
+        flag = "--" + key.replace("_", "-")
+        parts.append(flag if value is True else f"{flag} {value}")
+    return " ".join(parts)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from models.evaluate import EvalOptions, format_table, run_evaluation
+    from models.manifest import ManifestError
+    from service.audio.sources import SourceError
+
+    try:
+        ebrs = tuple(float(v) for v in args.ebr.split(","))
+    except ValueError:
+        print(f"harken eval: --ebr {args.ebr!r}: give comma-separated dB values, e.g. -6,0,6",
+              file=sys.stderr)
+        return 2
+    options = EvalOptions(
+        out=args.out, data=args.data, model=args.model, split=args.split or None, tsv=args.tsv,
+        scenes=args.scenes, seed=args.seed, scene_s=args.scene_s, ebrs_db=ebrs, span=args.span,
+        open_licences_only=args.open_licences, collar_s=args.collar, config=args.config,
+        worst=args.worst, psds=not args.no_psds, write_scenes=args.write_scenes,
+        progress=not args.no_progress, command=_eval_command(args),
+    )
+    try:
+        report = run_evaluation(options)
+    except (ManifestError, SourceError) as exc:
+        print(f"harken eval: {exc}", file=sys.stderr)
+        return 2
+    print(format_table(report))
+    print(f"report: {args.out / 'report.md'} (every figure in {args.out / 'report.json'})")
+    return 1 if report["dataset"]["failed_files"] else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harken", description="Local-first home sound-event monitor.")
     parser.add_argument("--version", action="version", version=f"harken {_version()}")
@@ -173,6 +212,29 @@ def build_parser() -> argparse.ArgumentParser:
     devices = sub.add_parser("devices", help="list audio input devices")
     devices.add_argument("--json", action="store_true")
     devices.set_defaults(func=cmd_devices)
+
+    ev = sub.add_parser("eval", help="evaluate a model on a data set: event-level report, plots")
+    add = ev.add_argument
+    add("--model", type=Path, help="model file (default: the bundled model)")
+    add("--data", type=Path, help="data folder with MANIFEST.csv (audio root for --tsv)")
+    add("--split", default="dev", help="manifest split (default: dev; '' = all rows)")
+    add("--tsv", type=Path, help="DCASE-style truth: filename, onset, offset, event_label")
+    add("--scenes", type=int, default=0, metavar="N",
+        help="evaluate on N seeded DCASE-2017-style mixtures built from the split")
+    add("--seed", type=int, default=0, help="seed of the mixtures (default 0)")
+    add("--scene-s", type=float, default=30.0, help="mixture length in s (default 30)")
+    add("--ebr", default="-6,0,6", help="event-to-background ratios, dB (default -6,0,6)")
+    add("--write-scenes", action="store_true", help="write the mixtures (FLAC + TSV) to OUT/scenes")
+    add("--span", choices=("active", "whole"), default="active",
+        help="span of a target clip without manifest times (default: its active span)")
+    add("--open-licences", action="store_true", help="only openly licensed clips")
+    add("--collar", type=float, default=0.5, help="onset collar in s (default 0.5)")
+    add("--config", type=Path, help="config file for per-class decision overrides")
+    add("--worst", type=int, default=6, help="worst cases to plot (default 6)")
+    add("--no-psds", action="store_true", help="skip PSDS and the score curves")
+    add("--no-progress", action="store_true", help="no progress bar")
+    add("--out", type=Path, required=True, help="folder for report.json, report.md, plots")
+    ev.set_defaults(func=cmd_eval)
 
     check = sub.add_parser("check-config", help="validate a config file")
     check.add_argument("file", type=Path)
