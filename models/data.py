@@ -36,6 +36,7 @@ import scipy.signal
 import soundfile as sf
 
 from models import synth
+from models.manifest import licence_is_open
 from service.audio.features import FeatureParams, LogMel
 
 log = logging.getLogger(__name__)
@@ -43,29 +44,14 @@ log = logging.getLogger(__name__)
 CLASSES: tuple[str, ...] = ("baby_cry", "smoke_alarm", "glass_break")
 SAMPLE_RATE = 16000
 MANIFEST_COLUMNS = ("path", "class", "split", "source", "license", "group", "quality")
-#: Licence families that allow redistribution of derived weights (open-licences config).
-OPEN_LICENCE_TOKENS = ("odbl", "cc0", "cc-by", "gpl", "lgpl", "mit", "apache")
-#: Phrases that make a licence field unusable for the open-licences config.
-CLOSED_LICENCE_TOKENS = (
-    "no license",
-    "-nc",
-    "nc-",
-    "non-commercial",
-    "not recorded",
-    "verify",
-    "unknown",
-    "sampling+",
-)
 #: Pauses shorter than this stay inside one labelled event (breaths, T3 gaps, shards).
 MERGE_GAP_S = {"baby_cry": 1.0, "smoke_alarm": 2.0, "glass_break": 0.5}
 
 
 def is_open_licence(text: str) -> bool:
-    """True for licence fields that name an open licence and no restriction or doubt."""
-    low = text.lower()
-    if any(tok in low for tok in CLOSED_LICENCE_TOKENS):
-        return False
-    return any(tok in low for tok in OPEN_LICENCE_TOKENS)
+    """True for licence fields that name an open licence and no restriction or doubt
+    (the evaluation's rule, `models.manifest.licence_is_open`, so both agree)."""
+    return licence_is_open(text)
 
 
 @dataclass(frozen=True)
@@ -318,8 +304,8 @@ class SceneConfig:
     procedural_share: dict[str, float] = field(
         default_factory=lambda: {"baby_cry": 0.08, "smoke_alarm": 0.6, "glass_break": 0.08}
     )
-    weak_event_weight: float = 0.5
-    weak_frame_weight: float = 0.5
+    weak_event_weight: float = 0.25
+    weak_frame_weight: float = 0.25
     reverb_prob: float = 0.6
     eq_prob: float = 0.7
     noise_prob: float = 0.5
@@ -396,12 +382,36 @@ def negative_bed(
     return out
 
 
+def sounder(
+    rng: np.random.Generator, duration_s: float
+) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """A pulsed or continuous alarm sounder (building fire alarms, older smoke alarms):
+    a piezo tone of 2.5-4.2 kHz with harmonics, on/off times the T3/T4 patterns do not
+    cover. Returns the signal and its tone spans in seconds."""
+    freq_hz = rng.uniform(2500.0, 4200.0)
+    continuous = rng.random() < 0.3
+    on_s, off_s = (
+        (duration_s, 0.0) if continuous else (rng.uniform(0.15, 1.0), rng.uniform(0.08, 0.6))
+    )
+    n = int(duration_s * SAMPLE_RATE)
+    t = np.arange(n) / SAMPLE_RATE
+    phase = 2 * np.pi * freq_hz * t * (1 + rng.uniform(-0.01, 0.01) * t / duration_s)
+    wave = np.sin(phase) + 0.3 * np.sin(2 * phase) + 0.15 * np.sin(3 * phase)
+    gate = ((t % (on_s + off_s)) < on_s).astype(np.float32)
+    # 4 ms ramps against clicks.
+    gate = np.convolve(gate, np.ones(64) / 64, mode="same")
+    spans = [(0.0, duration_s)]
+    return (wave * gate).astype(np.float32), spans
+
+
 def procedural_event(
     class_name: str, rng: np.random.Generator
 ) -> tuple[np.ndarray, list[tuple[float, float]]]:
     """A procedural event and its labelled span(s) in seconds."""
     if class_name == "smoke_alarm":
-        pattern = str(rng.choice(["t3", "t3", "t4", "low"]))
+        pattern = str(rng.choice(["t3", "t3", "t4", "low", "sounder", "sounder"]))
+        if pattern == "sounder":
+            return sounder(rng, rng.uniform(1.5, 6.0))
         cycles = int(rng.integers(1, 3)) if pattern != "t4" else 1
         sig, tones = synth.alarm(pattern, cycles, rng)
         end = int(tones[-1][1] * SAMPLE_RATE)

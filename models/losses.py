@@ -153,7 +153,7 @@ class LossConfig:
     """The `loss:` section of a training config."""
 
     kind: str = "event"  # event | bce
-    non_target: float = 1.0
+    non_target: float = 2.0
     pooled: float = 1.0
     smooth: float = 0.5
     cross: float = 1.0
