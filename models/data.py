@@ -37,11 +37,14 @@ import soundfile as sf
 
 from models import synth
 from models.manifest import licence_is_open
+from models.scenes import active_span
 from service.audio.features import FeatureParams, LogMel
 
 log = logging.getLogger(__name__)
 
 CLASSES: tuple[str, ...] = ("baby_cry", "smoke_alarm", "glass_break")
+#: Bumped whenever scene generation or labelling changes, so that caches are rebuilt.
+DATA_VERSION = 2
 SAMPLE_RATE = 16000
 MANIFEST_COLUMNS = ("path", "class", "split", "source", "license", "group", "quality")
 #: Pauses shorter than this stay inside one labelled event (breaths, T3 gaps, shards).
@@ -123,46 +126,16 @@ def load_audio(path: Path) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- labels
-def activity_spans(
-    audio: np.ndarray,
-    merge_gap_s: float,
-    params: FeatureParams | None = None,
-    min_len_s: float = 0.06,
-) -> list[tuple[float, float]]:
-    """Active spans (seconds) of an isolated clip from its own frame energy.
-
-    A frame is active when its energy is within 30 dB of the clip's peak and 6 dB above
-    its quiet floor; gaps shorter than `merge_gap_s` are merged, so a crying baby's
-    breath or a T3 alarm's gap stays inside the event.
-    """
-    params = params or FeatureParams()
-    frames = LogMel(params).frames(audio)
-    if frames.shape[0] == 0:
+def activity_spans(audio: np.ndarray, merge_gap_s: float) -> list[tuple[float, float]]:
+    """The active span (seconds) of an isolated clip: first to last active frame, pauses
+    inside kept, from the evaluation's own activity detector (`models.scenes.active_span`)
+    so that training labels and evaluation ground truth agree (one event per clip).
+    `merge_gap_s` bridges pauses in the span's segments; a span whose segments are all
+    clicks shorter than 60 ms is dropped. Returns [] for a silent clip."""
+    span = active_span(audio, SAMPLE_RATE, merge_gap_s=merge_gap_s)
+    if span is None or span.duration_s < 0.06:
         return []
-    # Energy in dB from the log-mel bands (natural log of power).
-    peak = frames.max(axis=1, keepdims=True)
-    energy_db = (10 / np.log(10)) * (peak[:, 0] + np.log(np.exp(frames - peak).sum(axis=1)))
-    threshold = max(float(energy_db.max()) - 30.0, float(np.percentile(energy_db, 10)) + 6.0)
-    active = np.flatnonzero(energy_db >= threshold)
-    if active.size == 0:
-        return []
-    hop_s = params.hop_s
-    gap_frames = max(1, round(merge_gap_s / hop_s))
-    spans: list[tuple[float, float]] = []
-    start = prev = int(active[0])
-    for idx in active[1:]:
-        if idx - prev > gap_frames:
-            spans.append((start, prev))
-            start = int(idx)
-        prev = int(idx)
-    spans.append((start, prev))
-    out = []
-    for a, b in spans:
-        t0 = a * hop_s
-        t1 = b * hop_s + params.win_samples / params.sample_rate
-        if t1 - t0 >= min_len_s:
-            out.append((round(t0, 3), round(t1, 3)))
-    return out
+    return [(float(span.onset_s), float(span.offset_s))]
 
 
 @dataclass(frozen=True)
@@ -328,10 +301,9 @@ class ClipBank:
             audio = load_audio(clip.path)
             if clip.is_target:
                 weak = clip.quality == "weak"
+                # Weak clips get the same span rule; only their weights differ.
                 if clip.onset_s is not None and clip.offset_s is not None:
                     spans = [(clip.onset_s, clip.offset_s)]
-                elif weak:
-                    spans = [(0.0, audio.shape[0] / SAMPLE_RATE)]
                 else:
                     spans = activity_spans(audio, MERGE_GAP_S[clip.class_name])
                 if spans:

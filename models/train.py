@@ -187,6 +187,7 @@ def prepare_data(
     manifest = data_dir / "MANIFEST.csv"
     stat = manifest.stat() if manifest.is_file() else None
     key = D.cache_key(
+        D.DATA_VERSION,
         cfg.data,
         asdict(cfg.eval)["dev_reps"],
         str(data_dir.resolve()),
