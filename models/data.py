@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 CLASSES: tuple[str, ...] = ("baby_cry", "smoke_alarm", "glass_break")
 #: Bumped whenever scene generation or labelling changes, so that caches are rebuilt.
-DATA_VERSION = 2
+DATA_VERSION = 3
 SAMPLE_RATE = 16000
 MANIFEST_COLUMNS = ("path", "class", "split", "source", "license", "group", "quality")
 #: Pauses shorter than this stay inside one labelled event (breaths, T3 gaps, shards).
@@ -277,6 +277,10 @@ class SceneConfig:
     procedural_share: dict[str, float] = field(
         default_factory=lambda: {"baby_cry": 0.08, "smoke_alarm": 0.6, "glass_break": 0.08}
     )
+    #: Real clips longer than this are cut to a random 1.5 s..excerpt_above_s stretch
+    #: with probability excerpt_prob.
+    excerpt_above_s: float = 5.0
+    excerpt_prob: float = 0.6
     weak_event_weight: float = 0.25
     weak_frame_weight: float = 0.25
     reverb_prob: float = 0.6
@@ -414,6 +418,20 @@ class SceneMaker:
             sig, spans = procedural_event(class_name, rng)
             return sig, spans, False
         audio, spans, weak, _ = real[int(rng.integers(len(real)))]
+        duration_s = audio.shape[0] / SAMPLE_RATE
+        if duration_s > self.cfg.excerpt_above_s and rng.random() < self.cfg.excerpt_prob:
+            # A random stretch of a long recording: events of varied length, and scenes
+            # that are not mostly one long cry.
+            length_s = rng.uniform(1.5, self.cfg.excerpt_above_s)
+            start_s = rng.uniform(0.0, duration_s - length_s)
+            cut = [
+                (max(a - start_s, 0.0), min(b - start_s, length_s))
+                for a, b in spans
+                if b > start_s + 0.3 and a < start_s + length_s - 0.3
+            ]
+            if cut:
+                first = int(start_s * SAMPLE_RATE)
+                return audio[first : first + int(length_s * SAMPLE_RATE)], cut, weak
         return audio, spans, weak
 
     def _augment_event(self, sig: np.ndarray, rng: np.random.Generator) -> np.ndarray:

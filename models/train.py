@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import logging
 import sys
@@ -468,7 +469,7 @@ def tune_decisions(
     fa_budget: float,
     dur_scales: Sequence[float] = (1.0, 2.0, 4.0),
 ) -> dict[str, DecisionParams]:
-    """Per class, the on-threshold and minimum duration with the best dev F1 among those
+    """Per class, the on-threshold, minimum duration and smoothing with the best dev F1 among those
     whose false alarms on dev negatives stay within `fa_budget` per hour; when none does,
     the best of F1 - 0.002 * FA/h (each false alarm per hour costs a little F1)."""
     tuned = dict(base)
@@ -476,13 +477,14 @@ def tune_decisions(
         single = [s[:, ci : ci + 1] for s in scores]
         best: tuple[tuple[float, float], DecisionParams] | None = None
         for on in on_thresholds:
-            for dur_scale in dur_scales:
+            for dur_scale, smooth_scale in itertools.product(dur_scales, (1, 2)):
                 b = base[c]
                 cand = replace(
                     b,
                     on_threshold=on,
                     off_threshold=round(min(b.off_threshold / b.on_threshold * on, on), 3),
                     min_duration_s=round(b.min_duration_s * dur_scale, 3),
+                    smoothing_frames=b.smoothing_frames * smooth_scale,
                 )
                 m = event_metrics(dev, run_decisions(single, {c: cand}, (c,)), (c,))
                 pc = m["per_class"][c]
