@@ -261,6 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="best.pt written by `harken train`")
     export.add_argument("--out", type=Path, default=models_dir / "harken.onnx",
                         help="ONNX file to write (default: the bundled models/harken.onnx)")
+    export.add_argument("--data", type=Path,
+                        help="re-tune the decision parameters on this data set's dev split")
+    export.add_argument("--cache", type=Path,
+                        help="scene cache of the training run (default: next to the checkpoint)")
     export.set_defaults(func=cmd_export)
     return parser
 
