@@ -224,3 +224,24 @@ def test_bad_inputs_get_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFi
     (tmp_path / "MANIFEST.csv").write_text("path,class\n")
     assert cli.main(["train", "--config", str(bad), "--data", str(tmp_path)]) == 2
     assert "unknown key(s) stepz" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["default.yaml", "open-licences.yaml"])
+def test_shipped_configs_load_within_the_budget(name: str) -> None:
+    from models.net import CompactTCN
+    from models.train import load_config
+
+    cfg = load_config(Path(__file__).resolve().parent.parent / "models" / "configs" / name)
+    net = CompactTCN(channels=cfg.net.channels, dilations=tuple(cfg.net.dilations))
+    assert sum(p.numel() for p in net.parameters()) <= 100_000
+    assert net.macs_per_frame() * 50 <= 7_000_000
+    assert cfg.net.lookahead_frames <= 10
+    assert cfg.data.licences == ("open" if name.startswith("open") else "all")
+
+
+def test_train_without_torch_says_which_extra(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(__import__("sys").modules, "torch", None)  # import torch -> ImportError
+    assert cli.main(["train", "--data", str(tmp_path)]) == 2
+    assert "harken[train]" in capsys.readouterr().err
