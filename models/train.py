@@ -811,6 +811,12 @@ def cmd_export(args: argparse.Namespace) -> int:
         "loss": cfg.loss.kind,
         "seed": cfg.seed,
         "licences": cfg.data.licences,
+        "weights_licence": (
+            "openly licensed sources only; see models/MODEL_CARD.md"
+            if cfg.data.licences == "open"
+            else "trained on clips without licence and CC-BY-NC clips: non-commercial "
+            "research and evaluation only; see models/MODEL_CARD.md"
+        ),
         "data": {k: ckpt["data"].get(k) for k in ("train", "dev", "scene_seconds")},
         "dev_mean_f1": mt["mean_f1"],
         "dev_fa_per_hour": mt["fa_per_hour"],
