@@ -369,7 +369,7 @@ def event_metrics(
     """Per-class event P/R/F1 (500 ms onset collar), FA/h on negatives, cross-triggers,
     median latency and flicker (extra same-class detections per matched true event)."""
     stats = {
-        c: {"tp": 0, "fp": 0, "fn": 0, "latency": [], "fragments": [], "neg_fp": 0}
+        c: {"tp": 0, "fp": 0, "fn": 0, "latency": [], "fragments": [], "crossings": [], "neg_fp": 0}
         for c in class_names
     }
     cross = {a: dict.fromkeys(class_names, 0) for a in class_names}
@@ -387,6 +387,7 @@ def event_metrics(
                 s["neg_fp"] += len(unmatched)
             for ti, fi in matched:
                 s["latency"].append(mine[fi].detected_s - truth[ti][0])
+                s["crossings"].append(mine[fi].flicker)
                 on, off = truth[ti]
                 s["fragments"].append(sum(1 for d in mine if d.start_s < off and d.end_s > on) - 1)
             for fi in unmatched:
@@ -414,6 +415,7 @@ def event_metrics(
             "fa_per_hour": round(s["neg_fp"] / max(neg_hours, 1e-9), 2),
             "median_latency_s": round(float(np.median(s["latency"])), 3) if s["latency"] else None,
             "flicker": round(float(np.mean(s["fragments"])), 3) if s["fragments"] else None,
+            "score_flicker": (round(float(np.mean(s["crossings"])), 3) if s["crossings"] else None),
         }
     total_neg_fp = sum(s["neg_fp"] for s in stats.values())
     return {
@@ -497,7 +499,9 @@ def tune_decisions(
                 m = event_metrics(dev, run_decisions(single, {c: cand}, (c,)), (c,))
                 pc = m["per_class"][c]
                 key = (
-                    1.0 if pc["fa_per_hour"] <= fa_budget else 0.0,
+                    # Within budget only counts for settings that find something:
+                    # a threshold nothing reaches has no false alarms, and no use.
+                    1.0 if pc["fa_per_hour"] <= fa_budget and pc["tp"] > 0 else 0.0,
                     pc["f1"] - 0.002 * pc["fa_per_hour"],
                 )
                 if best is None or key > best[0]:
@@ -659,14 +663,14 @@ def ablation_table(results: Sequence[RunResult]) -> str:
     head = (
         "| variant | steps | mean F1 (tuned) | cry F1 | alarm F1 | glass F1 | FA/h "
         "| cross-triggers "
-        "| flicker | mean F1 (default decisions) |\n|---|---|---|---|---|---|---|---|---|---|\n"
+        "| score flicker | mean F1 (default decisions) |\n|---|---|---|---|---|---|---|---|---|---|\n"
     )
     rows = []
     for r in results:
         m = r.metrics_tuned
         pc = m["per_class"]
         cross = sum(v for row in m["cross_trigger"].values() for v in row.values())
-        flick = [pc[c]["flicker"] for c in CLASSES if pc[c]["flicker"] is not None]
+        flick = [pc[c]["score_flicker"] for c in CLASSES if pc[c]["score_flicker"] is not None]
         rows.append(
             f"| {r.name} | {r.steps} | {m['mean_f1']:.3f} | {pc['baby_cry']['f1']:.3f} | "
             f"{pc['smoke_alarm']['f1']:.3f} | {pc['glass_break']['f1']:.3f} | "
@@ -713,7 +717,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         results = []
         for label, overrides in ABLATIONS.items():
             vcfg = replace(cfg, loss=replace(cfg.loss, **overrides))
-            results.append(train_run(vcfg, arrays, dev, steps, label))
+            result = train_run(vcfg, arrays, dev, steps, label)
+            save_checkpoint(out / f"ablation-{len(results)}.pt", vcfg, result, info, command)
+            results.append(result)
         table = ablation_table(results)
         (out / "ablation.md").write_text(table)
         (out / "ablation.json").write_text(
