@@ -663,7 +663,8 @@ def ablation_table(results: Sequence[RunResult]) -> str:
     head = (
         "| variant | steps | mean F1 (tuned) | cry F1 | alarm F1 | glass F1 | FA/h "
         "| cross-triggers "
-        "| score flicker | mean F1 (default decisions) |\n|---|---|---|---|---|---|---|---|---|---|\n"
+        "| score flicker | mean F1 (default decisions) |\n"
+        "|---|---|---|---|---|---|---|---|---|---|\n"
     )
     rows = []
     for r in results:
