@@ -196,6 +196,38 @@ def cmd_notify_test(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _training_module(command: str):
+    """Import the trainer lazily; torch and onnx come with the [train] extra only."""
+    try:
+        import onnx  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(
+            f"`harken {command}` needs the training extra ({exc.name} is not installed): "
+            "pip install 'harken[train]' (torch==2.13.0, onnx, pyroomacoustics)"
+        ) from None
+    from models import train
+
+    return train
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    train = _training_module("train")
+    try:
+        return train.cmd_train(args)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    train = _training_module("export")
+    if not args.checkpoint.is_file():
+        raise ConfigError(
+            f"checkpoint {args.checkpoint} not found (write one with `harken train`)"
+        )
+    return train.cmd_export(args)
+
+
 def _eval_command(args: argparse.Namespace) -> str:
     """The options of this run as a command line, for the report."""
     parts = ["harken eval"]
@@ -313,6 +345,33 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--timeout", type=float, default=5.0, help="seconds per network check")
     doctor.add_argument("--json", action="store_true", help="the checks as a JSON list")
     doctor.set_defaults(func=cmd_doctor)
+
+    # Arguments are declared here (not in models/) so that `harken --help` needs no torch.
+    models_dir = Path(__file__).resolve().parent.parent / "models"
+    train = sub.add_parser("train", help="train the detector (needs the [train] extra)")
+    train.add_argument("--config", type=Path, default=models_dir / "configs" / "default.yaml",
+                       help="training recipe (default: models/configs/default.yaml)")
+    train.add_argument("--data", type=Path, required=True,
+                       help="folder with MANIFEST.csv and 16 kHz FLAC clips")
+    train.add_argument("--out", type=Path, help="run folder (default: runs/<config name>)")
+    train.add_argument("--cache", type=Path, help="scene cache folder (default: <out>/cache)")
+    train.add_argument("--steps", type=int, help="override opt.steps of the config")
+    train.add_argument("--ablation", action="store_true",
+                       help="train every loss variant and write ablation.md")
+    train.add_argument("--ablation-steps", type=int,
+                       help="steps per ablation variant (default: opt.steps)")
+    train.set_defaults(func=cmd_train, command_line=None)
+
+    export = sub.add_parser("export", help="write a trained checkpoint as ONNX with its contract")
+    export.add_argument("--checkpoint", type=Path, required=True,
+                        help="best.pt written by `harken train`")
+    export.add_argument("--out", type=Path, default=models_dir / "harken.onnx",
+                        help="ONNX file to write (default: the bundled models/harken.onnx)")
+    export.add_argument("--data", type=Path,
+                        help="re-tune the decision parameters on this data set's dev split")
+    export.add_argument("--cache", type=Path,
+                        help="scene cache of the training run (default: next to the checkpoint)")
+    export.set_defaults(func=cmd_export)
     return parser
 
 

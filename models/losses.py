@@ -1,0 +1,212 @@
+"""The event-aware loss and the frame-wise baseline.
+
+Scores are per-frame, per-class logits `z` (B, T, C) with sigmoid scores `s`. Labels:
+
+* `target` (B, T, C) in {0, 1}: 1 inside a labelled event of that class;
+* `weight` (B, T, C) >= 0: frame-wise weight, 0 where the frame label is unknown
+  (weak clips carry a reduced weight);
+* `events`: (batch index, class index, first frame, end frame, weight) per labelled event.
+
+The event-aware loss has four switchable, weighted terms (see DESIGN.md):
+
+1. **non-target**: frames outside every event of class c penalise class c's score,
+   `-log(1 - s)` (false positives);
+2. **event-pooled**: each event's scores are pooled over its frames and `-log(pool)`
+   is penalised, so *enough* confident frames across the event suffice;
+3. **smoothness**: the mean absolute change of scores between neighbouring frames
+   (total variation), so that steady scores cost nothing and flicker costs per change;
+4. **cross-trigger**: frames of target class a penalise the score of another target
+   class b with weight `cross_matrix[a][b]`, on top of the non-target term.
+
+Pooling (term 2) can be `genmean` (generalised mean of scores with exponent r), `lse`
+(log-mean-exp of logits with temperature tau) or `topk` (mean of the top k fraction).
+We use the generalised mean by default: the gradient reaches every frame of the event in
+proportion to s^(r-1), so confident frames carry the event while pauses (breaths, the
+gaps of a T3 alarm) cost little; hard top-k sends gradient only to k frames and
+log-mean-exp of logits lets one very confident frame hide a silent rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+EventSpan = tuple[int, int, int, int, float]  # (batch, class, first frame, end frame, weight)
+
+
+def _neg_log_not(logits: torch.Tensor) -> torch.Tensor:
+    """-log(1 - sigmoid(z)), numerically stable."""
+    return F.softplus(logits)
+
+
+def non_target_loss(
+    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
+) -> torch.Tensor:
+    """Mean -log(1 - s) over frames that are known not to belong to the class."""
+    mask = (target < 0.5).to(logits.dtype) * (weight > 0).to(logits.dtype)
+    return (_neg_log_not(logits) * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def pool_scores(
+    logits: torch.Tensor,
+    kind: str = "genmean",
+    r: float = 3.0,
+    tau: float = 1.0,
+    k_frac: float = 0.3,
+) -> torch.Tensor:
+    """Pool one event's logits (frames,) into a probability in (0, 1)."""
+    if kind == "genmean":
+        # log of (mean s^r)^(1/r), computed in log space for stability.
+        log_s = F.logsigmoid(logits)
+        n = torch.tensor(float(logits.shape[0]), dtype=logits.dtype)
+        return torch.exp((torch.logsumexp(r * log_s, dim=0) - torch.log(n)) / r)
+    if kind == "lse":
+        n = torch.tensor(float(logits.shape[0]), dtype=logits.dtype)
+        return torch.sigmoid(tau * (torch.logsumexp(logits / tau, dim=0) - torch.log(n)))
+    if kind == "topk":
+        k = max(1, round(k_frac * logits.shape[0]))
+        return torch.sigmoid(logits).topk(k).values.mean()
+    raise ValueError(f"unknown pooling {kind!r}: use genmean, lse or topk")
+
+
+def pooled_event_loss(
+    logits: torch.Tensor,
+    events: Sequence[EventSpan],
+    kind: str = "genmean",
+    r: float = 3.0,
+    tau: float = 1.0,
+    k_frac: float = 0.3,
+) -> torch.Tensor:
+    """Weighted mean of -log(pooled score) over labelled events."""
+    if not events:
+        return logits.sum() * 0.0
+    if kind == "topk":  # variable k per event: a loop, used only when asked for
+        losses = [
+            -torch.log(pool_scores(logits[b, f:e, c], kind, r, tau, k_frac).clamp_min(1e-6))
+            for b, c, f, e, _ in events
+        ]
+        w_t = torch.tensor([ev[4] for ev in events], dtype=logits.dtype)
+        return (torch.stack(losses) * w_t).sum() / w_t.sum().clamp_min(1e-6)
+    # Vectorised over events: gather each event's class track and mask its frames.
+    idx = torch.tensor([(b, c) for b, c, _, _, _ in events], dtype=torch.long)
+    tracks = logits[idx[:, 0], :, idx[:, 1]]  # (E, T)
+    frames = torch.arange(logits.shape[1])
+    first = torch.tensor([ev[2] for ev in events])[:, None]
+    end = torch.tensor([ev[3] for ev in events])[:, None]
+    inside = (frames[None, :] >= first) & (frames[None, :] < end)  # (E, T)
+    log_n = torch.log(inside.sum(dim=1).clamp_min(1).to(logits.dtype))
+    neg_inf = torch.finfo(logits.dtype).min
+    if kind == "genmean":
+        log_pool = (
+            torch.logsumexp((r * F.logsigmoid(tracks)).masked_fill(~inside, neg_inf), dim=1) - log_n
+        ) / r
+        nll = -log_pool.clamp_max(0.0)
+    elif kind == "lse":
+        pooled_logit = tau * (
+            torch.logsumexp((tracks / tau).masked_fill(~inside, neg_inf), dim=1) - log_n
+        )
+        nll = F.softplus(-pooled_logit)  # -log(sigmoid(pooled_logit))
+    else:
+        raise ValueError(f"unknown pooling {kind!r}: use genmean, lse or topk")
+    w_t = torch.tensor([ev[4] for ev in events], dtype=logits.dtype)
+    return (nll.clamp_max(-np.log(1e-6)) * w_t).sum() / w_t.sum().clamp_min(1e-6)
+
+
+def smoothness_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Mean absolute score change between neighbouring frames (total variation)."""
+    if logits.shape[1] < 2:
+        return logits.sum() * 0.0
+    s = torch.sigmoid(logits)
+    return (s[:, 1:] - s[:, :-1]).abs().mean()
+
+
+def cross_trigger_loss(
+    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, matrix: torch.Tensor
+) -> torch.Tensor:
+    """Frames of class a penalise class b's score by matrix[a, b] * -log(1 - s_b).
+
+    Only frames where class b is not itself labelled count (overlapping events are fine).
+    Normalised by the number of target frames, so it does not grow with event count.
+    """
+    tgt = target * (weight > 0).to(target.dtype)  # (B, T, C): labelled frames of each class
+    # Per frame and class b: sum over a of tgt[a] * matrix[a, b].
+    per_b = torch.einsum("bta,ac->btc", tgt, matrix.to(logits.dtype))
+    per_b = per_b * (target < 0.5).to(logits.dtype)
+    n = tgt.amax(dim=2).sum().clamp_min(1.0)
+    return (per_b * _neg_log_not(logits)).sum() / n
+
+
+def frame_bce_loss(
+    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
+) -> torch.Tensor:
+    """Frame-wise binary cross-entropy (the baseline), weighted and masked by `weight`."""
+    raw = F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype), reduction="none")
+    return (raw * weight).sum() / (weight > 0).to(logits.dtype).sum().clamp_min(1.0)
+
+
+@dataclass
+class LossConfig:
+    """The `loss:` section of a training config."""
+
+    kind: str = "event"  # event | bce
+    non_target: float = 2.0
+    pooled: float = 1.0
+    smooth: float = 0.5
+    cross: float = 1.0
+    pooling: str = "genmean"
+    pooling_r: float = 3.0
+    pooling_tau: float = 1.0
+    pooling_k_frac: float = 0.3
+    #: cross_matrix[a][b]: extra weight when class a's frames raise class b's score.
+    cross_matrix: list[list[float]] = field(
+        default_factory=lambda: [[0.0, 2.0, 1.0], [2.0, 0.0, 1.0], [1.0, 1.0, 0.0]]
+    )
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("event", "bce"):
+            raise ValueError(f"loss.kind must be 'event' or 'bce', got {self.kind!r}")
+        for name in ("non_target", "pooled", "smooth", "cross"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
+
+
+class EventAwareLoss:
+    """The configured loss; returns the total and its named parts (for logging)."""
+
+    def __init__(self, cfg: LossConfig, n_classes: int) -> None:
+        self.cfg = cfg
+        matrix = torch.tensor(cfg.cross_matrix, dtype=torch.float32)
+        if matrix.shape != (n_classes, n_classes):
+            raise ValueError(
+                f"loss.cross_matrix must be {n_classes}x{n_classes}, got {tuple(matrix.shape)}"
+            )
+        self.matrix = matrix
+
+    def __call__(
+        self,
+        logits: torch.Tensor,
+        target: torch.Tensor,
+        weight: torch.Tensor,
+        events: Sequence[EventSpan],
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg = self.cfg
+        if cfg.kind == "bce":
+            loss = frame_bce_loss(logits, target, weight)
+            return loss, {"bce": float(loss.detach())}
+        parts: dict[str, torch.Tensor] = {}
+        if cfg.non_target > 0:
+            parts["non_target"] = cfg.non_target * non_target_loss(logits, target, weight)
+        if cfg.pooled > 0:
+            parts["pooled"] = cfg.pooled * pooled_event_loss(
+                logits, events, cfg.pooling, cfg.pooling_r, cfg.pooling_tau, cfg.pooling_k_frac
+            )
+        if cfg.smooth > 0:
+            parts["smooth"] = cfg.smooth * smoothness_loss(logits)
+        if cfg.cross > 0:
+            parts["cross"] = cfg.cross * cross_trigger_loss(logits, target, weight, self.matrix)
+        total = sum(parts.values(), logits.sum() * 0.0)
+        return total, {k: float(v.detach()) for k, v in parts.items()}

@@ -1,0 +1,131 @@
+"""Each event-aware loss term on hand-made score sequences."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="the [train] extra is not installed")
+
+from models.losses import (  # noqa: E402
+    EventAwareLoss,
+    LossConfig,
+    cross_trigger_loss,
+    frame_bce_loss,
+    non_target_loss,
+    pool_scores,
+    pooled_event_loss,
+    smoothness_loss,
+)
+
+
+def logit(p: torch.Tensor | list[float]) -> torch.Tensor:
+    p = torch.as_tensor(p, dtype=torch.float32).clamp(1e-4, 1 - 1e-4)
+    return torch.log(p / (1 - p))
+
+
+def track(values: list[float], n_classes: int = 1) -> torch.Tensor:
+    """(1, T, n_classes) logits with `values` as scores of class 0, others at 0.01."""
+    z = logit([0.01] * len(values))[None, :, None].repeat(1, 1, n_classes)
+    z[0, :, 0] = logit(values)
+    return z
+
+
+def test_non_target_penalises_scores_outside_events_only() -> None:
+    target = torch.zeros(1, 6, 1)
+    target[0, 3:, 0] = 1
+    weight = torch.ones(1, 6, 1)
+    quiet = non_target_loss(track([0.05] * 3 + [0.9] * 3), target, weight)
+    false_alarm = non_target_loss(track([0.9] * 3 + [0.9] * 3), target, weight)
+    assert false_alarm > 10 * quiet
+    # Frames inside an event are not the term's business, whatever their score.
+    assert non_target_loss(track([0.05] * 3 + [0.01] * 3), target, weight) == pytest.approx(
+        float(quiet), rel=1e-4
+    )
+    # Frames whose label is unknown (weight 0) do not count.
+    unknown = weight.clone()
+    unknown[0, :3, 0] = 0
+    assert non_target_loss(track([0.9] * 6), target, unknown) == pytest.approx(0.0)
+
+
+def test_pooling_tolerates_gaps_that_frame_loss_punishes() -> None:
+    # A T3-like event: confident half the time, silent in the gaps.
+    gappy = [0.95] * 5 + [0.02] * 5
+    gappy = gappy * 3
+    events = [(0, 0, 0, len(gappy), 1.0)]
+    pooled = pooled_event_loss(track(gappy), events)
+    target = torch.ones(1, len(gappy), 1)
+    frame_wise = frame_bce_loss(track(gappy), target, torch.ones_like(target))
+    assert pooled < 0.35 < frame_wise
+    # Missing the event entirely is expensive; fully on is nearly free.
+    missed = pooled_event_loss(track([0.02] * len(gappy)), events)
+    steady = pooled_event_loss(track([0.95] * len(gappy)), events)
+    assert steady < pooled < missed
+    assert missed > 2.0
+
+
+@pytest.mark.parametrize("kind", ["genmean", "lse", "topk"])
+def test_every_pooling_is_a_probability_between_mean_and_max(kind: str) -> None:
+    scores = torch.tensor([0.9, 0.1, 0.8, 0.05, 0.7, 0.02])
+    pooled = float(pool_scores(logit(scores), kind))
+    assert 0.0 < pooled < 1.0
+    assert float(scores.mean()) - 0.05 <= pooled <= float(scores.max()) + 1e-6
+    # Vectorised and per-event paths agree.
+    vec = pooled_event_loss(logit(scores)[None, :, None], [(0, 0, 0, 6, 1.0)], kind)
+    assert float(vec) == pytest.approx(-torch.log(torch.tensor(pooled)).item(), rel=1e-4)
+
+
+def test_pooled_loss_ignores_frames_outside_the_event_and_weights_events() -> None:
+    z = track([0.01] * 5 + [0.9] * 5 + [0.01] * 5)
+    inside = pooled_event_loss(z, [(0, 0, 5, 10, 1.0)])
+    around = pooled_event_loss(z, [(0, 0, 0, 15, 1.0)])
+    assert inside < 0.15 < around
+    weak_miss = pooled_event_loss(z, [(0, 0, 5, 10, 1.0), (0, 0, 0, 5, 0.1)])
+    strong_miss = pooled_event_loss(z, [(0, 0, 5, 10, 1.0), (0, 0, 0, 5, 1.0)])
+    assert weak_miss < strong_miss
+
+
+def test_flickering_costs_more_than_steady_and_one_clean_onset() -> None:
+    steady_on = smoothness_loss(track([0.9] * 20))
+    one_onset = smoothness_loss(track([0.05] * 10 + [0.9] * 10))
+    flicker = smoothness_loss(track([0.05, 0.9] * 10))
+    assert steady_on == pytest.approx(0.0, abs=1e-6)
+    assert steady_on < one_onset < flicker
+    assert flicker > 10 * one_onset
+
+
+def test_cross_trigger_uses_the_class_by_class_matrix() -> None:
+    # Class 0 (baby_cry) is labelled everywhere; class 1 (smoke_alarm) leaks 0.8 into it.
+    z = logit(torch.tensor([[0.9, 0.8, 0.01]]).repeat(10, 1))[None]
+    target = torch.zeros(1, 10, 3)
+    target[0, :, 0] = 1
+    weight = torch.ones_like(target)
+    zero = torch.zeros(3, 3)
+    m1 = torch.zeros(3, 3)
+    m1[0, 1] = 1.0
+    m2 = m1 * 2
+    assert cross_trigger_loss(z, target, weight, zero) == pytest.approx(0.0)
+    one = float(cross_trigger_loss(z, target, weight, m1))
+    assert one == pytest.approx(-torch.log(torch.tensor(0.2)).item(), rel=1e-3)
+    assert float(cross_trigger_loss(z, target, weight, m2)) == pytest.approx(2 * one, rel=1e-5)
+    # No cross-trigger when the other class is labelled too (overlapping events).
+    both = target.clone()
+    both[0, :, 1] = 1
+    assert cross_trigger_loss(z, both, weight, m1) == pytest.approx(0.0)
+
+
+def test_switches_turn_terms_off_and_bce_is_the_baseline() -> None:
+    z = track([0.05, 0.9] * 5, n_classes=3)
+    target = torch.zeros(1, 10, 3)
+    target[0, 4:, 0] = 1
+    weight = torch.ones_like(target)
+    events = [(0, 0, 4, 10, 1.0)]
+    _, parts = EventAwareLoss(LossConfig(), 3)(z, target, weight, events)
+    assert set(parts) == {"non_target", "pooled", "smooth", "cross"}
+    _, parts = EventAwareLoss(LossConfig(smooth=0.0, cross=0.0), 3)(z, target, weight, events)
+    assert set(parts) == {"non_target", "pooled"}
+    total, parts = EventAwareLoss(LossConfig(kind="bce"), 3)(z, target, weight, events)
+    assert set(parts) == {"bce"} and float(total) > 0
+    with pytest.raises(ValueError, match="cross_matrix must be 3x3"):
+        EventAwareLoss(LossConfig(cross_matrix=[[0.0]]), 3)
+    with pytest.raises(ValueError, match=r"loss\.kind"):
+        LossConfig(kind="focal")
