@@ -72,3 +72,14 @@ async def hand_over(sink: object, store: object, message: object) -> None:
     entries = [(sink.name, p) for p in sink.outbox_entries(message)]  # type: ignore[attr-defined]
     store.save_event(message.event, entries)  # type: ignore[attr-defined]
     await sink.handle(message)  # type: ignore[attr-defined]
+
+
+def require_module(name: str, what: str) -> object:
+    """Import a module a whole test file needs: skip the file locally when it is missing,
+    fail the collection under STRICT_COMPONENTS=1 (CI)."""
+    try:
+        return __import__(name)
+    except ImportError:
+        if STRICT:
+            raise ImportError(f"required component missing: {what} (python module {name!r})") from None
+        pytest.skip(f"component missing: {what}", allow_module_level=True)

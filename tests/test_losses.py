@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-torch = pytest.importorskip("torch", reason="the [train] extra is not installed")
+from tests.conftest import require_module
+
+torch = require_module("torch", "the [train] extra (torch)")
 
 from models.losses import (  # noqa: E402
     EventAwareLoss,

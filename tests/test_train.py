@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-torch = pytest.importorskip("torch", reason="the [train] extra is not installed")
+from tests.conftest import require_module
+
+torch = require_module("torch", "the [train] extra (torch)")
 
 from models import data as D  # noqa: E402
 from models import synth  # noqa: E402
