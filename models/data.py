@@ -23,7 +23,6 @@ Only the `train` split feeds training; `dev` builds the selection/tuning scenes.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
@@ -36,7 +35,7 @@ import scipy.signal
 import soundfile as sf
 
 from models import synth
-from models.manifest import licence_is_open
+from models.manifest import licence_is_open, read_manifest
 from models.scenes import active_span
 from service.audio.features import FeatureParams, LogMel
 
@@ -46,7 +45,6 @@ CLASSES: tuple[str, ...] = ("baby_cry", "smoke_alarm", "glass_break")
 #: Bumped whenever scene generation or labelling changes, so that caches are rebuilt.
 DATA_VERSION = 3
 SAMPLE_RATE = 16000
-MANIFEST_COLUMNS = ("path", "class", "split", "source", "license", "group", "quality")
 #: Pauses shorter than this stay inside one labelled event (breaths, T3 gaps, shards).
 MERGE_GAP_S = {"baby_cry": 1.0, "smoke_alarm": 2.0, "glass_break": 0.5}
 
@@ -77,34 +75,24 @@ class Clip:
 
 
 def read_clips(data_dir: str | Path) -> list[Clip]:
-    """Rows of DATA_DIR/MANIFEST.csv; one clear error for a missing file or column."""
-    data_dir = Path(data_dir)
-    manifest = data_dir / "MANIFEST.csv"
+    """Rows of DATA_DIR/MANIFEST.csv, read and validated by the evaluation's reader
+    (`models.manifest.read_manifest`: one error listing each bad line)."""
+    manifest = Path(data_dir) / "MANIFEST.csv"
     if not manifest.is_file():
         raise FileNotFoundError(f"{manifest} not found: --data must be a folder with MANIFEST.csv")
-    with manifest.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{manifest}: missing column(s) {', '.join(missing)}")
-        rows = list(reader)
-
-    def _float(value: str | None) -> float | None:
-        return float(value) if value not in (None, "") else None
-
     return [
         Clip(
-            path=data_dir / row["path"],
-            class_name=row["class"],
-            split=row["split"],
-            source=row["source"],
-            licence=row["license"],
-            group=row["group"],
-            quality=row["quality"] or "unknown",
-            onset_s=_float(row.get("onset")),
-            offset_s=_float(row.get("offset")),
+            path=row.file,
+            class_name=row.class_name,
+            split=row.split,
+            source=row.source,
+            licence=row.license,
+            group=row.group,
+            quality=row.quality or "unknown",
+            onset_s=row.onset_s,
+            offset_s=row.offset_s,
         )
-        for row in rows
+        for row in read_manifest(manifest, check_files=False)
     ]
 
 
