@@ -12,9 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,49 +23,25 @@ from pathlib import Path
 import httpx
 import soundfile as sf
 import websockets
-import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.daemon import start_daemon  # noqa: E402
 from tests.conftest import t3_scene  # noqa: E402
 
 TOKEN = "bench-token-123"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_daemon(root: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_harken(root: Path) -> tuple[subprocess.Popen[bytes], str]:
     scene = root / "scene.wav"
     sf.write(str(scene), t3_scene(12.0, alarm_at_s=1.5), 16000, subtype="PCM_16")
-    port = free_port()
-    config = {
+    return start_daemon(root, {
         "sources": [{"name": "nursery", "url": f"file:{scene}", "realtime": True, "loop": True}],
         "classes": {"smoke_alarm": {"decision": {"merge_gap_s": 2.0}}},
         "store": {"path": str(root / "harken.db")},
-        "api": {"port": port, "token": TOKEN, "rate_limit_per_s": None},
-    }
-    (root / "harken.yaml").write_text(yaml.safe_dump(config))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HARKEN_")}
-    env["PYTHONPATH"] = str(REPO)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "run", "--config", str(root / "harken.yaml")],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/api/health", timeout=1).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            time.sleep(0.2)
-    process.kill()
-    raise SystemExit("harken did not start")
+        "api": {"token": TOKEN, "rate_limit_per_s": None},
+    })
 
 
 async def rest_load(url: str, clients: int, seconds: float) -> None:
@@ -145,7 +119,7 @@ def main() -> None:
     parser.add_argument("--ws-seconds", type=float, default=15.0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        process, url = start_daemon(Path(tmp))
+        process, url = start_harken(Path(tmp))
         try:
             asyncio.run(rest_load(url, args.clients, args.seconds))
             asyncio.run(ws_fanout(url, args.ws_clients, args.ws_seconds))

@@ -9,11 +9,8 @@ Prints a table of audio hours, events expected/stored and RSS over the run. Usag
 from __future__ import annotations
 
 import argparse
-import os
 import signal
-import socket
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,21 +19,15 @@ from pathlib import Path
 import httpx
 import numpy as np
 import soundfile as sf
-import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.daemon import start_daemon  # noqa: E402
 from tests.harken_process import alarm_segment  # noqa: E402
 
 TOKEN = "soak-token-123"
 ALARMS_PER_LOOP = 3
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def rss_mib(pid: int) -> float:
@@ -62,21 +53,12 @@ def main() -> None:
         audio = np.concatenate([alarm_segment(seed) for seed in range(ALARMS_PER_LOOP)])
         sf.write(str(scene), audio, 16000, subtype="PCM_16")
         loop_s = len(audio) / 16000
-        port = free_port()
         db = root / "harken.db"
-        config = {
+        process, url = start_daemon(root, {
             "sources": [{"name": "soak", "url": f"file:{scene}", "realtime": False, "loop": True}],
             "store": {"path": str(db), "clip_pre_s": 0.5, "clip_post_s": 0.5},
-            "api": {"port": port, "token": TOKEN},
-        }
-        (root / "harken.yaml").write_text(yaml.safe_dump(config))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HARKEN_")}
-        env["PYTHONPATH"] = str(REPO)
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "run", "--config", str(root / "harken.yaml")],
-            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        url = f"http://127.0.0.1:{port}"
+            "api": {"token": TOKEN},
+        })
         headers = {"Authorization": f"Bearer {TOKEN}"}
         target_s = args.hours * 3600
         started = time.monotonic()
