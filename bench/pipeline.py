@@ -63,8 +63,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--format", choices=["wav", "flac"], default="wav")
+    parser.add_argument("--model", type=Path, help="a .onnx model (default: the bundled one)")
     args = parser.parse_args()
-    detector = Detector.load(threads=1)
+    detector = Detector.load(args.model, threads=1)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"bench.{args.format}"
         make_recording(args.minutes, path)

@@ -157,6 +157,11 @@ class LossConfig:
     pooled: float = 1.0
     smooth: float = 0.5
     cross: float = 1.0
+    #: Onset term: the first `onset_frames` of each event whose start is in the crop are
+    #: pooled like term 2, so that events are decided near their labelled start (the
+    #: pooled term alone lets the confident frames drift later into a cry).
+    onset: float = 0.0
+    onset_frames: int = 20
     pooling: str = "genmean"
     pooling_r: float = 3.0
     pooling_tau: float = 1.0
@@ -169,7 +174,7 @@ class LossConfig:
     def __post_init__(self) -> None:
         if self.kind not in ("event", "bce"):
             raise ValueError(f"loss.kind must be 'event' or 'bce', got {self.kind!r}")
-        for name in ("non_target", "pooled", "smooth", "cross"):
+        for name in ("non_target", "pooled", "smooth", "cross", "onset"):
             if getattr(self, name) < 0:
                 raise ValueError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
 
@@ -192,7 +197,10 @@ class EventAwareLoss:
         target: torch.Tensor,
         weight: torch.Tensor,
         events: Sequence[EventSpan],
+        onset_events: Sequence[EventSpan] | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
+        """`onset_events`: the events whose labelled start lies inside the crop (default:
+        all of `events`); only they feed the onset term."""
         cfg = self.cfg
         if cfg.kind == "bce":
             loss = frame_bce_loss(logits, target, weight)
@@ -203,6 +211,14 @@ class EventAwareLoss:
         if cfg.pooled > 0:
             parts["pooled"] = cfg.pooled * pooled_event_loss(
                 logits, events, cfg.pooling, cfg.pooling_r, cfg.pooling_tau, cfg.pooling_k_frac
+            )
+        if cfg.onset > 0:
+            heads = [
+                (b, c, f, min(e, f + cfg.onset_frames), w)
+                for b, c, f, e, w in (events if onset_events is None else onset_events)
+            ]
+            parts["onset"] = cfg.onset * pooled_event_loss(
+                logits, heads, cfg.pooling, cfg.pooling_r, cfg.pooling_tau, cfg.pooling_k_frac
             )
         if cfg.smooth > 0:
             parts["smooth"] = cfg.smooth * smoothness_loss(logits)

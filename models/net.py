@@ -8,6 +8,8 @@ exported graph, so the ONNX file takes raw log-mel and returns scores in [0, 1].
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
@@ -60,10 +62,89 @@ class CompactTCN(nn.Module):
         return self.n_mels * c * k + len(self.dilations) * c * c * k + c * self.n_classes
 
 
+class SeparableFreqConv(nn.Module):
+    """Depthwise 3x3 over (mel, time) then pointwise, halving the mel axis: a cheap way to
+    see spectral shapes (the harmonics of a cry, the narrow line of a piezo, the broadband
+    burst of glass). Time is not padded (valid), so the block shortens time by 2 frames."""
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__()
+        self.depthwise = nn.Conv2d(c_in, c_in, (3, 3), stride=(2, 1), padding=(1, 0), groups=c_in)
+        self.pointwise = nn.Conv2d(c_in, c_out, 1)
+        self.norm = nn.BatchNorm2d(c_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, F, T) -> (B, C', F/2, T-2)
+        return torch.relu(self.norm(self.pointwise(self.depthwise(x))))
+
+
+class FreqConvTCN(nn.Module):
+    """Log-mel (B, T, n_mels) -> logits (B, T - receptive_field, n_classes).
+
+    A 2-D front end over (mel, time) — one full 3x3 convolution and depthwise-separable
+    blocks, each halving the mel axis — then the dilated temporal convolutions of
+    CompactTCN on the flattened (channels x remaining mel bands). Every convolution is
+    valid in time and the network has no time-global operation, so streaming windows of
+    any length give the same scores as one pass, and look-ahead is only an alignment
+    choice (output frame j belongs to input frame j + receptive_field - lookahead).
+    """
+
+    def __init__(
+        self,
+        n_mels: int = 64,
+        n_classes: int = 3,
+        freq_channels: tuple[int, ...] = (12, 24, 32, 32),
+        channels: int = 56,
+        dilations: tuple[int, ...] = (1, 2, 4, 8, 16),
+        kernel: int = 3,
+    ) -> None:
+        super().__init__()
+        self.register_buffer("feature_mean", torch.zeros(n_mels))
+        self.register_buffer("feature_std", torch.ones(n_mels))
+        self.stem = nn.Conv2d(1, freq_channels[0], (3, 3), stride=(2, 1), padding=(1, 0))
+        self.stem_norm = nn.BatchNorm2d(freq_channels[0])
+        self.freq_blocks = nn.ModuleList(
+            SeparableFreqConv(a, b) for a, b in itertools.pairwise(freq_channels)
+        )
+        bands = n_mels
+        for _ in freq_channels:
+            bands = (bands + 1) // 2
+        self.bands_out = bands
+        self.project = nn.Conv1d(freq_channels[-1] * bands, channels, 1)
+        self.project_norm = nn.BatchNorm1d(channels)
+        self.blocks = nn.ModuleList(TemporalBlock(channels, d, kernel) for d in dilations)
+        self.head = nn.Conv1d(channels, n_classes, 1)
+        self.receptive_field = 2 * len(freq_channels) + (kernel - 1) * sum(dilations)
+        self.n_mels, self.n_classes, self.channels = n_mels, n_classes, channels
+        self.freq_channels, self.dilations, self.kernel = freq_channels, dilations, kernel
+
+    def forward(self, logmel: torch.Tensor) -> torch.Tensor:
+        x = ((logmel - self.feature_mean) / self.feature_std).transpose(1, 2)[:, None]  # (B, 1, F, T)
+        x = torch.relu(self.stem_norm(self.stem(x)))
+        for block in self.freq_blocks:
+            x = block(x)
+        b, c, f, t = x.shape
+        x = torch.relu(self.project_norm(self.project(x.reshape(b, c * f, t))))  # (B, channels, T')
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x).transpose(1, 2)
+
+    def macs_per_frame(self) -> int:
+        """Multiply-accumulates per output frame (convolutions only)."""
+        fc, k = self.freq_channels, self.kernel
+        bands = (self.n_mels + 1) // 2
+        macs = bands * fc[0] * 9
+        for a, b in itertools.pairwise(fc):
+            bands = (bands + 1) // 2
+            macs += bands * (a * 9 + a * b)
+        macs += fc[-1] * self.bands_out * self.channels
+        macs += len(self.dilations) * self.channels * self.channels * k + self.channels * self.n_classes
+        return macs
+
+
 class ScoresHead(nn.Module):
     """What gets exported: logits -> sigmoid scores."""
 
-    def __init__(self, net: CompactTCN) -> None:
+    def __init__(self, net: CompactTCN | FreqConvTCN) -> None:
         super().__init__()
         self.net = net
 

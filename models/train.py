@@ -33,8 +33,9 @@ import yaml
 from tqdm import tqdm
 
 from models import data as D
+from models.live_scenes import LiveSceneConfig
 from models.losses import EventAwareLoss, EventSpan, LossConfig
-from models.net import CompactTCN
+from models.net import CompactTCN, FreqConvTCN
 from service.audio.features import FeatureParams, LogMel
 from service.decision import DecisionParams, EventEnded, decide
 
@@ -55,6 +56,10 @@ DEFAULT_DECISIONS: dict[str, DecisionParams] = {
 # --------------------------------------------------------------------------- config
 @dataclass
 class NetConfig:
+    #: "tcn" (CompactTCN: temporal convolutions over mel bands as channels) or
+    #: "freqconv" (FreqConvTCN: a 2-D front end over (mel, time), then the TCN).
+    kind: str = "tcn"
+    freq_channels: tuple[int, ...] = (12, 24, 32, 32)
     channels: int = 40
     dilations: tuple[int, ...] = (1, 2, 4, 8, 16)
     kernel: int = 3
@@ -69,6 +74,10 @@ class OptConfig:
     lr: float = 3e-3
     weight_decay: float = 1e-4
     threads: int = 2
+    #: Live scenes: processes building batches beside training (0: in the training process).
+    workers: int = 1
+    #: Stop cleanly (checkpoint saved, resumable) after this much wall time.
+    max_minutes: float | None = None
 
 
 @dataclass
@@ -94,6 +103,7 @@ class TrainConfig:
     version: str = "1.0.0"
     seed: int = 7
     data: D.SceneConfig = field(default_factory=D.SceneConfig)
+    live: LiveSceneConfig = field(default_factory=LiveSceneConfig)
     net: NetConfig = field(default_factory=NetConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     opt: OptConfig = field(default_factory=OptConfig)
@@ -150,6 +160,7 @@ def config_from_dict(raw: Mapping[str, Any], where: str = "config") -> TrainConf
         version=str(raw.get("version", "1.0.0")),
         seed=int(raw.get("seed", 7)),
         data=_section(D.SceneConfig, raw.get("data"), f"{where}: data"),
+        live=_section(LiveSceneConfig, raw.get("live"), f"{where}: live"),
         net=_section(NetConfig, raw.get("net"), f"{where}: net"),
         loss=_section(LossConfig, raw.get("loss"), f"{where}: loss"),
         opt=_section(OptConfig, raw.get("opt"), f"{where}: opt"),
@@ -169,14 +180,27 @@ class TrainArrays:
     events: np.ndarray  # (N, E, 4) float32: class, first, end, weight; class -1 = none
 
 
-def build_net(cfg: TrainConfig, params: FeatureParams) -> CompactTCN:
-    net = CompactTCN(
-        n_mels=params.n_mels,
-        n_classes=len(CLASSES),
-        channels=cfg.net.channels,
-        dilations=tuple(cfg.net.dilations),
-        kernel=cfg.net.kernel,
-    )
+def build_net(cfg: TrainConfig, params: FeatureParams) -> CompactTCN | FreqConvTCN:
+    net: CompactTCN | FreqConvTCN
+    if cfg.net.kind == "freqconv":
+        net = FreqConvTCN(
+            n_mels=params.n_mels,
+            n_classes=len(CLASSES),
+            freq_channels=tuple(cfg.net.freq_channels),
+            channels=cfg.net.channels,
+            dilations=tuple(cfg.net.dilations),
+            kernel=cfg.net.kernel,
+        )
+    elif cfg.net.kind == "tcn":
+        net = CompactTCN(
+            n_mels=params.n_mels,
+            n_classes=len(CLASSES),
+            channels=cfg.net.channels,
+            dilations=tuple(cfg.net.dilations),
+            kernel=cfg.net.kernel,
+        )
+    else:
+        raise ValueError(f"net.kind must be 'tcn' or 'freqconv', got {cfg.net.kind!r}")
     if not 0 <= cfg.net.lookahead_frames <= min(10, net.receptive_field):
         raise ValueError(
             f"net.lookahead_frames must be 0..10 (200 ms), got {cfg.net.lookahead_frames}"
@@ -277,7 +301,8 @@ def prepare_data(
         )
     context = receptive_field - lookahead
     n = feats.shape[0]
-    pad_before = np.broadcast_to(silence.astype(np.float16), (n, context, feats.shape[2]))
+    # A stream starts with its first frame repeated (service.detector pads the same way).
+    pad_before = np.repeat(feats[:, :1], context, axis=1)
     pad_after = np.broadcast_to(silence.astype(np.float16), (n, lookahead, feats.shape[2]))
     padded = np.concatenate([pad_before, feats, pad_after], axis=1)
     return TrainArrays(padded, target, weight, events), dev, info
@@ -319,7 +344,9 @@ class Batcher:
 
 
 # --------------------------------------------------------------------------- evaluation
-def dev_scores(net: CompactTCN, dev: Sequence[D.DevItem], lookahead: int) -> list[np.ndarray]:
+def dev_scores(
+    net: CompactTCN | FreqConvTCN, dev: Sequence[D.DevItem], lookahead: int
+) -> list[np.ndarray]:
     """Frame scores (T, C) of every dev item, padded exactly as service.detector does."""
     silence = LogMel(FeatureParams()).silence_frame
     context = net.receptive_field - lookahead
@@ -327,12 +354,9 @@ def dev_scores(net: CompactTCN, dev: Sequence[D.DevItem], lookahead: int) -> lis
     out = []
     with torch.no_grad():
         for item in dev:
+            feats = item.features.astype(np.float32)
             x = np.concatenate(
-                [
-                    np.tile(silence, (context, 1)),
-                    item.features.astype(np.float32),
-                    np.tile(silence, (lookahead, 1)),
-                ]
+                [np.repeat(feats[:1], context, axis=0), feats, np.tile(silence, (lookahead, 1))]
             )
             out.append(torch.sigmoid(net(torch.from_numpy(x)[None]))[0].numpy())
     return out
@@ -698,6 +722,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"receptive field {net.receptive_field} frames, "
         f"look-ahead {cfg.net.lookahead_frames} frames"
     )
+    if cfg.live.enabled:
+        command = " ".join(["harken", *sys.argv[1:]]) if args.command_line is None else args.command_line
+        return train_live_command(cfg, args, out, command, n_params)
     t0 = time.monotonic()
     arrays, dev, info = prepare_data(
         cfg,
@@ -758,6 +785,153 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(
         f"best dev mean F1 {result.metrics_tuned['mean_f1']:.3f} (tuned decisions), "
         f"FA/h {result.metrics_tuned['fa_per_hour']:.2f}; checkpoint {out / 'best.pt'}"
+    )
+    return 0
+
+
+def live_dev_set(
+    cfg: TrainConfig, data_dir: Path, negatives_dir: Path | None, cache_dir: Path
+) -> tuple[list[D.DevItem], dict[str, Any]]:
+    """Dev scenes from the shared data's dev split plus every dev negative stream (cached)."""
+    import pickle
+
+    from models.negatives import NegativePool
+    from models.trainer import dev_negative_items
+
+    params = FeatureParams()
+    manifest = data_dir / "MANIFEST.csv"
+    stat = manifest.stat()
+    key = D.cache_key(
+        "live-dev-1",
+        asdict(cfg.eval)["dev_reps"],
+        cfg.data.licences,
+        str(data_dir.resolve()),
+        stat.st_size,
+        stat.st_mtime,
+        str(negatives_dir.resolve()) if negatives_dir else None,
+        params.to_dict(),
+    )
+    path = cache_dir / f"dev-{key}.pkl"
+    if path.is_file():
+        with path.open("rb") as fh:
+            return pickle.load(fh)
+    clips = D.read_clips(data_dir)
+    dev_bank = D.ClipBank(D.select(clips, "dev", cfg.data.licences))
+    dev = D.build_dev(dev_bank, seed=cfg.data.seed + 1, params=params, reps=cfg.eval.dev_reps)
+    info: dict[str, Any] = {"dev_bank": dev_bank.summary()}
+    if negatives_dir is not None:
+        pool = NegativePool.load(negatives_dir, "dev", cache_dir, cfg.data.licences)
+        dev += dev_negative_items(pool, params)
+        info["dev_negatives_hours"] = round(pool.hours, 3)
+        info["dev_negatives_by_kind"] = pool.hours_by_kind()
+    info["dev"] = D.dev_summary(dev)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as fh:
+        pickle.dump((dev, info), fh)
+    return dev, info
+
+
+def train_live_command(
+    cfg: TrainConfig, args: argparse.Namespace, out: Path, command: str, n_params: int
+) -> int:
+    """`harken train` with `live.enabled`: new scenes every step, resumable, time-boxed."""
+    from models.live_scenes import LiveSceneMaker
+    from models.negatives import NegativePool
+    from models.trainer import train_live
+
+    params = FeatureParams()
+    data_dir = Path(args.data)
+    negatives_dir = Path(args.negatives) if args.negatives else None
+    cache_dir = Path(args.cache or out / "cache")
+    t0 = time.monotonic()
+    clips = D.read_clips(data_dir)
+    train_clips = D.select(clips, "train", cfg.data.licences)
+    if not train_clips:
+        raise ValueError(f"{data_dir / 'MANIFEST.csv'}: no train clips (licences={cfg.data.licences})")
+    bank = D.ClipBank(train_clips)
+    pool = NegativePool.load(negatives_dir, "train", cache_dir, cfg.data.licences) if negatives_dir else None
+    dev, dev_info = live_dev_set(cfg, data_dir, negatives_dir, cache_dir)
+    torch.manual_seed(cfg.seed)  # the initial weights come from the recipe's seed
+    net = build_net(cfg, params)
+    hard: list[tuple[int, int]] = []
+    if args.hard_negatives:
+        hard = [tuple(h) for h in json.loads(Path(args.hard_negatives).read_text())["windows"]]
+    maker = LiveSceneMaker(
+        bank, pool, cfg.data, cfg.live, cfg.opt.crop_frames, net.receptive_field,
+        cfg.net.lookahead_frames, params, hard,
+    )
+    info = {
+        "train": bank.summary(),
+        "train_negatives_hours": round(pool.hours, 3) if pool else 0.0,
+        "train_negatives_by_kind": pool.hours_by_kind() if pool else {},
+        **dev_info,
+        "licences": cfg.data.licences,
+        "sources": sorted({f"{c.source} | {c.licence}" for c in clips if c.split in ("train", "dev")}),
+        "hard_negative_windows": len(hard),
+    }
+    print(f"data ready in {time.monotonic() - t0:.0f}s: dev {info['dev']}")
+    init_state = None
+    if args.init:
+        init_state = torch.load(args.init, map_location="cpu", weights_only=False)["state"]
+    else:
+        # Normalisation statistics (inside the graph) from a sample of training scenes.
+        rng = np.random.default_rng(cfg.seed)
+        sample = np.concatenate([maker.make(rng).features for _ in range(48)])
+        net.feature_mean.copy_(torch.from_numpy(sample.mean(axis=0)))
+        net.feature_std.copy_(torch.from_numpy(sample.std(axis=0)).clamp_min(1e-3))
+
+    def evaluate_net(model: torch.nn.Module) -> tuple[float, dict[str, Any]]:
+        scores = dev_scores(model, dev, cfg.net.lookahead_frames)  # type: ignore[arg-type]
+        m = evaluate(scores, dev, cfg.decision)
+        return selection_f1(scores, dev, cfg.decision), {
+            "default_f1": {c: v["f1"] for c, v in m["per_class"].items()},
+            "default_fa_per_hour": m["fa_per_hour"],
+        }
+
+    summary = train_live(
+        net,
+        EventAwareLoss(cfg.loss, len(CLASSES)),
+        maker,
+        steps=cfg.opt.steps,
+        batch=cfg.opt.batch,
+        lr=cfg.opt.lr,
+        weight_decay=cfg.opt.weight_decay,
+        seed=cfg.seed,
+        out_dir=out,
+        evaluate=evaluate_net,
+        every_steps=cfg.eval.every_steps,
+        patience=cfg.eval.patience,
+        max_minutes=cfg.opt.max_minutes if args.max_minutes is None else args.max_minutes,
+        workers=cfg.opt.workers,
+        init_state=init_state,
+    )
+    scores = dev_scores(net, dev, cfg.net.lookahead_frames)
+    metrics_default = evaluate(scores, dev, cfg.decision)
+    tuned = tune_decisions(
+        scores, dev, cfg.decision, cfg.eval.on_thresholds, cfg.eval.fa_per_hour_budget,
+        cfg.eval.min_duration_scales, cfg.eval.max_min_duration_s,
+    )
+    metrics_tuned = evaluate(scores, dev, tuned)
+    metrics_default["history"] = summary["history"]
+    result = RunResult(
+        "train", summary["steps"], summary["best_step"], summary["seconds"], metrics_default,
+        metrics_tuned, tuned, copy.deepcopy(net.state_dict()),
+    )
+    save_checkpoint(out / "best.pt", cfg, result, info, command)
+    report = {
+        **{k: v for k, v in summary.items() if k != "history"},
+        "parameters": n_params,
+        "macs_per_frame": net.macs_per_frame(),
+        "data": info,
+        "dev_tuned": metrics_tuned,
+        "dev_default": {k: v for k, v in metrics_default.items() if k != "history"},
+        "tuned_decisions": {k: v.to_dict() for k, v in tuned.items()},
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    print(
+        f"stopped by {summary['stopped']} at step {summary['steps']} (best {summary['best_step']}); "
+        f"dev mean F1 {metrics_tuned['mean_f1']:.3f} (tuned), FA/h {metrics_tuned['fa_per_hour']:.2f}; "
+        f"checkpoint {out / 'best.pt'}"
     )
     return 0
 
@@ -851,6 +1025,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", type=Path, help="scene cache folder (default <out>/cache)")
     parser.add_argument("--steps", type=int, help="override opt.steps")
     parser.add_argument(
+        "--negatives", type=Path, help="built negatives folder (NEGATIVES.csv) for backgrounds and dev FA/h"
+    )
+    parser.add_argument("--max-minutes", type=float, help="stop cleanly after this wall time (resumable)")
+    parser.add_argument("--init", type=Path, help="start from this checkpoint's weights (fine-tuning)")
+    parser.add_argument("--hard-negatives", type=Path, help="mined hard-negative windows (JSON)")
+    parser.add_argument(
         "--ablation", action="store_true", help="train every loss variant, write ablation.md"
     )
     parser.add_argument(
@@ -866,6 +1046,13 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", type=Path, help="scene cache (default: next to the checkpoint)")
 
 
+def add_mine_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", type=Path, required=True, help="best.pt of a training run")
+    parser.add_argument("--negatives", type=Path, required=True, help="built negatives folder")
+    parser.add_argument("--out", type=Path, required=True, help="JSON of mined windows")
+    parser.add_argument("--cache", type=Path, help="negatives cache folder (default: in the negatives folder)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -873,7 +1060,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     add_train_arguments(sub.add_parser("train"))
     add_export_arguments(sub.add_parser("export"))
+    add_mine_arguments(sub.add_parser("mine"))
     args = parser.parse_args(argv)
+    if args.cmd == "mine":
+        from models.mining import cmd_mine
+
+        return cmd_mine(args)
     return cmd_train(args) if args.cmd == "train" else cmd_export(args)
 
 

@@ -219,6 +219,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError(str(exc)) from None
 
 
+def cmd_mine(args: argparse.Namespace) -> int:
+    _training_module("mine")
+    from models.mining import cmd_mine as mine_command
+
+    if not args.checkpoint.is_file():
+        raise ConfigError(f"checkpoint {args.checkpoint} not found (write one with `harken train`)")
+    try:
+        return mine_command(args)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     train = _training_module("export")
     if not args.checkpoint.is_file():
@@ -360,7 +372,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="train every loss variant and write ablation.md")
     train.add_argument("--ablation-steps", type=int,
                        help="steps per ablation variant (default: opt.steps)")
+    train.add_argument("--negatives", type=Path,
+                       help="built negatives folder (NEGATIVES.csv): backgrounds and dev false alarms")
+    train.add_argument("--max-minutes", type=float,
+                       help="stop cleanly after this wall time; run again to resume")
+    train.add_argument("--init", type=Path, help="start from this checkpoint's weights (fine-tuning)")
+    train.add_argument("--hard-negatives", type=Path, help="windows mined by `harken mine` (JSON)")
     train.set_defaults(func=cmd_train, command_line=None)
+
+    mine = sub.add_parser("mine", help="score train negatives, collect where a model fires (hard negatives)")
+    mine.add_argument("--checkpoint", type=Path, required=True, help="best.pt written by `harken train`")
+    mine.add_argument("--negatives", type=Path, required=True, help="built negatives folder")
+    mine.add_argument("--out", type=Path, required=True, help="JSON of mined windows")
+    mine.add_argument("--cache", type=Path, help="negatives cache folder")
+    mine.set_defaults(func=cmd_mine)
 
     export = sub.add_parser("export", help="write a trained checkpoint as ONNX with its contract")
     export.add_argument("--checkpoint", type=Path, required=True,

@@ -1,9 +1,11 @@
 """ONNX Runtime adapter: log-mel frames -> per-frame class scores, under the model's contract.
 
 The network takes (1, frames, n_mels) and returns (1, frames - receptive_field, classes)
-with no internal padding. Output frame j belongs to input frame j + context. Streams are
-padded with the features of digital silence: `context` frames before the first frame and
-`lookahead` frames after the last, so streaming in any chunk size equals one batch pass.
+with no internal padding. Output frame j belongs to input frame j + context. A stream's
+first frame is repeated `context` times before it (the network sees a steady past, not
+an edge from digital silence that no microphone produces: such an edge looked like a
+glass break at every stream start), and `lookahead` frames of the silence floor follow
+the last frame at the end, so streaming in any chunk size equals one batch pass.
 """
 
 from __future__ import annotations
@@ -180,15 +182,15 @@ class Detector:
     def scores(self, frames: np.ndarray) -> np.ndarray:
         """Scores of a whole signal's frames in one pass: (T, n_mels) -> (T, C)."""
         c = self.contract
+        if frames.shape[0] == 0:
+            return np.zeros((0, len(c.class_names)), dtype=np.float32)
         padded = np.concatenate(
             [
-                np.tile(self.silence_frame, (c.context_frames, 1)),
+                np.repeat(frames[:1], c.context_frames, axis=0),
                 frames,
                 np.tile(self.silence_frame, (c.lookahead_frames, 1)),
             ]
         )
-        if frames.shape[0] == 0:
-            return np.zeros((0, len(c.class_names)), dtype=np.float32)
         return self.raw_scores(padded)
 
     def stream(self) -> StreamingScorer:
@@ -201,7 +203,10 @@ class StreamingScorer:
     def __init__(self, detector: Detector) -> None:
         self._detector = detector
         c = detector.contract
-        self._history = np.tile(detector.silence_frame, (c.context_frames, 1))
+        #: Filled with copies of the stream's first frame once it arrives.
+        self._history: np.ndarray | None = None
+        self._context = c.context_frames
+        self._n_mels = c.features.n_mels
         self._receptive_field = c.receptive_field_frames
 
     def push(self, frames: np.ndarray) -> np.ndarray:
@@ -210,15 +215,23 @@ class StreamingScorer:
 
     def _window(self, frames: np.ndarray) -> np.ndarray:
         """History + new frames: the window to score (no state change)."""
+        if self._history is None:
+            if not frames.shape[0]:
+                return np.zeros((0, self._n_mels), dtype=np.float32)
+            return np.concatenate([np.repeat(frames[:1], self._context, axis=0), frames])
         return np.concatenate([self._history, frames]) if frames.shape[0] else self._history
 
     def _advance(self, window: np.ndarray) -> None:
+        if not window.shape[0]:
+            return
         keep = min(window.shape[0], self._receptive_field)
         self._history = window[window.shape[0] - keep :]
 
     def flush(self) -> np.ndarray:
         """End of stream: score the frames still waiting for their look-ahead."""
         c = self._detector.contract
+        if self._history is None:  # nothing was ever pushed: nothing to score
+            return np.zeros((0, len(c.class_names)), dtype=np.float32)
         return self.push(np.tile(self._detector.silence_frame, (c.lookahead_frames, 1)))
 
 

@@ -1,0 +1,208 @@
+"""Training scenes made on the fly: a new random scene for every crop of every step.
+
+A fixed cache of a few thousand scenes lets a network memorise its backgrounds; hours of
+varied negatives only help when every step sees new ones. Each scene here is exactly one
+training crop (plus the network's context), built in the audio domain and turned into
+features by the daemon's own `LogMel`:
+
+* a **background** from the Debian negatives (speech, music, game sound, ambience;
+  `models.negatives.NegativePool`), the household confusers of the shared data set
+  (dishes, keys, doors, beeps, alarm clocks...), both mixed, or a quiet room;
+* **0-3 target events**, overlapping allowed, at an event-to-background ratio of about
+  -10..+15 dB, with room reverb (distance through the simulated room), microphone EQ;
+* **hard negatives** (after a mining round): windows of negative audio on which an
+  earlier model fired, mixed in more often than chance would;
+* stream **edges**: a dropout to digital zeros or a faint floor (a camera stream that
+  drops, a muted microphone), and crops that start at a stream's first frame, padded as
+  `service.detector` pads (the first frame repeated), so that neither a stream's start
+  nor sound after a gap looks like an onset the network has never seen;
+* **lossy codecs** (AAC, Opus, MP3 at 16-64 kbit/s through FFmpeg's libraries (PyAV), as camera streams
+  arrive), an overall level from a far quiet microphone to a loud close one, and now and
+  then clipping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from models import augment, synth
+from models.data import (
+    CLASSES,
+    SAMPLE_RATE,
+    ClipBank,
+    Event,
+    SceneConfig,
+    SceneMaker,
+    _active_rms,
+    frame_labels,
+    negative_bed,
+)
+from models.negatives import NegativePool
+from service.audio.features import FeatureParams, _hz_to_mel, _mel_to_hz
+
+
+def mel_band_edges_hz(params: FeatureParams) -> np.ndarray:
+    """The n_mels + 2 edges of the log-mel bands (centres are edges[1:-1])."""
+    lo, hi = _hz_to_mel(np.array(params.fmin_hz)), _hz_to_mel(np.array(params.fmax_hz))
+    return _mel_to_hz(np.linspace(lo, hi, params.n_mels + 2))
+
+
+@dataclass
+class LiveSceneConfig:
+    """The `live:` section of a training config: what each on-the-fly scene may contain."""
+
+    #: Train on live scenes (otherwise the cached fixed scenes of `data:`).
+    enabled: bool = False
+
+    events_per_scene: tuple[float, ...] = (0.3, 0.4, 0.2, 0.1)  # P(0), P(1), P(2), P(3) events
+    ebr_db: tuple[float, float] = (-10.0, 15.0)
+    #: Background kinds and their probabilities.
+    bed: dict[str, float] = field(
+        default_factory=lambda: {"negatives": 0.4, "confusers": 0.25, "both": 0.25, "quiet": 0.1}
+    )
+    codec_prob: float = 0.05
+    gap_prob: float = 0.12
+    stream_start_prob: float = 0.08
+    overdrive_prob: float = 0.05
+    peak_dbfs: tuple[float, float] = (-45.0, -1.0)
+    #: Probability that a scene's background carries one mined hard-negative window.
+    hard_negative_prob: float = 0.0
+
+
+@dataclass
+class LiveScene:
+    """One crop's input frames and labels, aligned to the network's output frames."""
+
+    features: np.ndarray  # (crop + receptive_field, n_mels) float32
+    target: np.ndarray  # (crop, C) uint8
+    weight: np.ndarray  # (crop, C) float32
+    events: list[tuple[int, int, int, float]]  # (class, first, end, weight) in output frames
+    onsets: list[tuple[int, int, int, float]]  # the events whose labelled start is in the crop
+
+
+class LiveSceneMaker:
+    """Random scenes of a fixed crop length; pure numpy, seeded by the caller's generator."""
+
+    def __init__(
+        self,
+        bank: ClipBank,
+        negatives: NegativePool | None,
+        scene_cfg: SceneConfig,
+        live_cfg: LiveSceneConfig,
+        crop_frames: int,
+        receptive_field: int,
+        lookahead: int,
+        params: FeatureParams | None = None,
+        hard_negatives: Sequence[tuple[int, int]] = (),
+    ) -> None:
+        self.maker = SceneMaker(bank, scene_cfg, params)
+        self.bank, self.negatives = bank, negatives
+        self.scene_cfg, self.cfg = scene_cfg, live_cfg
+        self.params = self.maker.params
+        self.crop, self.rf, self.lookahead = crop_frames, receptive_field, lookahead
+        self.context = receptive_field - lookahead
+        self.n_frames = crop_frames + receptive_field
+        self.n_samples = (self.n_frames - 1) * self.params.hop_samples + self.params.win_samples
+        self.hard_negatives = list(hard_negatives)  # (start sample, length) in `negatives`
+        self.codec_ok = augment.codec_available()
+        edges = mel_band_edges_hz(self.params)
+        self.mel_centres_hz = edges[1:-1]
+
+    # ------------------------------------------------------------------ background
+    def _bed(self, rng: np.random.Generator) -> np.ndarray:
+        n = self.n_samples
+        kinds = list(self.cfg.bed)
+        probs = np.array([self.cfg.bed[k] for k in kinds], dtype=float)
+        kind = kinds[int(rng.choice(len(kinds), p=probs / probs.sum()))]
+        if kind != "quiet" and self.negatives is None:
+            kind = "confusers"
+        if kind == "quiet":
+            return (synth.background(n / SAMPLE_RATE + 0.1, rng)[:n] * 10 ** (rng.uniform(-60, -35) / 20)).astype(
+                np.float32
+            )
+        parts = []
+        if kind in ("negatives", "both"):
+            assert self.negatives is not None
+            excerpt = self.negatives.excerpt(n, rng)
+            parts.append(excerpt / (_active_rms(excerpt) + 1e-6) * 0.05)
+        if kind in ("confusers", "both"):
+            bed = negative_bed(self.bank.negatives, n, rng)
+            gain = 10 ** (rng.uniform(-12, 6) / 20) if kind == "both" else 1.0
+            parts.append(bed / (_active_rms(bed) + 1e-6) * 0.05 * gain)
+        bed = np.sum(parts, axis=0).astype(np.float32)
+        if self.hard_negatives and self.negatives is not None and rng.random() < self.cfg.hard_negative_prob:
+            start, length = self.hard_negatives[int(rng.integers(len(self.hard_negatives)))]
+            seg = np.asarray(self.negatives.audio[start : start + min(length, n)], dtype=np.float32) / 32768.0
+            at = int(rng.integers(0, max(1, n - seg.shape[0])))
+            loud = 10 ** (rng.uniform(-6, 10) / 20) * (_active_rms(bed) + 1e-6) / (_active_rms(seg) + 1e-6)
+            bed[at : at + seg.shape[0]] += seg * loud
+        return bed
+
+    # ------------------------------------------------------------------ scene
+    def make(self, rng: np.random.Generator) -> LiveScene:
+        cfg, n = self.cfg, self.n_samples
+        bed = self._bed(rng)
+        mix = bed.copy()
+        events: list[Event] = []
+        probs = np.asarray(cfg.events_per_scene, dtype=float)
+        n_events = int(rng.choice(len(probs), p=probs / probs.sum()))
+        names = list(self.scene_cfg.class_mix)
+        class_p = np.array([self.scene_cfg.class_mix[c] for c in names], dtype=float)
+        for _ in range(n_events):
+            name = names[int(rng.choice(len(names), p=class_p / class_p.sum()))]
+            sig, spans, weak = self.maker._pick_event(name, rng)
+            sig = self.maker._augment_event(sig, rng)
+            # Onsets anywhere in the crop (and some before it: events already going on).
+            at = int(rng.uniform(-0.25, 0.95) * n)
+            at = max(at, -sig.shape[0] // 2)
+            a, b = max(at, 0), min(at + sig.shape[0], n)
+            if b - a < int(0.15 * SAMPLE_RATE):
+                continue
+            seg = sig[a - at : b - at]
+            gain = (_active_rms(bed[a:b]) + 1e-5) * 10 ** (rng.uniform(*cfg.ebr_db) / 20) / (_active_rms(sig) + 1e-9)
+            mix[a:b] += seg * gain
+            cls = CLASSES.index(name)
+            for s0, s1 in spans:
+                on, off = at / SAMPLE_RATE + s0, min(at / SAMPLE_RATE + s1, n / SAMPLE_RATE)
+                if off - max(on, 0.0) >= 0.1:
+                    w = self.scene_cfg.weak_event_weight if weak else 1.0
+                    events.append(Event(cls, on, off, w, weak))
+        if rng.random() < self.scene_cfg.noise_prob:
+            noise_db = -rng.uniform(15, 40)
+            mix += rng.standard_normal(n).astype(np.float32) * (_active_rms(mix) + 1e-6) * 10 ** (noise_db / 20)
+        mix_eq = rng.random() < self.scene_cfg.eq_prob
+        overdrive = rng.uniform(3, 12) if rng.random() < cfg.overdrive_prob else 0.0
+        mix = augment.set_level(mix, rng.uniform(*cfg.peak_dbfs), overdrive)
+        if self.codec_ok and rng.random() < cfg.codec_prob:
+            mix = augment.random_codec(mix, rng)
+        gap: tuple[int, int] | None = None
+        if rng.random() < cfg.gap_prob:
+            mix, gap = augment.silence_gap(mix, rng)
+        feats = self.maker.logmel.frames(mix)[: self.n_frames]  # (n_frames, n_mels)
+        if mix_eq:  # the microphone's response, on everything it hears
+            feats = augment.mel_eq(feats, self.mel_centres_hz, rng)
+        if rng.random() < cfg.stream_start_prob:
+            # The first `context` frames are what service.detector puts before a stream.
+            feats[: self.context] = feats[self.context]
+        target, weight, spans = frame_labels(events, feats.shape[0], self.params, self.scene_cfg.weak_frame_weight)
+        if gap is not None:
+            # Nothing is audible in a dropout: its frames are negatives for every class.
+            centres = np.asarray(self.params.frame_center_s(np.arange(feats.shape[0]))) * SAMPLE_RATE
+            in_gap = (centres >= gap[0]) & (centres < gap[1])
+            target[in_gap] = 0
+        # Output frame j belongs to input frame j + context.
+        lo, hi = self.context, self.context + self.crop
+        target, weight = target[lo:hi], weight[lo:hi].astype(np.float32)
+        out_events, onsets = [], []
+        for c, first, end, w in spans:
+            f, e = max(first, lo) - lo, min(end, hi) - lo
+            if e - f < 5 or target[f:e, c].sum() < 3:
+                continue
+            out_events.append((c, f, e, w))
+            # Weak clips (weight below 1) have no trustworthy onset.
+            if lo <= first < hi and w >= 1.0:
+                onsets.append((c, f, e, w))
+        return LiveScene(feats, target, weight, out_events, onsets)

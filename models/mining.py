@@ -1,0 +1,113 @@
+"""Hard-negative mining: where does a trained model fire on hours of negative audio?
+
+The train negatives (never dev) are scored in 10-minute streams exactly as the daemon
+scores a stream, the daemon's decisions run with thresholds a little below the tuned
+ones (near misses are hard negatives too), and every reported event becomes a window of
+the negatives array. The next training round mixes those windows into backgrounds more
+often than chance would (`live.hard_negative_prob`).
+
+    harken mine --checkpoint runs/live/best.pt --negatives NEG --out runs/live/hard.json
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.negatives import SAMPLE_RATE, NegativePool
+from service.audio.features import FeatureParams, LogMel
+from service.decision import DecisionParams, decide
+
+#: Mining thresholds are the tuned ones times this: near misses count as hard negatives.
+THRESHOLD_SCALE = 0.8
+#: Audio kept around each false alarm: a little before its start (what led to it) and
+#: at least this long.
+PRE_S, MIN_WINDOW_S, MAX_WINDOW_S = 1.0, 3.0, 6.0
+
+
+def mine(
+    net: torch.nn.Module,
+    lookahead: int,
+    pool: NegativePool,
+    decisions: dict[str, DecisionParams],
+    class_names: tuple[str, ...],
+    stream_s: float = 600.0,
+) -> dict[str, Any]:
+    """Score the pool; return false alarms per hour (at the tuned decisions and at the
+    mining thresholds) and the mined windows `[start_sample, n_samples]` in the pool."""
+    params = FeatureParams()
+    logmel = LogMel(params)
+    silence = logmel.silence_frame
+    context = net.receptive_field - lookahead  # type: ignore[operator]
+    loose = {
+        c: replace(
+            p,
+            on_threshold=p.on_threshold * THRESHOLD_SCALE,
+            off_threshold=min(p.off_threshold, p.on_threshold * THRESHOLD_SCALE),
+        )
+        for c, p in decisions.items()
+    }
+    n = int(stream_s * SAMPLE_RATE)
+    windows: list[list[int]] = []
+    strict_counts: Counter[str] = Counter()
+    loose_counts: Counter[str] = Counter()
+    by_kind: Counter[str] = Counter()
+    starts = np.array([c.start for c in pool.chunks])
+    net.eval()
+    with torch.no_grad():
+        for start in range(0, pool.audio.shape[0], n):
+            audio = np.asarray(pool.audio[start : start + n], dtype=np.float32) / 32768.0
+            feats = logmel.frames(audio)
+            if feats.shape[0] == 0:
+                continue
+            x = np.concatenate([np.repeat(feats[:1], context, axis=0), feats, np.tile(silence, (lookahead, 1))])
+            scores = torch.sigmoid(net(torch.from_numpy(x)[None]))[0].numpy()
+            hop, t0 = params.hop_s, float(params.frame_center_s(0))
+            for event in decide(scores, class_names, decisions, hop, t0):
+                strict_counts[event.class_name] += 1
+            for event in decide(scores, class_names, loose, hop, t0):
+                loose_counts[event.class_name] += 1
+                a = start + max(0, int((event.start_s - PRE_S) * SAMPLE_RATE))
+                length = int(min(max(event.end_s - event.start_s + PRE_S, MIN_WINDOW_S), MAX_WINDOW_S) * SAMPLE_RATE)
+                windows.append([a, length])
+                chunk = pool.chunks[int(np.searchsorted(starts, a, side="right") - 1)]
+                by_kind[f"{event.class_name} <- {chunk.kind}"] += 1
+    hours = pool.hours
+    return {
+        "negative_hours": round(hours, 3),
+        "fa_per_hour": {c: round(strict_counts[c] / hours, 2) for c in class_names},
+        "fa_per_hour_total": round(sum(strict_counts.values()) / hours, 2),
+        "mined_per_hour": {c: round(loose_counts[c] / hours, 2) for c in class_names},
+        "by_kind": dict(by_kind.most_common()),
+        "windows": windows,
+    }
+
+
+def cmd_mine(args: Any) -> int:
+    from models.train import CLASSES, build_net, config_from_dict
+
+    ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    cfg = config_from_dict(ckpt["config"], str(args.checkpoint))
+    torch.set_num_threads(cfg.opt.threads)
+    net = build_net(cfg, FeatureParams())
+    net.load_state_dict(ckpt["state"])
+    decisions = {k: DecisionParams.from_dict(v) for k, v in ckpt["tuned"].items()}
+    pool = NegativePool.load(args.negatives, "train", args.cache, cfg.data.licences)
+    result = mine(net, cfg.net.lookahead_frames, pool, decisions, CLASSES)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result))
+    print(
+        f"{result['negative_hours']} h of train negatives: {result['fa_per_hour_total']} false alarms/h "
+        f"at the tuned decisions {result['fa_per_hour']}; {len(result['windows'])} windows mined "
+        f"at {THRESHOLD_SCALE}x thresholds -> {out}"
+    )
+    for kind, count in list(result["by_kind"].items())[:10]:
+        print(f"  {count:5d}  {kind}")
+    return 0

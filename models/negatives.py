@@ -1,0 +1,125 @@
+"""Hours of negative audio (the Debian negatives recipe) as one memory-mapped array per split.
+
+`../shared/data/negatives/build.py` writes `OUT/<split>/<package>/<n>.flac` and
+`OUT/NEGATIVES.csv` (speech, music, game effects, ambience; split by package). Decoding
+20 h of FLAC takes about a minute, so each split is decoded once into an int16 `.npy`
+under a cache folder and memory-mapped afterwards: scene workers share the pages, and a
+random minutes-long background is a slice, not a file read.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+KINDS = ("confuser_speech", "confuser_music", "confuser_effects", "confuser_ambience")
+
+
+@dataclass(frozen=True)
+class NegativeChunk:
+    """One row of NEGATIVES.csv: where its samples live in the split's array."""
+
+    path: str
+    kind: str
+    source: str
+    licence: str
+    start: int  # first sample in the split's array
+    length: int  # samples
+
+
+def read_negatives_csv(folder: str | Path) -> list[dict[str, str]]:
+    """Rows of FOLDER/NEGATIVES.csv; a clear error when FOLDER is not a built negatives folder."""
+    folder = Path(folder)
+    table = folder / "NEGATIVES.csv"
+    if not table.is_file():
+        raise FileNotFoundError(
+            f"{table} not found: --negatives must be the OUT folder of "
+            "shared/data/negatives/build.py (it holds NEGATIVES.csv)"
+        )
+    with table.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    missing = {"path", "class", "split", "source", "license"} - set(rows[0] if rows else {})
+    if missing:
+        raise ValueError(f"{table}: missing column(s) {', '.join(sorted(missing))}")
+    return rows
+
+
+class NegativePool:
+    """All negative audio of one split, concatenated, as int16 (memory-mapped when cached)."""
+
+    def __init__(self, audio: np.ndarray, chunks: list[NegativeChunk]) -> None:
+        self.audio = audio  # (n_samples,) int16
+        self.chunks = chunks
+
+    @classmethod
+    def load(
+        cls, folder: str | Path, split: str, cache_dir: str | Path | None = None, licences: str = "all"
+    ) -> NegativePool:
+        from models.manifest import licence_is_open
+
+        folder = Path(folder)
+        rows = [r for r in read_negatives_csv(folder) if r["split"] == split]
+        if licences == "open":
+            rows = [r for r in rows if licence_is_open(r["license"])]
+        if not rows:
+            raise ValueError(f"{folder / 'NEGATIVES.csv'}: no {split} chunks")
+        key = hashlib.sha1(
+            json.dumps([split, licences, [(r["path"], r.get("duration_s", "")) for r in rows]]).encode()
+        ).hexdigest()[:12]
+        cache = Path(cache_dir) if cache_dir else folder / ".harken-cache"
+        array_file = cache / f"negatives-{split}-{key}.npy"
+        index_file = array_file.with_suffix(".json")
+        if array_file.is_file() and index_file.is_file():
+            audio = np.load(array_file, mmap_mode="r")
+            chunks = [NegativeChunk(**c) for c in json.loads(index_file.read_text())]
+            return cls(audio, chunks)
+        parts: list[np.ndarray] = []
+        chunks = []
+        pos = 0
+        for row in rows:
+            data, rate = sf.read(str(folder / row["path"]), dtype="int16", always_2d=True)
+            if rate != SAMPLE_RATE:
+                raise ValueError(f"{folder / row['path']}: {rate} Hz, negatives must be 16 kHz")
+            mono = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1).astype(np.int16)
+            parts.append(mono)
+            chunks.append(
+                NegativeChunk(row["path"], row["class"], row["source"], row["license"], pos, mono.shape[0])
+            )
+            pos += mono.shape[0]
+        audio = np.concatenate(parts)
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = array_file.with_suffix(".tmp.npy")
+        np.save(tmp, audio)
+        tmp.rename(array_file)
+        index_file.write_text(json.dumps([c.__dict__ for c in chunks]))
+        log.info("negatives %s: %.2f h decoded into %s", split, pos / SAMPLE_RATE / 3600, array_file)
+        return cls(np.load(array_file, mmap_mode="r"), chunks)
+
+    @property
+    def hours(self) -> float:
+        return self.audio.shape[0] / SAMPLE_RATE / 3600
+
+    def hours_by_kind(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for c in self.chunks:
+            out[c.kind] = out.get(c.kind, 0.0) + c.length / SAMPLE_RATE / 3600
+        return {k: round(v, 3) for k, v in sorted(out.items())}
+
+    def excerpt(self, n_samples: int, rng: np.random.Generator) -> np.ndarray:
+        """A random stretch of `n_samples` (crossing chunk borders is fine: streams do), float32."""
+        start = int(rng.integers(0, max(1, self.audio.shape[0] - n_samples)))
+        return np.asarray(self.audio[start : start + n_samples], dtype=np.float32) / 32768.0
+
+    def chunk_audio(self, index: int) -> np.ndarray:
+        c = self.chunks[index]
+        return np.asarray(self.audio[c.start : c.start + c.length], dtype=np.float32) / 32768.0

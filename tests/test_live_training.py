@@ -1,0 +1,281 @@
+"""Scenes made on the fly, the negatives pool, codecs, the 2-D network, the onset term,
+live training (resumable) and hard-negative mining, on tiny generated data (no ../shared)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tests.conftest import require_module
+
+torch = require_module("torch", "the [train] extra (torch)")
+require_module("av", "the [train] extra (av, for codec augmentation)")
+
+from models import (  # noqa: E402
+    augment,
+    synth,
+)
+from models import data as D  # noqa: E402
+from models.live_scenes import LiveSceneConfig, LiveSceneMaker  # noqa: E402
+from models.losses import EventAwareLoss, LossConfig  # noqa: E402
+from models.negatives import NegativePool  # noqa: E402
+from models.net import FreqConvTCN  # noqa: E402
+from service import cli  # noqa: E402
+from service.audio.features import FeatureParams, LogMel  # noqa: E402
+from service.detector import Detector  # noqa: E402
+from tests.test_train import make_dataset  # noqa: E402
+
+LIVE_CONFIG = """
+name: tiny-live
+seed: 3
+data: {n_rirs: 2, seed: 5}
+live: {enabled: true, codec_prob: 0.3, gap_prob: 0.3, stream_start_prob: 0.3}
+net: {kind: freqconv, freq_channels: [4, 8], channels: 8, dilations: [1, 2], kernel: 3, lookahead_frames: 2}
+loss: {onset: 1.0, onset_frames: 10}
+opt: {steps: 8, batch: 3, crop_frames: 120, threads: 1, workers: 0}
+eval:
+  {every_steps: 4, patience: 5, on_thresholds: [0.5, 0.7],
+   dev_reps: {baby_cry: 1, smoke_alarm: 1, glass_break: 1}}
+"""
+
+
+def make_negatives(root: Path) -> Path:
+    """A built-negatives folder (NEGATIVES.csv + FLAC chunks) of music-like and speech-like noise."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for split, n in (("train", 3), ("dev", 2)):
+        for i in range(n):
+            kind = ("confuser_music", "confuser_speech")[i % 2]
+            rel = f"{split}/pkg{i}/{i:04d}.flac"
+            path = root / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            audio = 0.05 * synth.background(20.0, rng) + 0.05 * np.sin(
+                2 * np.pi * (220 + 40 * i) * np.arange(320000) / 16000
+            )
+            sf.write(str(path), audio.astype(np.float32), 16000, subtype="PCM_16")
+            rows.append(
+                {
+                    "path": rel, "class": kind, "split": split, "source": f"debian:pkg{i}=1",
+                    "license": "GPL-2+", "group": f"pkg{i}:x", "duration_s": "20.0", "notes": "",
+                }
+            )
+    with (root / "NEGATIVES.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("live")
+    return {"root": root, "data": make_dataset(root / "data"), "negatives": make_negatives(root / "neg")}
+
+
+def test_negative_pool_is_cached_and_sliced(tiny: dict[str, Path], tmp_path: Path) -> None:
+    pool = NegativePool.load(tiny["negatives"], "train", tmp_path)
+    assert pool.audio.dtype == np.int16 and len(pool.chunks) == 3
+    assert pool.hours == pytest.approx(60 / 3600, rel=1e-3)
+    assert set(pool.hours_by_kind()) == {"confuser_music", "confuser_speech"}
+    again = NegativePool.load(tiny["negatives"], "train", tmp_path)
+    assert isinstance(again.audio, np.memmap)  # the second load maps the cache
+    np.testing.assert_array_equal(np.asarray(again.audio), np.asarray(pool.audio))
+    excerpt = pool.excerpt(16000, np.random.default_rng(0))
+    assert excerpt.shape == (16000,) and excerpt.dtype == np.float32 and np.abs(excerpt).max() <= 1.0
+
+
+def test_negative_pool_errors_name_the_folder(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"NEGATIVES\.csv"):
+        NegativePool.load(tmp_path, "train")
+
+
+@pytest.mark.parametrize("codec", sorted(augment.CODECS))
+def test_codec_roundtrip_keeps_length_and_alignment(codec: str) -> None:
+    rng = np.random.default_rng(0)
+    audio = np.zeros(32000, np.float32)
+    audio[16000:16800] = 0.5 * rng.standard_normal(800)  # a burst at 1.0 s
+    out = augment.codec_roundtrip(audio, codec, 32)
+    assert out.shape == audio.shape and out.dtype == np.float32
+    lags = range(-400, 401, 4)
+    best = max(lags, key=lambda lag: float(np.dot(np.roll(out, -lag), audio)))
+    assert abs(best) <= 80  # within 5 ms: labels stay where the sound is
+    assert np.abs(out[:14000]).max() < 0.05  # nothing smeared far before the burst
+
+
+def test_codec_rejects_unknown() -> None:
+    with pytest.raises(ValueError, match="unknown codec"):
+        augment.codec_roundtrip(np.zeros(1600, np.float32), "flac2000", 32)
+
+
+def test_mel_eq_flat_is_identity_and_phone_band_cuts_lows() -> None:
+    feats = LogMel().frames(np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1)
+    centres = np.linspace(60, 7800, 64)
+
+    class Flat:
+        def uniform(self, lo: float, hi: float, n: int | None = None) -> np.ndarray | float:
+            return np.zeros(n) if n else 0.0
+
+        def random(self) -> float:
+            return 1.0  # never the phone band
+
+    np.testing.assert_allclose(augment.mel_eq(feats, centres, Flat()), feats, atol=1e-4)  # type: ignore[arg-type]
+    rng = np.random.default_rng(3)
+    phone = augment.mel_eq(feats, centres, rng, phone_prob=1.0)
+    assert (phone[:, 0] < feats[:, 0] - 5).all()  # 60 Hz is outside every phone band
+
+
+def test_silence_gap_and_level() -> None:
+    rng = np.random.default_rng(0)
+    audio = np.full(48000, 0.1, np.float32)
+    out, (a, b) = augment.silence_gap(audio, rng)
+    assert 0 <= a < b <= 48000 and np.abs(out[a:b]).max() < 1e-3 and out[:a].min() == pytest.approx(0.1)
+    loud = augment.set_level(audio, -1.0, overdrive_db=6.0)
+    assert np.abs(loud).max() == pytest.approx(1.0)  # driven past full scale, clipped
+    quiet = augment.set_level(audio, -40.0)
+    assert np.abs(quiet).max() == pytest.approx(0.01, rel=1e-3)
+
+
+@pytest.fixture(scope="module")
+def maker(tiny: dict[str, Path]) -> LiveSceneMaker:
+    bank = D.ClipBank(D.select(D.read_clips(tiny["data"]), "train"))
+    pool = NegativePool.load(tiny["negatives"], "train", tiny["root"] / "cache")
+    live = LiveSceneConfig(enabled=True, events_per_scene=(0.0, 0.0, 1.0, 0.0), gap_prob=0.0, stream_start_prob=0.0)
+    return LiveSceneMaker(bank, pool, D.SceneConfig(n_rirs=2), live, crop_frames=200, receptive_field=20, lookahead=4)
+
+
+def test_live_scenes_are_seeded_and_aligned(maker: LiveSceneMaker) -> None:
+    a = maker.make(np.random.default_rng(7))
+    b = maker.make(np.random.default_rng(7))
+    np.testing.assert_array_equal(a.features, b.features)
+    assert a.features.shape == (220, 64) and a.target.shape == (200, 3) and a.weight.shape == (200, 3)
+    c = maker.make(np.random.default_rng(8))
+    assert not np.array_equal(a.features, c.features)  # a new scene for every generator
+    for scene in (a, c):
+        for cls, first, end, _ in scene.events:
+            assert 0 <= first < end <= 200
+            assert scene.target[first:end, cls].sum() >= 3
+        for onset in scene.onsets:
+            assert onset in scene.events
+
+
+def test_live_scene_edges_label_gaps_negative_and_pad_stream_starts(maker: LiveSceneMaker) -> None:
+    edge = LiveSceneMaker(
+        maker.bank, maker.negatives, maker.scene_cfg,
+        LiveSceneConfig(enabled=True, events_per_scene=(0.0, 0.0, 0.0, 1.0), gap_prob=1.0, stream_start_prob=1.0,
+                        codec_prob=0.0),
+        crop_frames=200, receptive_field=20, lookahead=4,
+    )
+    rng = np.random.default_rng(11)
+    for _ in range(6):
+        scene = edge.make(rng)
+        context = 16
+        first = scene.features[context : context + 1]
+        np.testing.assert_array_equal(scene.features[:context], np.repeat(first, context, 0))
+        # Frames whose log-mel is at the digital-silence floor carry no target.
+        floor = LogMel().silence_frame
+        silent = np.all(np.abs(scene.features[context : context + 200] - floor) < 1e-3, axis=1)
+        assert not scene.target[silent].any()
+
+
+def test_freqconv_network_streams_like_one_pass_after_export(tmp_path: Path) -> None:
+    from models.export import export_onnx
+    from service.decision import DecisionParams
+
+    torch.manual_seed(0)
+    net = FreqConvTCN(freq_channels=(4, 8, 8), channels=12, dilations=(1, 2, 4)).eval()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm1d | torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    assert net.receptive_field == 2 * 3 + 2 * 7
+    assert net.macs_per_frame() > 0
+    path = tmp_path / "fc.onnx"
+    decisions = {c: DecisionParams() for c in D.CLASSES}
+    export_onnx(net, path, D.CLASSES, 3, decisions, "fc", "0.0.1")
+    detector = Detector.load(path)
+    feats = LogMel().frames(synth.background(6.0, np.random.default_rng(2)).astype(np.float32) * 0.1)
+    whole = detector.scores(feats)
+    before = np.repeat(feats[:1], net.receptive_field - 3, 0)
+    x = np.concatenate([before, feats, np.tile(detector.silence_frame, (3, 1))])
+    with torch.no_grad():
+        torch_scores = torch.sigmoid(net(torch.from_numpy(x)[None]))[0].numpy()
+    np.testing.assert_allclose(whole, torch_scores, atol=1e-5)
+    for chunk in (1, 7, 64):
+        scorer = detector.stream()
+        parts = [scorer.push(feats[i : i + chunk]) for i in range(0, feats.shape[0], chunk)]
+        parts.append(scorer.flush())
+        np.testing.assert_allclose(np.concatenate(parts), whole, atol=1e-5)
+
+
+def test_onset_term_wants_confident_first_frames() -> None:
+    cfg = LossConfig(non_target=0, pooled=0, smooth=0, cross=0, onset=1.0, onset_frames=10)
+    loss = EventAwareLoss(cfg, 3)
+    late = torch.full((1, 60, 3), -6.0)
+    late[0, 30:50, 0] = 6.0  # confident, but 20 frames after the labelled start
+    early = torch.full((1, 60, 3), -6.0)
+    early[0, 10:50, 0] = 6.0
+    target = torch.zeros(1, 60, 3)
+    target[0, 10:50, 0] = 1
+    weight = torch.ones(1, 60, 3)
+    events = [(0, 0, 10, 50, 1.0)]
+    late_loss, parts = loss(late, target, weight, events)
+    early_loss, _ = loss(early, target, weight, events)
+    assert set(parts) == {"onset"}
+    assert float(early_loss) < 0.01 < 1.0 < float(late_loss)
+    # An event whose start lies before the crop gives no onset term.
+    none, _ = loss(late, target, weight, events, onset_events=[])
+    assert float(none) == 0.0
+
+
+def test_live_training_resumes_exports_and_mines(tiny: dict[str, Path]) -> None:
+    root = tiny["root"]
+    config = root / "live.yaml"
+    config.write_text(LIVE_CONFIG)
+    base = ["train", "--config", str(config), "--data", str(tiny["data"]), "--negatives", str(tiny["negatives"]),
+            "--cache", str(root / "cache")]
+    # One run of 8 steps, and one stopped after 4 steps then resumed: the same weights.
+    assert cli.main([*base, "--out", str(root / "whole")]) == 0
+    half = root.joinpath("half")
+    assert cli.main([*base, "--out", str(half), "--max-minutes", "0"]) == 0
+    first = torch.load(half / "last.pt", weights_only=False)["state"]["step"]
+    assert first == 4  # stopped at the first evaluation after the deadline
+    assert cli.main([*base, "--out", str(half)]) == 0
+    whole = torch.load(root / "whole" / "last.pt", weights_only=False)
+    resumed = torch.load(half / "last.pt", weights_only=False)
+    assert resumed["state"]["step"] == whole["state"]["step"] == 8
+    for name, value in whole["net"].items():
+        torch.testing.assert_close(resumed["net"][name], value, msg=name)
+    report = json.loads((root / "whole" / "report.json").read_text())
+    assert report["data"]["dev_negatives_hours"] == pytest.approx(40 / 3600, abs=1e-3)
+    assert report["dev_tuned"]["negative_hours"] > 0
+    onnx_path = root / "live.onnx"
+    assert cli.main(["export", "--checkpoint", str(root / "whole" / "best.pt"), "--out", str(onnx_path)]) == 0
+    detector = Detector.load(onnx_path)
+    assert detector.contract.model_name == "tiny-live"
+    mined = root / "hard.json"
+    assert cli.main(["mine", "--checkpoint", str(root / "whole" / "best.pt"), "--negatives", str(tiny["negatives"]),
+                     "--out", str(mined), "--cache", str(root / "cache")]) == 0
+    result = json.loads(mined.read_text())
+    assert result["negative_hours"] == pytest.approx(60 / 3600, abs=1e-3)
+    assert set(result["fa_per_hour"]) == set(D.CLASSES)
+    assert all(len(w) == 2 and w[1] > 0 for w in result["windows"])
+    # A fine-tuning round with the mined windows starts from the checkpoint.
+    assert cli.main([*base, "--out", str(root / "round2"), "--init", str(root / "whole" / "best.pt"),
+                     "--hard-negatives", str(mined), "--steps", "4"]) == 0
+
+
+def test_mine_without_checkpoint_is_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["mine", "--checkpoint", str(tmp_path / "nope.pt"), "--negatives", str(tmp_path),
+                     "--out", str(tmp_path / "x.json")]) != 0
+    assert "nope.pt not found" in capsys.readouterr().err
+
+
+def test_feature_params_unchanged() -> None:
+    # The live recipe keeps the feature contract: old and new models load in the same daemon.
+    assert FeatureParams().version == "logmel-v1"
