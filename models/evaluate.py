@@ -112,6 +112,33 @@ def manifest_set(data: str | Path, split: str | None = "dev", span: str = "activ
     })
 
 
+def negative_items(folder: str | Path, split: str = "dev") -> tuple[list[EvalItem], dict[str, Any]]:
+    """Every chunk of one split of a built negatives folder (shared/data/negatives recipe)
+    as a file without events: hours of speech, music, game sound and ambience for the
+    false alarms per hour."""
+    from models.negatives import read_negatives_csv
+
+    folder = Path(folder)
+    try:
+        rows = [r for r in read_negatives_csv(folder) if r["split"] == split]
+    except (FileNotFoundError, ValueError) as exc:
+        raise ManifestError(str(exc)) from None
+    if not rows:
+        raise ManifestError(f"{folder / 'NEGATIVES.csv'}: no chunks of split {split!r}")
+    items = [
+        EvalItem(f"negatives/{r['path']}", folder / r["path"], None, r["class"], f"NEGATIVES.csv:{i + 2}")
+        for i, r in enumerate(rows)
+    ]
+    hours: dict[str, float] = defaultdict(float)
+    for r in rows:
+        hours[r["class"]] += float(r.get("duration_s") or 0.0) / 3600
+    return items, {
+        "folder": str(folder), "split": split, "chunks": len(rows),
+        "hours": round(sum(hours.values()), 3), "hours_by_kind": {k: round(v, 3) for k, v in sorted(hours.items())},
+        "packages": len({r["source"] for r in rows}),
+    }
+
+
 def tsv_set(tsv: str | Path, audio_dir: str | Path | None, class_names: Sequence[str]) -> EvalSet:
     """Files and events of a DCASE-style TSV (files listed alone are negatives)."""
     truth: GroundTruth = read_tsv(tsv, class_names, audio_dir)
@@ -235,6 +262,26 @@ def _ebr_breakdown(evalset: EvalSet, metrics: EventMetrics,
     return out
 
 
+def _false_alarms_by_kind(detections: Sequence[Detection], negatives: Mapping[str, float],
+                          true_class: Mapping[str, str], class_names: Sequence[str]) -> dict[str, Any]:
+    """False alarms on files without events, by the kind of file (confuser_dishes,
+    confuser_music, background...) and reported class, with each kind's hours."""
+    hours: dict[str, float] = defaultdict(float)
+    for file, seconds in negatives.items():
+        hours[true_class.get(file, "background")] += seconds / 3600
+    counts: dict[str, Counter[str]] = defaultdict(Counter)
+    for d in detections:
+        if d.file in negatives:
+            counts[true_class.get(d.file, "background")][d.class_name] += 1
+    out = {}
+    for kind in sorted(hours, key=lambda k: -sum(counts[k].values())):
+        total = sum(counts[kind].values())
+        out[kind] = {"hours": round(hours[kind], 3), "false_alarms": total,
+                     "per_hour": round(total / hours[kind], 2) if hours[kind] else None,
+                     "by_class": {c: counts[kind][c] for c in class_names if counts[kind][c]}}
+    return out
+
+
 def _overlap_recall(references: Sequence[Annotation], detections: Sequence[Detection],
                     class_names: Sequence[str], collar_s: float) -> dict[str, Any]:
     """Share of true events that got a same-class report anywhere inside them (± collar):
@@ -352,6 +399,7 @@ def build_report(
         "event_based": onset.to_dict(),
         "event_based_onset_offset": onset_offset.to_dict(),
         "false_alarms": false_alarm_rates(detections, negatives, class_names),
+        "false_alarms_by_kind": _false_alarms_by_kind(detections, negatives, true_class, class_names),
         "insertions_per_hour": (stray / (total_s / 3600.0)) if total_s else None,
         "cross_trigger": cross_trigger_matrix(references, detections, [r.file for r in results],
                                               class_names, true_class, collar_s),
@@ -514,6 +562,13 @@ def format_markdown(report: Mapping[str, Any], plots: Mapping[str, Any], command
         lines += ["Confusers that triggered most:", "",
                   _md_table(["confuser", *m["classes"]],
                             [[k, *(str(v[c]) for c in m["classes"])] for k, v in kinds]), ""]
+    by_kind = report.get("false_alarms_by_kind") or {}
+    if by_kind:
+        lines += ["## False alarms by kind of audio without events", "",
+                  _md_table(["kind", "hours", "false alarms", "per hour", "reported as"],
+                            [[k, _fmt(v["hours"], 3), str(v["false_alarms"]), _fmt(v["per_hour"]),
+                              ", ".join(f"{c} {n}" for c, n in v["by_class"].items()) or "-"]
+                             for k, v in list(by_kind.items())[:15]]), ""]
     if report.get("ebr_breakdown"):
         lines += ["## Recall by event-to-background ratio", "",
                   _md_table(["EBR dB", "events", "recall", *m["classes"]],
@@ -668,6 +723,8 @@ class EvalOptions:
     write_scenes: bool = False
     progress: bool = True
     command: str = "harken eval"
+    #: A built negatives folder: its chunks of the same split join as files without events.
+    negatives: Path | None = None
 
 
 def run_evaluation(options: EvalOptions) -> dict[str, Any]:
@@ -687,6 +744,10 @@ def run_evaluation(options: EvalOptions) -> dict[str, Any]:
     else:
         evalset = manifest_set(options.data, options.split, options.span,
                                options.open_licences_only)
+    if options.negatives is not None:
+        extra, summary = negative_items(options.negatives, options.split or "dev")
+        evalset.items.extend(extra)
+        evalset.description["negatives"] = summary
     started = time.perf_counter()
     results, failed = analyse_items(evalset.items, detector, params, margin, options.progress)
     analysis_s = time.perf_counter() - started

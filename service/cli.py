@@ -267,7 +267,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         scenes=args.scenes, seed=args.seed, scene_s=args.scene_s, ebrs_db=ebrs, span=args.span,
         open_licences_only=args.open_licences, collar_s=args.collar, config=args.config,
         worst=args.worst, psds=not args.no_psds, write_scenes=args.write_scenes,
-        progress=not args.no_progress, command=_eval_command(args),
+        progress=not args.no_progress, command=_eval_command(args), negatives=args.negatives,
     )
     try:
         report = run_evaluation(options)
@@ -333,6 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--span", choices=("active", "whole"), default="active",
         help="span of a target clip without manifest times (default: its active span)")
     add("--open-licences", action="store_true", help="only openly licensed clips")
+    add("--negatives", type=Path,
+        help="a built negatives folder (shared/data/negatives recipe): its chunks of the split "
+             "count as hours of audio without events, for false alarms per hour")
     add("--collar", type=float, default=0.5, help="onset collar in s (default 0.5)")
     add("--config", type=Path, help="config file for per-class decision overrides")
     add("--worst", type=int, default=6, help="worst cases to plot (default 6)")
