@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import io
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -10,14 +12,15 @@ from typing import Any
 import onnx
 import torch
 
-from models.net import CompactTCN, ScoresHead
+from models.config import CLASSES, build_net, config_from_dict
+from models.net import CompactTCN, FreqConvTCN, ScoresHead
 from service.audio.features import FeatureParams
 from service.contract import CONTRACT_KEY, ModelContract
 from service.decision import DecisionParams
 
 
 def export_onnx(
-    net: CompactTCN,
+    net: CompactTCN | FreqConvTCN,
     out_path: str | Path,
     class_names: tuple[str, ...],
     lookahead_frames: int,
@@ -62,3 +65,83 @@ def export_onnx(
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(out_path))
     return contract
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """`harken export`: a checkpoint (optionally re-tuned on dev) to ONNX with its contract."""
+    from models.cached import prepare_data
+    from models.tuning import dev_scores, evaluate, tune_decisions
+
+    ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    cfg = config_from_dict({k: v for k, v in ckpt["config"].items()}, str(args.checkpoint))
+    net = build_net(cfg, FeatureParams())
+    net.load_state_dict(ckpt["state"])
+    net.eval()
+    decisions = {k: DecisionParams.from_dict(v) for k, v in ckpt["tuned"].items()}
+    mt = ckpt["metrics_tuned"]
+    if getattr(args, "data", None):
+        # Re-tune the decisions on dev with this code's tuning rules (the scenes cache of
+        # the training run is reused when --cache points at it).
+        torch.set_num_threads(cfg.opt.threads)
+        _, dev, _ = prepare_data(
+            cfg,
+            Path(args.data),
+            Path(args.cache or Path(args.checkpoint).parent / "cache"),
+            net.receptive_field,
+            cfg.net.lookahead_frames,
+        )
+        scores = dev_scores(net, dev, cfg.net.lookahead_frames)
+        decisions = tune_decisions(
+            scores,
+            dev,
+            cfg.decision,
+            cfg.eval.on_thresholds,
+            cfg.eval.fa_per_hour_budget,
+            cfg.eval.min_duration_scales,
+            cfg.eval.max_min_duration_s,
+        )
+        mt = evaluate(scores, dev, decisions)
+        report = Path(args.out).with_suffix(".dev.json")
+        report.write_text(
+            json.dumps(
+                {
+                    "dev_tuned": mt,
+                    "tuned_decisions": {k: v.to_dict() for k, v in decisions.items()},
+                },
+                indent=1,
+            )
+        )
+        print(
+            f"re-tuned decisions on dev: mean F1 {mt['mean_f1']:.3f}, FA/h "
+            f"{mt['fa_per_hour']:.1f} (figures in {report})"
+        )
+    training = {
+        "command": ckpt.get("command", ""),
+        "steps": ckpt["steps"],
+        "best_step": ckpt["best_step"],
+        "train_seconds": ckpt["seconds"],
+        "parameters": ckpt["parameters"],
+        "macs_per_frame": ckpt["macs_per_frame"],
+        "loss": cfg.loss.kind,
+        "seed": cfg.seed,
+        "licences": cfg.data.licences,
+        "weights_licence": (
+            "openly licensed sources only; see models/MODEL_CARD.md"
+            if cfg.data.licences == "open"
+            else "trained on clips without licence and CC-BY-NC clips: non-commercial "
+            "research and evaluation only; see models/MODEL_CARD.md"
+        ),
+        "data": {k: ckpt["data"].get(k) for k in ("train", "dev", "scene_seconds")},
+        "dev_mean_f1": mt["mean_f1"],
+        "dev_fa_per_hour": mt["fa_per_hour"],
+        "dev_f1": {c: v["f1"] for c, v in mt["per_class"].items()},
+    }
+    out = Path(args.out)
+    export_onnx(
+        net, out, CLASSES, cfg.net.lookahead_frames, decisions, cfg.name, cfg.version, training
+    )
+    print(
+        f"wrote {out} ({out.stat().st_size} bytes): {ckpt['parameters']} parameters, "
+        f"{ckpt['macs_per_frame']} MAC/frame, dev mean F1 {mt['mean_f1']:.3f}"
+    )
+    return 0

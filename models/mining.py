@@ -90,7 +90,7 @@ def mine(
 
 
 def cmd_mine(args: Any) -> int:
-    from models.train import CLASSES, build_net, config_from_dict
+    from models.config import CLASSES, build_net, config_from_dict
 
     ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
     cfg = config_from_dict(ckpt["config"], str(args.checkpoint))

@@ -10,11 +10,13 @@ metric keeps the best checkpoint (`best.pt`).
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +25,12 @@ import torch
 from tqdm import tqdm
 
 from models import data as D
+from models.cached import RunResult
+from models.config import CLASSES, TrainConfig, build_net
 from models.live_scenes import LiveScene, LiveSceneMaker
 from models.losses import EventAwareLoss, EventSpan
+from models.tuning import dev_scores, evaluate, selection_f1, tune_decisions
+from service.audio.features import FeatureParams
 
 log = logging.getLogger(__name__)
 
@@ -200,3 +206,173 @@ def dev_negative_items(
         feats = logmel.frames(audio).astype(np.float16)  # half the memory of 4 h of frames
         items.append(D.DevItem(f"debian-negatives:{i}", feats, [], audio.shape[0] / D.SAMPLE_RATE, True))
     return items
+
+
+def save_checkpoint(
+    path: Path, cfg: TrainConfig, result: RunResult, info: Mapping[str, Any], command: str
+) -> None:
+    net = build_net(cfg, FeatureParams())
+    torch.save(
+        {
+            "config": cfg.to_dict(),
+            "state": result.state,
+            "tuned": {k: v.to_dict() for k, v in result.tuned.items()},
+            "metrics_tuned": result.metrics_tuned,
+            "metrics_default": result.metrics_default,
+            "steps": result.steps,
+            "best_step": result.best_step,
+            "seconds": result.seconds,
+            "data": dict(info),
+            "command": command,
+            "parameters": sum(p.numel() for p in net.parameters()),
+            "macs_per_frame": net.macs_per_frame(),
+        },
+        path,
+    )
+
+
+def live_dev_set(
+    cfg: TrainConfig, data_dir: Path, negatives_dir: Path | None, cache_dir: Path
+) -> tuple[list[D.DevItem], dict[str, Any]]:
+    """Dev scenes from the shared data's dev split plus every dev negative stream (cached)."""
+    import pickle
+
+    from models.negatives import NegativePool
+    from models.trainer import dev_negative_items
+
+    params = FeatureParams()
+    manifest = data_dir / "MANIFEST.csv"
+    stat = manifest.stat()
+    key = D.cache_key(
+        "live-dev-1",
+        asdict(cfg.eval)["dev_reps"],
+        cfg.data.licences,
+        str(data_dir.resolve()),
+        stat.st_size,
+        stat.st_mtime,
+        str(negatives_dir.resolve()) if negatives_dir else None,
+        params.to_dict(),
+    )
+    path = cache_dir / f"dev-{key}.pkl"
+    if path.is_file():
+        with path.open("rb") as fh:
+            return pickle.load(fh)
+    clips = D.read_clips(data_dir)
+    dev_bank = D.ClipBank(D.select(clips, "dev", cfg.data.licences))
+    dev = D.build_dev(dev_bank, seed=cfg.data.seed + 1, params=params, reps=cfg.eval.dev_reps)
+    info: dict[str, Any] = {"dev_bank": dev_bank.summary()}
+    if negatives_dir is not None:
+        pool = NegativePool.load(negatives_dir, "dev", cache_dir, cfg.data.licences)
+        dev += dev_negative_items(pool, params)
+        info["dev_negatives_hours"] = round(pool.hours, 3)
+        info["dev_negatives_by_kind"] = pool.hours_by_kind()
+    info["dev"] = D.dev_summary(dev)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as fh:
+        pickle.dump((dev, info), fh)
+    return dev, info
+
+
+def train_live_command(
+    cfg: TrainConfig, args: argparse.Namespace, out: Path, command: str, n_params: int
+) -> int:
+    """`harken train` with `live.enabled`: new scenes every step, resumable, time-boxed."""
+    from models.live_scenes import LiveSceneMaker
+    from models.negatives import NegativePool
+    from models.trainer import train_live
+
+    params = FeatureParams()
+    data_dir = Path(args.data)
+    negatives_dir = Path(args.negatives) if args.negatives else None
+    cache_dir = Path(args.cache or out / "cache")
+    t0 = time.monotonic()
+    clips = D.read_clips(data_dir)
+    train_clips = D.select(clips, "train", cfg.data.licences)
+    if not train_clips:
+        raise ValueError(f"{data_dir / 'MANIFEST.csv'}: no train clips (licences={cfg.data.licences})")
+    bank = D.ClipBank(train_clips)
+    pool = NegativePool.load(negatives_dir, "train", cache_dir, cfg.data.licences) if negatives_dir else None
+    dev, dev_info = live_dev_set(cfg, data_dir, negatives_dir, cache_dir)
+    torch.manual_seed(cfg.seed)  # the initial weights come from the recipe's seed
+    net = build_net(cfg, params)
+    hard: list[tuple[int, int]] = []
+    if args.hard_negatives:
+        hard = [tuple(h) for h in json.loads(Path(args.hard_negatives).read_text())["windows"]]
+    maker = LiveSceneMaker(
+        bank, pool, cfg.data, cfg.live, cfg.opt.crop_frames, net.receptive_field,
+        cfg.net.lookahead_frames, params, hard,
+    )
+    info = {
+        "train": bank.summary(),
+        "train_negatives_hours": round(pool.hours, 3) if pool else 0.0,
+        "train_negatives_by_kind": pool.hours_by_kind() if pool else {},
+        **dev_info,
+        "licences": cfg.data.licences,
+        "sources": sorted({f"{c.source} | {c.licence}" for c in clips if c.split in ("train", "dev")}),
+        "hard_negative_windows": len(hard),
+    }
+    print(f"data ready in {time.monotonic() - t0:.0f}s: dev {info['dev']}")
+    init_state = None
+    if args.init:
+        init_state = torch.load(args.init, map_location="cpu", weights_only=False)["state"]
+    else:
+        # Normalisation statistics (inside the graph) from a sample of training scenes.
+        rng = np.random.default_rng(cfg.seed)
+        sample = np.concatenate([maker.make(rng).features for _ in range(48)])
+        net.feature_mean.copy_(torch.from_numpy(sample.mean(axis=0)))
+        net.feature_std.copy_(torch.from_numpy(sample.std(axis=0)).clamp_min(1e-3))
+
+    def evaluate_net(model: torch.nn.Module) -> tuple[float, dict[str, Any]]:
+        scores = dev_scores(model, dev, cfg.net.lookahead_frames)  # type: ignore[arg-type]
+        m = evaluate(scores, dev, cfg.decision)
+        return selection_f1(scores, dev, cfg.decision), {
+            "default_f1": {c: v["f1"] for c, v in m["per_class"].items()},
+            "default_fa_per_hour": m["fa_per_hour"],
+        }
+
+    summary = train_live(
+        net,
+        EventAwareLoss(cfg.loss, len(CLASSES)),
+        maker,
+        steps=cfg.opt.steps,
+        batch=cfg.opt.batch,
+        lr=cfg.opt.lr,
+        weight_decay=cfg.opt.weight_decay,
+        seed=cfg.seed,
+        out_dir=out,
+        evaluate=evaluate_net,
+        every_steps=cfg.eval.every_steps,
+        patience=cfg.eval.patience,
+        max_minutes=cfg.opt.max_minutes if args.max_minutes is None else args.max_minutes,
+        workers=cfg.opt.workers,
+        init_state=init_state,
+    )
+    scores = dev_scores(net, dev, cfg.net.lookahead_frames)
+    metrics_default = evaluate(scores, dev, cfg.decision)
+    tuned = tune_decisions(
+        scores, dev, cfg.decision, cfg.eval.on_thresholds, cfg.eval.fa_per_hour_budget,
+        cfg.eval.min_duration_scales, cfg.eval.max_min_duration_s,
+    )
+    metrics_tuned = evaluate(scores, dev, tuned)
+    metrics_default["history"] = summary["history"]
+    result = RunResult(
+        "train", summary["steps"], summary["best_step"], summary["seconds"], metrics_default,
+        metrics_tuned, tuned, copy.deepcopy(net.state_dict()),
+    )
+    save_checkpoint(out / "best.pt", cfg, result, info, command)
+    report = {
+        **{k: v for k, v in summary.items() if k != "history"},
+        "parameters": n_params,
+        "macs_per_frame": net.macs_per_frame(),
+        "data": info,
+        "dev_tuned": metrics_tuned,
+        "dev_default": {k: v for k, v in metrics_default.items() if k != "history"},
+        "tuned_decisions": {k: v.to_dict() for k, v in tuned.items()},
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    print(
+        f"stopped by {summary['stopped']} at step {summary['steps']} (best {summary['best_step']}); "
+        f"dev mean F1 {metrics_tuned['mean_f1']:.3f} (tuned), FA/h {metrics_tuned['fa_per_hour']:.2f}; "
+        f"checkpoint {out / 'best.pt'}"
+    )
+    return 0

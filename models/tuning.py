@@ -1,0 +1,216 @@
+"""Dev scoring, event metrics and per-class decision tuning with the daemon's own decisions."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from models import data as D
+from models.config import CLASSES
+from models.net import CompactTCN, FreqConvTCN
+from service.audio.features import FeatureParams, LogMel
+from service.decision import DecisionParams, EventEnded, decide
+
+log = logging.getLogger(__name__)
+
+ONSET_COLLAR_S = 0.5
+
+
+def dev_scores(
+    net: CompactTCN | FreqConvTCN, dev: Sequence[D.DevItem], lookahead: int
+) -> list[np.ndarray]:
+    """Frame scores (T, C) of every dev item, padded exactly as service.detector does."""
+    silence = LogMel(FeatureParams()).silence_frame
+    context = net.receptive_field - lookahead
+    net.eval()
+    out = []
+    with torch.no_grad():
+        for item in dev:
+            feats = item.features.astype(np.float32)
+            x = np.concatenate(
+                [np.repeat(feats[:1], context, axis=0), feats, np.tile(silence, (lookahead, 1))]
+            )
+            out.append(torch.sigmoid(net(torch.from_numpy(x)[None]))[0].numpy())
+    return out
+
+
+def _match(
+    truth: list[tuple[float, float]], found: list[EventEnded]
+) -> tuple[list[tuple[int, int]], list[int]]:
+    """Greedy one-to-one matching of detections to truth by onset distance <= collar."""
+    pairs = sorted(
+        (
+            (abs(f.start_s - t[0]), ti, fi)
+            for ti, t in enumerate(truth)
+            for fi, f in enumerate(found)
+            if abs(f.start_s - t[0]) <= ONSET_COLLAR_S
+        ),
+    )
+    used_t: set[int] = set()
+    used_f: set[int] = set()
+    matched = []
+    for _, ti, fi in pairs:
+        if ti not in used_t and fi not in used_f:
+            used_t.add(ti)
+            used_f.add(fi)
+            matched.append((ti, fi))
+    return matched, [fi for fi in range(len(found)) if fi not in used_f]
+
+
+def event_metrics(
+    dev: Sequence[D.DevItem],
+    detections: Sequence[Sequence[EventEnded]],
+    class_names: Sequence[str] = CLASSES,
+) -> dict[str, Any]:
+    """Per-class event P/R/F1 (500 ms onset collar), FA/h on negatives, cross-triggers,
+    median latency and flicker (extra same-class detections per matched true event)."""
+    stats = {
+        c: {"tp": 0, "fp": 0, "fn": 0, "latency": [], "fragments": [], "crossings": [], "neg_fp": 0}
+        for c in class_names
+    }
+    cross = {a: dict.fromkeys(class_names, 0) for a in class_names}
+    neg_hours = sum(it.duration_s for it in dev if it.negative_only) / 3600
+    for item, found in zip(dev, detections, strict=True):
+        for c in class_names:
+            truth = [(t[1], t[2]) for t in item.truth if t[0] == c]
+            mine = [d for d in found if d.class_name == c]
+            matched, unmatched = _match(truth, mine)
+            s = stats[c]
+            s["tp"] += len(matched)
+            s["fn"] += len(truth) - len(matched)
+            s["fp"] += len(unmatched)
+            if item.negative_only:
+                s["neg_fp"] += len(unmatched)
+            for ti, fi in matched:
+                s["latency"].append(mine[fi].detected_s - truth[ti][0])
+                s["crossings"].append(mine[fi].flicker)
+                on, off = truth[ti]
+                s["fragments"].append(sum(1 for d in mine if d.start_s < off and d.end_s > on) - 1)
+            for fi in unmatched:
+                d = mine[fi]
+                for other, on, off in item.truth:
+                    if (
+                        other != c
+                        and other in cross
+                        and d.start_s < off + ONSET_COLLAR_S
+                        and d.end_s > on
+                    ):
+                        cross[other][c] += 1
+                        break
+    per_class = {}
+    for c, s in stats.items():
+        p = s["tp"] / max(s["tp"] + s["fp"], 1)
+        r = s["tp"] / max(s["tp"] + s["fn"], 1)
+        per_class[c] = {
+            "precision": round(p, 3),
+            "recall": round(r, 3),
+            "f1": round(2 * p * r / max(p + r, 1e-9), 3),
+            "tp": s["tp"],
+            "fp": s["fp"],
+            "fn": s["fn"],
+            "fa_per_hour": round(s["neg_fp"] / max(neg_hours, 1e-9), 2),
+            "median_latency_s": round(float(np.median(s["latency"])), 3) if s["latency"] else None,
+            "flicker": round(float(np.mean(s["fragments"])), 3) if s["fragments"] else None,
+            "score_flicker": (round(float(np.mean(s["crossings"])), 3) if s["crossings"] else None),
+        }
+    total_neg_fp = sum(s["neg_fp"] for s in stats.values())
+    return {
+        "per_class": per_class,
+        "mean_f1": round(float(np.mean([v["f1"] for v in per_class.values()])), 4),
+        "fa_per_hour": round(total_neg_fp / max(neg_hours, 1e-9), 2),
+        "negative_hours": round(neg_hours, 3),
+        "cross_trigger": cross,
+    }
+
+
+def run_decisions(
+    scores: Sequence[np.ndarray],
+    params: Mapping[str, DecisionParams],
+    class_names: Sequence[str] = CLASSES,
+) -> list[list[EventEnded]]:
+    """The daemon's decisions (service.decision.decide) on each dev item's scores."""
+    fp = FeatureParams()
+    return [decide(s, class_names, params, fp.hop_s, float(fp.frame_center_s(0))) for s in scores]
+
+
+def evaluate(
+    scores: Sequence[np.ndarray], dev: Sequence[D.DevItem], params: Mapping[str, DecisionParams]
+) -> dict[str, Any]:
+    return event_metrics(dev, run_decisions(scores, params))
+
+
+def selection_f1(
+    scores: Sequence[np.ndarray],
+    dev: Sequence[D.DevItem],
+    base: Mapping[str, DecisionParams],
+    thresholds: Sequence[float] = (0.5, 0.7, 0.9),
+) -> float:
+    """Early-stopping metric: per class the best dev event F1 over a few on-thresholds
+    (false alarms on negatives count against precision), averaged over classes. A quick
+    stand-in for the full tuning, so that calibration alone does not pick checkpoints."""
+    f1s = []
+    for ci, c in enumerate(CLASSES):
+        single = [s[:, ci : ci + 1] for s in scores]
+        best = 0.0
+        for on in thresholds:
+            b = base[c]
+            cand = replace(
+                b, on_threshold=on, off_threshold=round(b.off_threshold / b.on_threshold * on, 3)
+            )
+            m = event_metrics(dev, run_decisions(single, {c: cand}, (c,)), (c,))
+            best = max(best, m["per_class"][c]["f1"])
+        f1s.append(best)
+    return float(np.mean(f1s))
+
+
+def tune_decisions(
+    scores: Sequence[np.ndarray],
+    dev: Sequence[D.DevItem],
+    base: Mapping[str, DecisionParams],
+    on_thresholds: Sequence[float],
+    fa_budget: float,
+    dur_scales: Sequence[float] = (1.0, 2.0, 4.0),
+    max_min_duration_s: Mapping[str, float] | None = None,
+) -> dict[str, DecisionParams]:
+    """Per class, the on-threshold, minimum duration and smoothing with the best dev F1 among those
+    whose false alarms on dev negatives stay within `fa_budget` per hour; when none does,
+    the best of F1 - 0.002 * FA/h (each false alarm per hour costs a little F1)."""
+    tuned = dict(base)
+    for ci, c in enumerate(CLASSES):
+        single = [s[:, ci : ci + 1] for s in scores]
+        best: tuple[tuple[float, float], DecisionParams] | None = None
+        for on in on_thresholds:
+            for dur_scale, smooth_scale in itertools.product(dur_scales, (1, 2)):
+                b = base[c]
+                cand = replace(
+                    b,
+                    on_threshold=on,
+                    off_threshold=round(min(b.off_threshold / b.on_threshold * on, on), 3),
+                    min_duration_s=round(
+                        min(b.min_duration_s * dur_scale, (max_min_duration_s or {}).get(c, 1e9)),
+                        3,
+                    ),
+                    smoothing_frames=b.smoothing_frames * smooth_scale,
+                )
+                m = event_metrics(dev, run_decisions(single, {c: cand}, (c,)), (c,))
+                pc = m["per_class"][c]
+                key = (
+                    # Within budget only counts for settings that find something:
+                    # a threshold nothing reaches has no false alarms, and no use.
+                    1.0 if pc["fa_per_hour"] <= fa_budget and pc["tp"] > 0 else 0.0,
+                    pc["f1"] - 0.002 * pc["fa_per_hour"],
+                )
+                if best is None or key > best[0]:
+                    best = (key, cand)
+        assert best is not None
+        tuned[c] = best[1]
+    return tuned
+
+
+# --------------------------------------------------------------------------- training
