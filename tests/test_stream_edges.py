@@ -63,7 +63,8 @@ def test_quiet_streams_and_edges_give_no_event(name: str, detector: Detector) ->
     # lowest tuned on-threshold too, so a user raising the sensitivity is not flooded.
     lowest_on = min(p.on_threshold for p in detector.contract.decision.values())
     peak = scores.max(axis=0)
-    assert (peak < lowest_on).all(), f"{name}: peak scores {dict(zip(detector.class_names, peak.round(2), strict=True))}"
+    named = dict(zip(detector.class_names, peak.round(2), strict=True))
+    assert (peak < lowest_on).all(), f"{name}: peak scores {named}"
 
 
 def test_detect_reports_nothing_on_quiet_room_zeros_and_gaps(
