@@ -61,6 +61,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _run_until_stopped(run_daemon(settings))
 
 
+def cmd_addon(args: argparse.Namespace) -> int:
+    """The Home Assistant add-on's entry point: options + Supervisor -> config -> daemon."""
+    from service.addon import load_addon_settings
+    from service.daemon import run_daemon
+    from service.logs import setup_logging
+
+    setup_logging("info")
+    token = os.environ.get("SUPERVISOR_TOKEN") or os.environ.get("HASSIO_TOKEN")  # HASSIO_TOKEN: older Supervisors
+    settings, notes = load_addon_settings(
+        args.options, args.supervisor_url, token, config_dir=args.config_dir, port=args.port,
+        ingress_proxies=tuple(args.ingress_proxy or ["172.30.32.2"]),
+    )
+    setup_logging(settings.log.level, settings.log.json_format)
+    for note in notes:
+        log.info("add-on: %s", note)
+    if args.check:
+        print(f"{args.options}: OK ({len(settings.sources)} source(s), "
+              f"mqtt {'on' if settings.mqtt.enabled else 'off'}, {len(settings.webhooks)} webhook(s))")
+        return 0
+    return _run_until_stopped(run_daemon(settings))
+
+
 def _run_until_stopped(daemon: Coroutine[Any, Any, int]) -> int:
     """asyncio.run without its final wait for executor threads.
 
@@ -360,6 +382,21 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--timeout", type=float, default=5.0, help="seconds per network check")
     doctor.add_argument("--json", action="store_true", help="the checks as a JSON list")
     doctor.set_defaults(func=cmd_doctor)
+
+    addon = sub.add_parser(
+        "addon", help="run as the Home Assistant add-on (options and MQTT broker from the Supervisor)"
+    )
+    addon.add_argument("--options", type=Path, default=Path("/data/options.json"),
+                       help="the add-on options the Supervisor wrote (default /data/options.json)")
+    addon.add_argument("--config-dir", type=Path, default=Path("/config"),
+                       help="folder for the events database, clips and false alarms (default /config)")
+    addon.add_argument("--supervisor-url", default=os.environ.get("SUPERVISOR_URL", "http://supervisor"),
+                       help="the Supervisor's API (default $SUPERVISOR_URL or http://supervisor)")
+    addon.add_argument("--port", type=int, default=8099, help="API and dashboard port, the ingress_port (8099)")
+    addon.add_argument("--ingress-proxy", action="append", metavar="ADDRESS",
+                       help="address of the ingress proxy, trusted without token (default 172.30.32.2; repeatable)")
+    addon.add_argument("--check", action="store_true", help="validate the options and stop")
+    addon.set_defaults(func=cmd_addon)
 
     # Arguments are declared here (not in models/) so that `harken --help` needs no torch.
     models_dir = Path(__file__).resolve().parent.parent / "models"

@@ -7,6 +7,7 @@ keys and bad values are rejected with the dotted path of the offending key, e.g.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -81,6 +82,31 @@ class StoreConfig(Section):
     clip_post_s: float = Field(3.0, ge=0, le=30, description="Audio kept after an event's end in its clip.")
 
 
+class IngressConfig(Section):
+    """Home Assistant ingress: the Supervisor proxies the sidebar panel to harken and has
+    already authenticated the user. Only requests whose TCP peer is one of `trusted_proxies`
+    are treated that way; every other request still needs `api.token`."""
+
+    enabled: bool = Field(
+        False,
+        description="Trust requests from the ingress proxy (the Home Assistant add-on turns this on).",
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=lambda: ["172.30.32.2"], min_length=1,
+        description="Addresses or networks of the ingress proxy (the Supervisor: 172.30.32.2).",
+    )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or network (e.g. 172.30.32.2)") from None
+        return value
+
+
 class ApiConfig(Section):
     enabled: bool = Field(True, description="Serve the REST API, WebSocket and dashboard.")
     host: str = Field("127.0.0.1", description="Listen address; beyond loopback a token is required.")
@@ -97,6 +123,9 @@ class ApiConfig(Section):
     )
     rate_limit_burst: int = Field(
         200, ge=1, description="Requests a client may make at once before rate_limit_per_s applies."
+    )
+    ingress: IngressConfig = Field(
+        default_factory=IngressConfig, description="Home Assistant ingress (the add-on's sidebar panel)."
     )
 
 
@@ -327,7 +356,15 @@ SECRET_KEYS = frozenset({"token", "password", "secret", "headers"})
 
 
 def _is_secret(loc: tuple[int | str, ...]) -> bool:
-    return any(str(part) in SECRET_KEYS for part in loc)
+    # Also the add-on's flat option names: api_token, mqtt_password.
+    return any(
+        str(part) in SECRET_KEYS or str(part).endswith(("_token", "_password", "_secret")) for part in loc
+    )
+
+
+def describe_errors(error: ValidationError, origin: str) -> str:
+    """One line naming every wrong key (secrets' values never shown), prefixed by `origin`."""
+    return _describe(error, origin)
 
 
 def _describe(error: ValidationError, origin: str) -> str:

@@ -20,7 +20,13 @@ from service.api.limits import BodyLimit, RateLimit
 from service.api.live import LiveHub
 from service.api.routers import classes, dashboard, events, health, live, metrics, status
 from service.api.schemas import ErrorOut
-from service.api.security import host_allowed, require_token
+from service.api.security import (
+    INGRESS_SCOPE_KEY,
+    IngressPeers,
+    host_allowed,
+    is_loopback,
+    require_token,
+)
 from service.sinks.store import StoreError
 
 if TYPE_CHECKING:
@@ -93,52 +99,78 @@ def attach(runtime: Runtime) -> ApiContext:
     return ctx
 
 
-class LoopbackHostGuard:
-    """Without a token, answer only requests addressed to a loopback name.
+class AccessGuard:
+    """Who may talk to harken at all, checked before any route.
 
-    A web page the user visits cannot then reach the API through DNS rebinding, and a
-    WebSocket opened by another site's page (checked by Origin) is refused.
+    - A request whose TCP peer is the ingress proxy (`api.ingress`) was authenticated by Home
+      Assistant: it is marked in the scope (`INGRESS_SCOPE_KEY`, with its X-Ingress-Path) and
+      passes; the routes then need no token for it.
+    - Without a token, harken answers only requests addressed to a loopback name, so that a web
+      page the user visits cannot reach the API through DNS rebinding, and refuses WebSockets
+      opened by another site's page (checked by Origin).
+    - Without a token but listening beyond loopback (allowed only with ingress on), any other
+      peer than loopback is refused: a Host header saying "localhost" proves nothing.
     """
 
-    def __init__(self, app: ASGIApp, enabled: bool) -> None:
+    def __init__(
+        self, app: ASGIApp, token_set: bool, ingress: IngressPeers, loopback_peers_only: bool
+    ) -> None:
         self.app = app
-        self.enabled = enabled
+        self.token_set = token_set
+        self.ingress = ingress
+        self.loopback_peers_only = loopback_peers_only
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.enabled and scope["type"] in ("http", "websocket"):
-            headers = {
-                k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])
-            }
-            host = headers.get("host")
-            origin = headers.get("origin")
-            bad_origin = origin is not None and not host_allowed(
-                origin.split("://", 1)[-1].split("/", 1)[0]
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        client = scope.get("client")
+        peer = client[0] if client else None
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        if self.ingress and self.ingress.match(peer):
+            scope[INGRESS_SCOPE_KEY] = headers.get("x-ingress-path", "")
+            await self.app(scope, receive, send)
+            return
+        if self.token_set:
+            await self.app(scope, receive, send)
+            return
+        if self.loopback_peers_only and not (peer and is_loopback(peer)):
+            await _refuse(
+                scope, send, 403,
+                f"client {peer} not allowed: without api.token harken answers only through Home "
+                "Assistant ingress and to this machine; set api.token to allow other clients",
             )
-            if not host_allowed(host) or (scope["type"] == "websocket" and bad_origin):
-                if scope["type"] == "websocket":
-                    await send(
-                        {"type": "websocket.close", "code": 1008, "reason": "host not allowed"}
-                    )
-                    return
-                body = json.dumps(
-                    {
-                        "detail": f"host {host!r} not allowed: without api.token harken answers "
-                        "only to localhost / 127.0.0.1 / ::1"
-                    }
-                ).encode()
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 400,
-                        "headers": [
-                            (b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()),
-                        ],
-                    }
-                )
-                await send({"type": "http.response.body", "body": body})
-                return
+            return
+        host = headers.get("host")
+        origin = headers.get("origin")
+        bad_origin = origin is not None and not host_allowed(origin.split("://", 1)[-1].split("/", 1)[0])
+        if not host_allowed(host) or (scope["type"] == "websocket" and bad_origin):
+            await _refuse(
+                scope, send, 400,
+                f"host {host!r} not allowed: without api.token harken answers only to "
+                "localhost / 127.0.0.1 / ::1",
+            )
+            return
         await self.app(scope, receive, send)
+
+
+async def _refuse(scope: Scope, send: Send, status: int, detail: str) -> None:
+    if scope["type"] == "websocket":
+        # Closing before accepting makes the server answer the handshake with 403.
+        await send({"type": "websocket.close", "code": 1008, "reason": "not allowed"})
+        return
+    body = json.dumps({"detail": detail}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def _describe(error: dict[str, Any]) -> tuple[str, str]:
@@ -181,7 +213,11 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        log.info("API ready%s", "" if token else " (no token: loopback only)")
+        ingress = runtime.settings.api.ingress
+        access = "token required" if token else "no token: loopback only"
+        if ingress.enabled:
+            access += f"; ingress from {', '.join(ingress.trusted_proxies)} trusted"
+        log.info("API ready (%s)", access)
         yield
 
     app = FastAPI(
@@ -209,6 +245,12 @@ def create_app(runtime: Runtime) -> FastAPI:
     api = runtime.settings.api
     # The last added runs first: the rate limit is the cheapest check, then the host, then the body.
     app.add_middleware(BodyLimit, max_bytes=api.max_body_bytes)
-    app.add_middleware(LoopbackHostGuard, enabled=token is None)
+    ingress = IngressPeers(api.ingress.trusted_proxies if api.ingress.enabled else None)
+    app.add_middleware(
+        AccessGuard,
+        token_set=token is not None,
+        ingress=ingress,
+        loopback_peers_only=token is None and not is_loopback(api.host),
+    )
     app.add_middleware(RateLimit, rate_per_s=api.rate_limit_per_s, burst=api.rate_limit_burst)
     return app

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+from collections.abc import Mapping
+from typing import Any
 
 from fastapi import HTTPException, Request, WebSocket, status
 
@@ -30,7 +32,9 @@ def is_loopback(host: str) -> bool:
 
 def exposure_problem(api: ApiConfig) -> str | None:
     """Why this API config must not start, or None when it is safe."""
-    if api.token is None and not is_loopback(api.host):
+    # With ingress on and no token, requests from beyond loopback are answered only when
+    # they come from the ingress proxy (AccessGuard), so listening on 0.0.0.0 is safe.
+    if api.token is None and not is_loopback(api.host) and not api.ingress.enabled:
         return (
             f"api.host is {api.host!r}, which is reachable beyond this machine, "
             "and no api.token is set; "
@@ -60,10 +64,45 @@ def unauthorized(detail: str) -> HTTPException:
     )
 
 
+#: ASGI scope key set by AccessGuard on requests from a trusted ingress proxy: the value is
+#: the path prefix the proxy announced (X-Ingress-Path), "" when it sent none.
+INGRESS_SCOPE_KEY = "harken.ingress_path"
+
+
+def via_ingress(scope: Mapping[str, Any]) -> bool:
+    """True when the request came from the trusted ingress proxy (authenticated by Home Assistant)."""
+    return INGRESS_SCOPE_KEY in scope
+
+
+class IngressPeers:
+    """The ingress proxy's addresses (api.ingress.trusted_proxies), checked against the TCP peer.
+
+    Only the peer address counts: headers such as X-Forwarded-For or X-Ingress-Path can be
+    sent by anyone, the source address of the connection cannot be chosen on the hassio network.
+    """
+
+    def __init__(self, entries: list[str] | None) -> None:
+        self.networks = [ipaddress.ip_network(e, strict=False) for e in entries or []]
+
+    def __bool__(self) -> bool:
+        return bool(self.networks)
+
+    def match(self, peer: str | None) -> bool:
+        if not peer or not self.networks:
+            return False
+        try:
+            address = ipaddress.ip_address(peer)
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped  # ::ffff:172.30.32.2 on a dual-stack socket
+        return any(address in network for network in self.networks)
+
+
 def require_token(request: Request) -> None:
     """Dependency of every protected router; does nothing when no token is configured."""
     expected: str | None = request.app.state.token
-    if expected is None:
+    if expected is None or via_ingress(request.scope):
         return
     given = bearer(request.headers.get("authorization"))
     if given is None:

@@ -23,7 +23,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from service.api.deps import ws_context
 from service.api.live import CLOSE, LiveClient
-from service.api.security import WS_PROTOCOL, token_matches, websocket_token
+from service.api.security import WS_PROTOCOL, token_matches, via_ingress, websocket_token
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,11 @@ CLOSE_TRY_LATER = 1013
 async def live(websocket: WebSocket) -> None:
     ctx = ws_context(websocket)
     token = websocket.app.state.token
-    if token is not None and not token_matches(token, websocket_token(websocket)):
+    if (
+        token is not None
+        and not via_ingress(websocket.scope)  # Home Assistant authenticated the ingress user
+        and not token_matches(token, websocket_token(websocket))
+    ):
         await websocket.close(code=CLOSE_POLICY, reason="missing or wrong token")
         return
     offered = websocket.scope.get("subprotocols", [])

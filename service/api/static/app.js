@@ -5,6 +5,9 @@
 // the page's #token=… fragment (never sent to the server as part of the URL) or asked
 // for, kept in localStorage, sent as `Authorization: Bearer` and, on the WebSocket, as
 // the subprotocol `bearer.<token>` (browsers cannot set WebSocket headers).
+//
+// Every URL is relative to the page, so the dashboard works under any path prefix: Home
+// Assistant's ingress (/api/hassio_ingress/<token>/) or a reverse proxy at /harken/.
 "use strict";
 
 const HISTORY_S = 60;
@@ -27,6 +30,21 @@ const state = {
 };
 
 const $ = (sel, root = document) => root.querySelector(sel);
+
+// The folder the page was served from: harken's root as this browser reaches it.
+const BASE = new URL("./", location.href);
+
+/** An API path ("/api/status", as the API itself names its links) resolved under BASE. */
+function url(path) {
+  return new URL(path.replace(/^\/+/, ""), BASE).href;
+}
+
+/** The live WebSocket's URL under BASE (ws: or wss: like the page). */
+function liveUrl() {
+  const u = new URL("api/live", BASE);
+  u.protocol = u.protocol === "https:" ? "wss:" : "ws:";
+  return u.href;
+}
 
 // ------------------------------------------------------------------ helpers
 function colour(name) {
@@ -96,7 +114,7 @@ async function api(path, options = {}) {
       headers["Content-Type"] = "application/json";
       options = { ...options, body: JSON.stringify(options.json) };
     }
-    const response = await fetch(path, { ...options, headers });
+    const response = await fetch(url(path), { ...options, headers });
     if (response.status === 401) {
       await askToken(Boolean(state.token));
       continue;
@@ -412,9 +430,8 @@ function setConnection(kind, text) {
 }
 
 function connect() {
-  const scheme = location.protocol === "https:" ? "wss" : "ws";
   const protocols = state.token ? ["harken", `bearer.${state.token}`] : ["harken"];
-  const ws = new WebSocket(`${scheme}://${location.host}/api/live`, protocols);
+  const ws = new WebSocket(liveUrl(), protocols);
   state.ws = ws;
   ws.onopen = () => { state.retryMs = 500; setConnection("live", "live"); };
   ws.onmessage = (msg) => {
