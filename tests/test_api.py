@@ -155,7 +155,9 @@ def test_status_reports_model_sources_sinks_and_classes(client: TestClient) -> N
 def test_dashboard_is_served_with_local_assets(client: TestClient) -> None:
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    assert "/static/app.js" in page.text and "/static/style.css" in page.text
+    assert '"static/app.js"' in page.text and '"static/style.css"' in page.text
+    # Relative links only, so that the page works under a path prefix (ingress, /harken/).
+    assert 'src="/' not in page.text and 'href="/' not in page.text
     assert (
         "http://" not in page.text.replace("http://www.w3.org", "") and "https://" not in page.text
     )
