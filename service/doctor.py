@@ -264,7 +264,8 @@ def check_api(settings: Settings) -> Check:
     api = settings.api
     if not api.enabled:
         return Check("api", "skip", "api.enabled is false")
-    if not _is_loopback(api.host) and not api.token:
+    # With ingress on, no token is fine: only the ingress proxy and loopback are answered.
+    if not _is_loopback(api.host) and not api.token and not api.ingress.enabled:
         return Check(
             "api",
             "fail",
