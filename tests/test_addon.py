@@ -382,6 +382,15 @@ INVALID: list[tuple[dict[str, Any], str]] = [
      "glass_break.sensitivity: Input should be a valid number"),
     ({"baby_cry": {"enabled": "maybe", "sensitivity": 0.5}}, "baby_cry.enabled: Input should be a valid boolean"),
     ({"baby_cry": {"enabled": True}}, ""),  # sensitivity left out: the default (valid)
+    ({"smoke_alarm": {"enabled": None, "sensitivity": 0.5}}, "smoke_alarm.enabled: Input should be a valid boolean"),
+    ({"glass_break": {"enabled": 1.5, "sensitivity": 0.5}}, "glass_break.enabled: Input should be a valid boolean"),
+    ({"glass_break": "off"}, "glass_break: Input should be a valid dictionary"),
+    ({"baby_cry": None}, "baby_cry: Input should be a valid dictionary"),
+    ({"smoke_alarm": [0.5]}, "smoke_alarm: Input should be a valid dictionary"),
+    ({"webhooks": {"url": "https://x.org/h"}}, "webhooks: Input should be a valid list"),
+    ({"webhooks": [{"name": "my phone", "url": "https://x.org/h"}]}, "webhooks.0.name: String should match pattern"),
+    ({"webhooks": [{"url": "https://x.org/h", "secret": ""}]},
+     "webhooks.0.secret: String should have at least 1 character (value not shown: it is a secret)"),
     ({"webhooks": [{"url": "ntfy.sh/x", "format": "ntfy"}]}, "webhooks.0.url: String should match pattern"),
     ({"webhooks": [{"url": "https://x.org/h", "format": "telegram"}]}, "webhooks.0.format:"),
     ({"webhooks": [{"url": "https://x.org/h", "classes": "dog_bark"}]},
@@ -397,6 +406,7 @@ INVALID: list[tuple[dict[str, Any], str]] = [
     ({"mqtt_port": 70000}, "mqtt_port: Input should be less than or equal to 65535"),
     ({"mqtt_host": ""}, "mqtt_host: String should have at least 1 character"),
     ({"mqtt_node_id": "up stairs"}, "mqtt_node_id: String should match pattern"),
+    ({"mqtt_username": ""}, "mqtt_username: String should have at least 1 character"),
     ({"mqtt_password": ""}, "mqtt_password: String should have at least 1 character (value not shown: it is a secret)"),
     ({"api_token": "short"}, "api_token: String should have at least 8 characters (value not shown: it is a secret)"),
     ({"public_url": "ftp://x"}, "public_url: String should match pattern"),
@@ -420,6 +430,21 @@ def test_a_wrong_option_is_one_line_naming_it(defaults: dict[str, Any], change: 
     assert expected in message, message
     for secret in ("short", "Eph8ae"):
         assert f"'{secret}'" not in message
+
+
+def _option_paths(schema: dict[str, Any]) -> set[str]:
+    paths = set()
+    for key, element in schema.items():
+        paths.add(key)
+        nested = element[0] if isinstance(element, list) else element
+        if isinstance(nested, dict):
+            paths |= {f"{key}.{field}" for field in nested}
+    return paths
+
+
+def test_every_option_has_an_invalid_case(config: dict[str, Any]) -> None:
+    named = {re.sub(r"\.\d+", "", expected.split(":", 1)[0]) for _, expected in INVALID if expected}
+    assert _option_paths(config["schema"]) - named == set()
 
 
 def test_options_file_problems_are_named(tmp_path: Path) -> None:
