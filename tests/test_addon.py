@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tarfile
 import threading
+import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -607,7 +608,15 @@ def test_addon_end_to_end_with_supervisor_broker_and_ha_audio(
         recorder.wait_for(online, 40, f"availability online; log:\n{log_path.read_text()}")
         discovery = recorder.on("homeassistant/binary_sensor/harken/smoke_alarm/config")
         assert discovery and json.loads(discovery[-1].text)["device_class"] == "smoke"
-        status = httpx.get(f"http://127.0.0.1:{port}/api/status", timeout=10)
+        # MQTT may come up before the API server does: wait for the API too.
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                status = httpx.get(f"http://127.0.0.1:{port}/api/status", timeout=10)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+                time.sleep(0.1)
         assert status.status_code == 200  # no api_token: this machine may ask
         (source,) = status.json()["sources"]
         assert (source["name"], source["url"]) == ("default", "mic")
