@@ -593,10 +593,27 @@ def _safe_name(file: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(file).stem)[:48]
 
 
+def _case_spectrogram(item: EvalItem | None) -> np.ndarray | None:
+    """Log-mel frames (T, n_mels) of a worst case's audio for its plot; None if unreadable."""
+    from service.audio.features import LogMel
+    from service.audio.sources import SourceError, read_audio
+
+    if item is None:
+        return None
+    try:
+        audio = item.audio if item.audio is not None else read_audio(item.path) if item.path else None
+    except (SourceError, OSError):
+        return None
+    return None if audio is None else LogMel().frames(audio)
+
+
 def write_plots(report: Mapping[str, Any], results: Sequence[FileResult],
                 references: Sequence[Annotation], params: Mapping[str, DecisionParams],
-                hop_s: float, first_center_s: float, out: Path) -> dict[str, Any]:
-    """PNG plots; returns their paths relative to `out` (for report.md)."""
+                hop_s: float, first_center_s: float, out: Path,
+                items: Sequence[EvalItem] = ()) -> dict[str, Any]:
+    """PNG plots; returns their paths relative to `out` (for report.md). With `items`, each
+    worst case's timeline gets the log-mel spectrogram of its audio above the scores, and
+    long files are shown around their first mistake."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -657,6 +674,7 @@ def write_plots(report: Mapping[str, Any], results: Sequence[FileResult],
 
     # Score timelines with ground truth for the worst cases.
     by_file = {r.file: r for r in results}
+    item_by_file = {i.file: i for i in items}
     timelines: list[str] = []
     (out / "timelines").mkdir(exist_ok=True)
     for old in (out / "timelines").glob("*.png"):  # plots of an earlier run into this --out
@@ -665,7 +683,15 @@ def write_plots(report: Mapping[str, Any], results: Sequence[FileResult],
         res = by_file.get(case["file"])
         if res is None:
             continue
-        fig, ax = plt.subplots(figsize=(10, 3.2))
+        spec = _case_spectrogram(item_by_file.get(case["file"])) if item_by_file else None
+        if spec is not None and spec.shape[0]:
+            fig, (spec_ax, ax) = plt.subplots(2, 1, figsize=(10, 5.2), sharex=True,
+                                              gridspec_kw={"height_ratios": [1.0, 1.3]})
+            spec_ax.imshow(spec.T, origin="lower", aspect="auto", cmap="magma",
+                           extent=(first_center_s, first_center_s + hop_s * spec.shape[0], 0, spec.shape[1]))
+            spec_ax.set_ylabel("mel band")
+        else:
+            fig, ax = plt.subplots(figsize=(10, 3.2))
         t = first_center_s + hop_s * np.arange(res.scores.shape[0])
         for k, c in enumerate(classes):
             if res.scores.shape[0]:
@@ -683,7 +709,12 @@ def write_plots(report: Mapping[str, Any], results: Sequence[FileResult],
             if d.detected_s is not None:
                 ax.plot([d.detected_s], [lane], marker="v", color="black", markersize=4)
         ax.set_ylim(-0.02, 1.08 + 0.04 * len(classes) + 0.06)
-        ax.set_xlim(0, max(res.duration_s, 1e-3))
+        if res.duration_s > 40.0 and case["errors"]:
+            # A long negative stream: show the 20 s around its first mistake.
+            first = min(e["onset_s"] for e in case["errors"])
+            ax.set_xlim(max(0.0, first - 6.0), min(res.duration_s, first + 14.0))
+        else:
+            ax.set_xlim(0, max(res.duration_s, 1e-3))
         ax.set_xlabel("time (s)")
         ax.set_ylabel("score")
         errs = ", ".join(f"{e['kind']} {e['class']}" for e in case["errors"][:3])
@@ -759,7 +790,7 @@ def run_evaluation(options: EvalOptions) -> dict[str, Any]:
     report["command"] = options.command
     features = detector.contract.features
     plots = write_plots(report, results, evalset.references, params, features.hop_s,
-                        float(features.frame_center_s(0)), out)
+                        float(features.frame_center_s(0)), out, evalset.items)
     report["plots"] = plots
     (out / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n",
                                      encoding="utf-8")
