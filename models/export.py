@@ -83,13 +83,16 @@ def cmd_export(args: argparse.Namespace) -> int:
         # Re-tune the decisions on dev with this code's tuning rules (the scenes cache of
         # the training run is reused when --cache points at it).
         torch.set_num_threads(cfg.opt.threads)
-        _, dev, _ = prepare_data(
-            cfg,
-            Path(args.data),
-            Path(args.cache or Path(args.checkpoint).parent / "cache"),
-            net.receptive_field,
-            cfg.net.lookahead_frames,
-        )
+        cache = Path(args.cache or Path(args.checkpoint).parent / "cache")
+        extra: dict[str, Any] = {}
+        if cfg.live.enabled:
+            from models.negatives import NegativePool
+            from models.trainer import live_dev_set, procedural_alarm_items
+
+            negatives = Path(args.negatives) if getattr(args, "negatives", None) else None
+            dev, _ = live_dev_set(cfg, Path(args.data), negatives, cache)
+        else:
+            _, dev, _ = prepare_data(cfg, Path(args.data), cache, net.receptive_field, cfg.net.lookahead_frames)
         scores = dev_scores(net, dev, cfg.net.lookahead_frames)
         decisions = tune_decisions(
             scores,
@@ -101,12 +104,23 @@ def cmd_export(args: argparse.Namespace) -> int:
             cfg.eval.max_min_duration_s,
         )
         mt = evaluate(scores, dev, decisions)
+        if cfg.live.enabled and negatives is not None:
+            # Dev holds 3 real alarm recordings: procedural alarms in dev negatives get a
+            # line of their own (not used for selection or tuning).
+            pool = NegativePool.load(negatives, "dev", cache, cfg.data.licences)
+            proc = procedural_alarm_items(pool, FeatureParams())
+            proc_m = evaluate(dev_scores(net, proc, cfg.net.lookahead_frames), proc, decisions)
+            extra["procedural_alarms"] = {
+                "scenes": len(proc), **proc_m["per_class"]["smoke_alarm"],
+                "cross_trigger": proc_m["cross_trigger"]["smoke_alarm"],
+            }
         report = Path(args.out).with_suffix(".dev.json")
         report.write_text(
             json.dumps(
                 {
                     "dev_tuned": mt,
                     "tuned_decisions": {k: v.to_dict() for k, v in decisions.items()},
+                    **extra,
                 },
                 indent=1,
             )

@@ -152,6 +152,7 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "harken.onnx")
     parser.add_argument("--data", type=Path, help="re-tune decisions on this data's dev split")
+    parser.add_argument("--negatives", type=Path, help="built negatives folder (live recipes: dev FA/h)")
     parser.add_argument("--cache", type=Path, help="scene cache (default: next to the checkpoint)")
 
 

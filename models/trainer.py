@@ -376,3 +376,46 @@ def train_live_command(
         f"checkpoint {out / 'best.pt'}"
     )
     return 0
+
+
+def procedural_alarm_items(
+    pool: Any, params: FeatureParams, n: int = 36, seed: int = 4242, ebrs_db: Sequence[float] = (-3.0, 3.0, 9.0)
+) -> list[D.DevItem]:
+    """Dev scenes with procedural alarms (T3, T4/CO, 520 Hz T3, building sounders) in dev
+    negatives: dev holds only 3 real alarm recordings, so the card reports these on a
+    line of their own. Never used for selection or tuning."""
+    from models import synth
+    from models.data import _active_rms, simulated_rirs, sounder
+    from service.audio.features import LogMel
+
+    rng = np.random.default_rng(seed)
+    logmel = LogMel(params)
+    rirs = simulated_rirs(8, seed)
+    patterns = ("t3", "t4", "low", "sounder")
+    items = []
+    for i in range(n):
+        pattern = patterns[i % len(patterns)]
+        if pattern == "sounder":
+            sig, spans = sounder(rng, float(rng.uniform(2.0, 6.0)))
+        else:
+            sig, tones = synth.alarm(pattern, 2 if pattern != "t4" else 1, rng)
+            spans = [(tones[0][0], tones[-1][1])]
+            sig = sig[: int(tones[-1][1] * D.SAMPLE_RATE)]
+        if i % 2:
+            rir = rirs[i % len(rirs)]
+            sig = np.convolve(sig, rir)[: sig.shape[0] + rir.shape[0] // 4].astype(np.float32)
+        pre_s = float(rng.uniform(3.0, 6.0))
+        total = int((pre_s + sig.shape[0] / D.SAMPLE_RATE + 4.0) * D.SAMPLE_RATE)
+        bed = pool.excerpt(total, rng)
+        at = int(pre_s * D.SAMPLE_RATE)
+        ebr = ebrs_db[i % len(ebrs_db)]
+        gain = (_active_rms(bed[at : at + sig.shape[0]]) + 1e-5) * 10 ** (ebr / 20) / (_active_rms(sig) + 1e-9)
+        bed[at : at + sig.shape[0]] += sig[: total - at] * gain
+        bed = bed / (np.abs(bed).max() + 1e-9) * 10 ** (rng.uniform(-20, -3) / 20)
+        truth = [("smoke_alarm", round(pre_s + spans[0][0], 3), round(pre_s + spans[-1][1], 3))]
+        items.append(
+            D.DevItem(f"procedural-alarm:{pattern}:{i}:ebr{ebr:+.0f}", logmel.frames(bed), truth,
+                      total / D.SAMPLE_RATE, False, f"procedural-{pattern}")
+        )
+    return items
+

@@ -436,6 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="re-tune the decision parameters on this data set's dev split")
     export.add_argument("--cache", type=Path,
                         help="scene cache of the training run (default: next to the checkpoint)")
+    export.add_argument("--negatives", type=Path,
+                        help="built negatives folder: live recipes tune on dev negatives too, and "
+                             "procedural alarms in dev negatives get a line of their own")
     export.set_defaults(func=cmd_export)
     return parser
 

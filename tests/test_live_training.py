@@ -227,7 +227,12 @@ def test_live_training_resumes_exports_and_mines(tiny: dict[str, Path]) -> None:
     assert report["data"]["dev_negatives_hours"] == pytest.approx(40 / 3600, abs=1e-3)
     assert report["dev_tuned"]["negative_hours"] > 0
     onnx_path = root / "live.onnx"
-    assert cli.main(["export", "--checkpoint", str(root / "whole" / "best.pt"), "--out", str(onnx_path)]) == 0
+    assert cli.main(["export", "--checkpoint", str(root / "whole" / "best.pt"), "--out", str(onnx_path),
+                     "--data", str(tiny["data"]), "--negatives", str(tiny["negatives"]),
+                     "--cache", str(root / "cache")]) == 0
+    dev_report = json.loads(onnx_path.with_suffix(".dev.json").read_text())
+    assert dev_report["procedural_alarms"]["scenes"] == 36
+    assert dev_report["dev_tuned"]["negative_hours"] > 0
     detector = Detector.load(onnx_path)
     assert detector.contract.model_name == "tiny-live"
     mined = root / "hard.json"
