@@ -485,10 +485,18 @@ def format_table(report: Mapping[str, Any]) -> str:
         f"onset collar {report['event_based']['collar_s']:g} s; latency in s",
     ]
     if "psds1" in psds:
-        extra.append(f"PSDS1 {psds['psds1']['value']:.3f}  PSDS2 {psds['psds2']['value']:.3f}")
+        extra.append(f"PSDS1 {_psds_value(psds, 'psds1')}  PSDS2 {_psds_value(psds, 'psds2')}")
+    elif "error" in psds:
+        extra.append(f"PSDS not computed: {psds['error']}")
     if ds["failed_files"]:
         extra.append(f"{ds['failed_files']} file(s) could not be read: see report.json 'failed'")
     return "\n".join([*lines, "", *extra])
+
+
+def _psds_value(psds: Mapping[str, Any], scenario: str) -> str:
+    """A PSDS figure, or why it could not be computed on this data."""
+    entry = psds.get(scenario, {})
+    return f"{entry['value']:.3f}" if "value" in entry else f"– ({entry.get('error', 'not computed')})"
 
 
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -536,8 +544,8 @@ def format_markdown(report: Mapping[str, Any], plots: Mapping[str, Any], command
     lines += ["## Threshold-independent (frame scores)", ""]
     if "psds1" in psds:
         lines += [
-            f"PSDS1 **{psds['psds1']['value']:.3f}** (DTC=GTC=0.7), PSDS2 "
-            f"**{psds['psds2']['value']:.3f}** (DTC=GTC=0.1, CTTC=0.3, α_ct=0.5), α_st=1, "
+            f"PSDS1 **{_psds_value(psds, 'psds1')}** (DTC=GTC=0.7), PSDS2 "
+            f"**{_psds_value(psds, 'psds2')}** (DTC=GTC=0.1, CTTC=0.3, α_ct=0.5), α_st=1, "
             "max eFPR 100/h, computed with sed_scores_eval on the raw network scores.",
             "",
         ]

@@ -442,7 +442,9 @@ def psds_and_curves(
     intersection-based, DTC = GTC = 0.7). Scores are rounded to `score_decimals`, which
     bounds the number of operating points (and the time) without changing the curves
     visibly. Classes without any reference event are left out (PSDS is undefined for
-    them) and listed. `scores` and `durations_s` must cover the same files."""
+    them) and listed. A scenario that cannot be computed on this data (PSDS2 with events
+    of only one class) gets an `error` instead of a `value`. `scores` and `durations_s`
+    must cover the same files."""
     with warnings.catch_warnings():
         # dcase_util (imported by sed_scores_eval) warns that pkg_resources is deprecated.
         warnings.simplefilter("ignore", UserWarning)
@@ -475,8 +477,19 @@ def psds_and_curves(
         frames[f] = create_score_dataframe(s, edges, present)
     durations = {f: max(float(durations_s[f]), float(frames[f]["offset"].iloc[-1])) for f in files}
     for name, params in PSDS_SCENARIOS.items():
-        value, single, _roc, _single_rocs = intersection_based.psds(
-            scores=frames, ground_truth=truth, audio_durations=durations, **params)
+        if params["cttc_threshold"] is not None and len(present) < 2:
+            # Cross-triggers are counted against the events of *other* classes: with one
+            # class there are none, and sed_scores_eval fails on the empty set.
+            result[name] = {"error": "not computable: cross-triggers need reference events of "
+                                     f"at least two classes (only {present[0]})", "params": params}
+            continue
+        try:
+            value, single, _roc, _single_rocs = intersection_based.psds(
+                scores=frames, ground_truth=truth, audio_durations=durations, **params)
+        except Exception as exc:  # a data set the library cannot score: a report, not a crash
+            result[name] = {"error": f"not computable: sed_scores_eval failed "
+                                     f"({type(exc).__name__}: {exc})", "params": params}
+            continue
         result[name] = {
             "value": float(value),
             "class_wise": {c: float(v) for c, v in single.items()},

@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +32,24 @@ def _config_path(args: argparse.Namespace) -> Path | None:
     return None
 
 
+def _model_classes(override: Path | None = None) -> Callable[[Path | None], Sequence[str] | None]:
+    """For load_settings: the class names of the model harken will load (`override`, else
+    the config's `model:`, else the bundled one); None when it cannot be loaded, which the
+    model's own check reports."""
+    from service.contract import ContractError
+    from service.detector import Detector
+
+    def class_names(configured: Path | None) -> Sequence[str] | None:
+        try:
+            return Detector.load(override or configured).class_names
+        except ContractError:
+            return None
+
+    return class_names
+
+
 def _settings(args: argparse.Namespace) -> Settings:
-    settings = load_settings(_config_path(args))
+    settings = load_settings(_config_path(args), model_classes=_model_classes())
     if getattr(args, "source", None):
         from service.config import SourceConfig
 
@@ -115,7 +131,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from service.pipeline import analyse_file
 
     logging.basicConfig(format="harken detect: %(message)s", level=logging.WARNING, stream=sys.stderr)
-    settings = load_settings(args.config) if args.config else Settings()
+    settings = (load_settings(args.config, model_classes=_model_classes(args.model))
+                if args.config else Settings())
     detector = Detector.load(args.model or settings.model)
     params = class_params(settings, detector)
     failed = 0
@@ -175,7 +192,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    settings = load_settings(args.file)
+    settings = load_settings(args.file, model_classes=_model_classes())
     from service.daemon import StartupError, class_params
     from service.detector import Detector
     from service.sinks.webhooks import WebhookConfigError, check_targets
@@ -273,7 +290,24 @@ def _eval_command(args: argparse.Namespace) -> str:
     return " ".join(parts)
 
 
+#: What `harken eval` imports from the [eval] extra (plots; PSDS, which needs pandas).
+EVAL_MODULES = ("matplotlib", "sed_scores_eval", "pandas")
+
+
+def _check_eval_extra() -> None:
+    """One line naming the extra, instead of a traceback halfway through an evaluation."""
+    import importlib.util
+
+    missing = [m for m in EVAL_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(
+            f"needs the [eval] extra ({', '.join(missing)} not installed): "
+            "pip install 'harken[eval]' (in a checkout: pip install -e '.[eval]')"
+        )
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
+    _check_eval_extra()
     from models.evaluate import EvalOptions, format_table, run_evaluation
     from models.manifest import ManifestError
     from service.audio.sources import SourceError
@@ -304,7 +338,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from service.doctor import Check, format_checks, run_checks
 
     try:
-        settings = load_settings(_config_path(args))
+        settings = load_settings(_config_path(args), model_classes=_model_classes())
     except ConfigError as exc:
         checks = [Check("config", "fail", str(exc),
                         "fix the named key; `harken check-config FILE` validates a file")]
@@ -330,7 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     detect = sub.add_parser("detect", help="detect events in audio files (offline)")
-    detect.add_argument("files", nargs="+", type=Path)
+    detect.add_argument(
+        "files", nargs="+", type=Path, metavar="FILE",
+        help="audio files: WAV, FLAC, OGG… through libsndfile, anything else through ffmpeg; "
+             "each is converted to 16 kHz mono",
+    )
     detect.add_argument("--json", action="store_true", help="one JSON object per event")
     detect.add_argument("--model", type=Path, help="model file (default: the bundled model)")
     detect.add_argument("--config", type=Path, help="config file for per-class decision overrides")

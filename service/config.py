@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -367,9 +367,51 @@ def describe_errors(error: ValidationError, origin: str) -> str:
     return _describe(error, origin)
 
 
-def _describe(error: ValidationError, origin: str) -> str:
+#: Given the config's `model:` (None = the bundled model), that model's class names, or
+#: None when it cannot be read (the model check then reports that on its own).
+ModelClasses = Callable[[Path | None], Sequence[str] | None]
+
+
+def unknown_class_problems(data: Mapping[str, Any], class_names: Sequence[str]) -> list[str]:
+    """Every class name in the raw config the model does not know, as `key: problem` lines.
+
+    Works on the raw mapping, not on Settings, so these problems are reported together
+    with any other invalid key instead of only after those are fixed."""
+    known = ", ".join(class_names)
+    problems = []
+    classes = data.get("classes")
+    if isinstance(classes, Mapping):
+        problems += [f"classes.{name}: the model has no such class (it knows {known})"
+                     for name in classes if name not in class_names]
+    webhooks = data.get("webhooks")
+    for index, target in enumerate(webhooks if isinstance(webhooks, list) else []):
+        if not isinstance(target, Mapping):
+            continue
+        for key in ("classes", "message", "priority"):
+            names = target.get(key)
+            if not isinstance(names, list | Mapping):
+                continue  # a wrong type is reported by the schema
+            for name in names:
+                if isinstance(name, str) and name not in class_names and not (
+                    key == "message" and name == "default"
+                ):
+                    problems.append(
+                        f"webhooks.{index}.{key}: the model has no class {name!r} (it knows {known})"
+                    )
+    return problems
+
+
+def _model_class_problems(data: Mapping[str, Any], model_classes: ModelClasses) -> list[str]:
+    model = data.get("model")
+    if model is not None and not isinstance(model, str | Path):
+        return []  # the schema names that problem
+    names = model_classes(Path(model) if model else None)
+    return [] if names is None else unknown_class_problems(data, names)
+
+
+def _describe(error: ValidationError | None, origin: str, extra: Sequence[str] = ()) -> str:
     lines = []
-    for item in error.errors():
+    for item in error.errors() if error is not None else []:
         where = ".".join(str(p) for p in item["loc"]) or "(top level)"
         message = item["msg"]
         if item["type"] == "extra_forbidden":
@@ -379,11 +421,20 @@ def _describe(error: ValidationError, origin: str) -> str:
         elif "input" in item and not isinstance(item["input"], dict | list):
             message += f" (got {item['input']!r})"
         lines.append(f"{where}: {message}")
+    lines += extra
     return " ".join((f"{origin}: " + "; ".join(lines)).split())  # always one line
 
 
-def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
-    """Read the YAML file (optional) and the environment into one validated Settings."""
+def load_settings(
+    path: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    model_classes: ModelClasses | None = None,
+) -> Settings:
+    """Read the YAML file (optional) and the environment into one validated Settings.
+
+    With `model_classes`, class names the configured model does not know (`classes:`,
+    webhook filters, templates, priorities) are refused too, in the same error as every
+    other invalid key."""
     environ = os.environ if environ is None else environ
     data: dict[str, Any] = {}
     origin = "embedded defaults"
@@ -412,7 +463,11 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
     if env:
         origin += " + environment"
         data = _merge(data, env)
+    class_problems = _model_class_problems(data, model_classes) if model_classes else []
     try:
-        return Settings.model_validate(data)
+        settings = Settings.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, origin)) from None
+        raise ConfigError(_describe(exc, origin, class_problems)) from None
+    if class_problems:
+        raise ConfigError(_describe(None, origin, class_problems))
+    return settings

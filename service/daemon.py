@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from service.audio.sources import AudioSource
-from service.config import Settings
+from service.config import Settings, unknown_class_problems
 from service.contract import ContractError
 from service.controls import ClassControl, ClassControls
 from service.decision import DecisionParams
@@ -36,9 +36,9 @@ def class_params(settings: Settings, detector: Detector) -> dict[str, DecisionPa
     """The model's decision defaults with the config's per-class overrides applied."""
     unknown = sorted(set(settings.classes) - set(detector.class_names))
     if unknown:
-        raise StartupError(
-            f"config classes.{unknown[0]}: the model has no such class (it knows {', '.join(detector.class_names)})"
-        )
+        # load_settings(model_classes=...) reports these with every other config problem;
+        # this is the last guard (a --model that differs from the config's, a Settings built in code).
+        raise StartupError("; ".join(unknown_class_problems({"classes": settings.classes}, detector.class_names)))
     params: dict[str, DecisionParams] = {}
     for name in detector.class_names:
         base = detector.contract.decision[name]
@@ -46,7 +46,7 @@ def class_params(settings: Settings, detector: Detector) -> dict[str, DecisionPa
         try:
             params[name] = DecisionParams.from_dict({**base.to_dict(), **overrides})
         except ValueError as exc:
-            raise StartupError(f"config classes.{name}.decision: {exc}") from None
+            raise StartupError(f"classes.{name}.decision: {exc}") from None
     return params
 
 

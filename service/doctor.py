@@ -57,6 +57,7 @@ def run_checks(settings: Settings, timeout_s: float = 5.0) -> list[Check]:
         checks.append(check_source(source, timeout_s))
     checks.append(check_store(settings))
     checks.append(check_api(settings))
+    checks.append(check_websocket(settings, timeout_s))
     checks.append(check_mqtt(settings, timeout_s))
     checks += check_webhooks(settings, timeout_s)
     return checks
@@ -136,6 +137,19 @@ def check_source(source: SourceConfig, timeout_s: float) -> Check:
     name = f"source {source.name}"
     spec = parse_source_url(source.url)
     if spec.kind == "mic":
+        from service.audio.mic import _sounddevice
+
+        try:
+            _sounddevice()
+        except SourceError as exc:
+            # `harken devices` fails the same way until PortAudio is there: that comes first.
+            return Check(
+                name,
+                "fail",
+                str(exc),
+                "install PortAudio first (Debian/Ubuntu: apt install libportaudio2), then pick "
+                "a device from `harken devices` (mic:INDEX or mic:NAME)",
+            )
         try:
             return Check(name, "ok", _check_mic(spec.target))
         except SourceError as exc:
@@ -288,6 +302,19 @@ def check_api(settings: Settings) -> Check:
         "ok",
         f"http://{api.host}:{api.port} free to listen" + (", token set" if api.token else ""),
     )
+
+
+def check_websocket(settings: Settings, timeout_s: float) -> Check:
+    """The dashboard's live feed (WS /api/live): a real WebSocket handshake against the
+    daemon's server settings, served on a free loopback port (the API port may be in use)."""
+    from service.api.server import WEBSOCKET_FIX, probe_websocket
+
+    if not settings.api.enabled:
+        return Check("websocket", "skip", "api.enabled is false")
+    problem = probe_websocket(timeout_s)
+    if problem:
+        return Check("websocket", "fail", f"the dashboard cannot go live: {problem}", WEBSOCKET_FIX)
+    return Check("websocket", "ok", "the API serves WebSockets (live scores and events for the dashboard)")
 
 
 def _is_loopback(host: str) -> bool:

@@ -55,19 +55,12 @@ class WebhookConfigError(ValueError):
 
 def check_targets(targets: Sequence[WebhookConfig], class_names: Sequence[str]) -> None:
     """Refuse class names the model does not know in a target's filter, templates or priorities."""
-    known = set(class_names)
-    for index, target in enumerate(targets):
-        for key, names in (
-            ("classes", target.classes or []),
-            ("message", target.message),
-            ("priority", target.priority),
-        ):
-            for name in names:
-                if name not in known and not (key == "message" and name == "default"):
-                    raise WebhookConfigError(
-                        f"webhooks.{index}.{key}: the model has no class {name!r} "
-                        f"(it knows {', '.join(class_names)})"
-                    )
+    from service.config import unknown_class_problems
+
+    raw = {"webhooks": [target.model_dump(include={"classes", "message", "priority"}) for target in targets]}
+    problems = unknown_class_problems(raw, class_names)
+    if problems:
+        raise WebhookConfigError("; ".join(problems))
 
 
 def _user_agent() -> str:
