@@ -83,3 +83,26 @@ def require_module(name: str, what: str) -> object:
         if STRICT:
             raise ImportError(f"required component missing: {what} (python module {name!r})") from None
         pytest.skip(f"component missing: {what}", allow_module_level=True)
+
+
+MANIFEST_HEADER = "path,class,split,source,license,group,onset,offset,quality,notes\n"
+
+
+def write_tiny_alarm_dataset(root: Path, alarm_onset_s: float = 5.0) -> Path:
+    """The smallest MANIFEST-format data set a user might try `harken eval` on: one 20 s
+    file with a procedural T3 smoke alarm from `alarm_onset_s`, one 20 s quiet room (dev)."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(13)
+    room = (synth.background(20.0, rng) * 0.02).astype(np.float32)
+    alarm, tones = synth.alarm("t3", 2, rng)
+    start = int(alarm_onset_s * 16000)
+    room[start : start + len(alarm)] += 0.3 * alarm[: len(room) - start]
+    offset_s = alarm_onset_s + tones[-1][1]  # the end of the last beep
+    sf.write(str(root / "t3_alarm.flac"), room, 16000)
+    sf.write(str(root / "quiet_room.flac"), (synth.background(20.0, rng) * 0.005).astype(np.float32), 16000)
+    (root / "MANIFEST.csv").write_text(
+        MANIFEST_HEADER
+        + f"t3_alarm.flac,smoke_alarm,dev,synth,CC0-1.0,alarm,{alarm_onset_s},{offset_s:.3f},verified,\n"
+        + "quiet_room.flac,background,dev,synth,CC0-1.0,room,,,verified,\n"
+    )
+    return root

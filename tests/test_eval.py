@@ -15,7 +15,7 @@ from models.evaluate import EvalItem, analyse_items, decision_params, format_tab
 from service.cli import main
 from service.detector import Detector
 from service.pipeline import analyse_file
-from tests.conftest import require
+from tests.conftest import require, write_tiny_alarm_dataset
 
 SR = 16000
 HEADER = "path,class,split,source,license,group,onset,offset,quality,notes\n"
@@ -142,6 +142,7 @@ def test_eval_on_seeded_scenes(dataset: Path, tmp_path: Path) -> None:
 
 def test_eval_errors_name_file_and_line(dataset: Path, tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
+    _need_eval_extra()
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "MANIFEST.csv").write_text(
@@ -177,3 +178,28 @@ def test_unreadable_audio_is_listed_not_lost(dataset: Path, tmp_path: Path,
     assert report["dataset"]["files"] == 1
     assert "could not be read" in capsys.readouterr().out
     assert "could not be read" in format_table(report)
+
+
+def test_eval_on_a_tiny_set_reports_psds_as_not_computable(tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """One alarm file and one quiet room: two classes without events, one class with a
+    single file. PSDS2 counts cross-triggers against other classes' events, of which there
+    are none: a report that says so, not sed_scores_eval's TypeError."""
+    _need_eval_extra()
+    data = write_tiny_alarm_dataset(tmp_path / "data")
+    out = tmp_path / "out"
+    rc = main(["eval", "--data", str(data), "--split", "dev", "--out", str(out), "--no-progress"])
+    printed = capsys.readouterr().out
+    assert rc == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["dataset"]["files"] == 2 and report["dataset"]["negative_files"] == 1
+    assert report["dataset"]["events_by_class"] == {"baby_cry": 0, "smoke_alarm": 1, "glass_break": 0}
+    psds = report["psds"]
+    assert psds["classes"] == ["smoke_alarm"]
+    assert psds["classes_without_events"] == ["baby_cry", "glass_break"]
+    assert 0.0 <= psds["psds1"]["value"] <= 1.0
+    assert "value" not in psds["psds2"]
+    assert psds["psds2"]["error"].startswith("not computable") and "two classes" in psds["psds2"]["error"]
+    assert "PSDS2 – (not computable" in printed
+    assert "not computable" in (out / "report.md").read_text()
+    assert (out / "fa_vs_recall.png").read_bytes()[:4] == b"\x89PNG"

@@ -187,6 +187,21 @@ def test_psds_rewards_scores_that_follow_the_truth() -> None:
     assert len(curve["fa_per_hour"]) == len(curve["recall"]) <= 200
 
 
+def test_psds_with_events_of_one_class_computes_psds1_and_explains_psds2() -> None:
+    require(importlib.util.find_spec("sed_scores_eval") is not None, "sed_scores_eval ([eval])")
+    hop, first, n = 0.02, 0.016, 1000  # 20 s
+    t = first + hop * np.arange(n)
+    scores = np.zeros((n, 3))
+    scores[(t >= 5.0) & (t < 13.0), 1] = 0.9  # (frames, classes): smoke_alarm follows the truth
+    refs = [Annotation("alarm", "smoke_alarm", 5.0, 13.0)]
+    result = psds_and_curves({"alarm": scores, "room": np.zeros((n, 3))},
+                             {"alarm": 20.0, "room": 20.0}, refs, CLASSES, hop, first)
+    assert result["classes"] == ["smoke_alarm"]
+    assert result["psds1"]["value"] > 0.9
+    assert "value" not in result["psds2"] and "two classes" in result["psds2"]["error"]
+    assert result["curves"]["class_wise"]["smoke_alarm"]["recall"]
+
+
 # ----------------------------------------------------------------- agreement with sed_eval
 
 
