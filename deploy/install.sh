@@ -21,7 +21,8 @@ if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
 fi
 # A non-editable install of the project and its [project.dependencies]: numpy, scipy,
-# soundfile, soxr, sounddevice, onnxruntime, pydantic, fastapi, uvicorn, paho-mqtt, httpx...
+# soundfile, soxr, sounddevice, onnxruntime, pydantic, fastapi, uvicorn, websockets (without
+# it uvicorn cannot serve the dashboard's live WebSocket), paho-mqtt, httpx...
 # each with wheels for amd64 and arm64, so the image builds on both without a compiler.
 # (A current pip resolves and installs these noticeably faster than the venv's bundled one.)
 "$venv/bin/python" -m pip install --quiet --upgrade pip

@@ -65,6 +65,48 @@ def test_check_config_accepts_good_and_names_the_bad_key(tmp_path: Path) -> None
     assert "classes.glass_brake" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_every_config_problem_at_once_unknown_classes_included(tmp_path: Path) -> None:
+    """Unknown class names come in the same one-line error as the other bad keys (they used to
+    appear, with a stray `config ` prefix, only once everything else was fixed)."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "mqtt: {port: abc}\n"
+        "classes: {glass_brake: {sensitivity: 0.3}, smoke_alarm: {sensitivity: 2}}\n"
+        "webhooks: [{url: 'http://127.0.0.1:9/hook', classes: [smoke_alrm], message: {default: hi}}]\n"
+    )
+    for command in (["check-config", str(bad)], ["run", "--config", str(bad)]):
+        result = harken(*command)
+        assert result.returncode == 2, result.stderr
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith(f"harken {command[0]}: {bad}: ")
+        for problem in (
+            "mqtt.port: Input should be a valid integer",
+            "classes.smoke_alarm.sensitivity: Input should be less than or equal to 1",
+            "classes.glass_brake: the model has no such class (it knows baby_cry, smoke_alarm, glass_break)",
+            "webhooks.0.classes: the model has no class 'smoke_alrm'",
+        ):
+            assert problem in line, (problem, line)
+        assert "config classes" not in line and "message" not in line  # `default` is a known key
+    # Alone, an unknown class is still refused, named the same way.
+    bad.write_text("classes: {glass_brake: {sensitivity: 0.3}}\n")
+    result = harken("run", "--config", str(bad))
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"harken run: {bad}: classes.glass_brake: the model has no such class "
+        "(it knows baby_cry, smoke_alarm, glass_break)"
+    )
+
+
+def test_detect_help_explains_its_files() -> None:
+    result = harken("detect", "--help")
+    assert result.returncode == 0
+    usage, _, rest = result.stdout.partition("positional arguments:")
+    assert "FILE [FILE ...]" in usage
+    described = " ".join(rest.split("options:")[0].split())
+    assert described.startswith("FILE audio files: WAV, FLAC, OGG")
+    assert "ffmpeg" in described and "16 kHz mono" in described
+
+
 def test_run_refuses_a_model_without_contract(tmp_path: Path) -> None:
     fake = tmp_path / "fake.onnx"
     fake.write_bytes(b"\x00" * 10)

@@ -61,3 +61,27 @@ def test_source_flag_replaces_sources() -> None:
     settings = Settings().with_source("file:/x.wav")
     assert [(s.name, s.url) for s in settings.sources] == [("default", "file:/x.wav")]
     assert Settings().with_source("demo").sources[0].name == "demo"
+
+
+def test_unknown_classes_are_checked_against_the_configured_model(tmp_path: Path) -> None:
+    asked: list[Path | None] = []
+
+    def model_classes(model: Path | None) -> list[str]:
+        asked.append(model)
+        return ["dog_bark", "doorbell"]
+
+    path = write(tmp_path, "model: /models/dogs.onnx\nclasses: {dog_bark: {}, cat: {}}\n"
+                           "webhooks: [{url: 'http://h/x', priority: {cat: 3}, format: ntfy}]\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, environ={"HARKEN_MQTT__PORT": "x"}, model_classes=model_classes)
+    assert asked == [Path("/models/dogs.onnx")]
+    message = str(info.value)
+    assert "mqtt.port" in message  # reported together, in one line
+    assert "classes.cat: the model has no such class (it knows dog_bark, doorbell)" in message
+    assert "webhooks.0.priority: the model has no class 'cat'" in message
+    assert "\n" not in message
+    # A model that cannot be read: its own check reports it; the config is not blamed.
+    settings = load_settings(path, environ={}, model_classes=lambda model: None)
+    assert set(settings.classes) == {"dog_bark", "cat"}
+    # Without model_classes (tests, tools that load no model) class names are not checked.
+    assert "cat" in load_settings(path, environ={}).classes

@@ -295,6 +295,14 @@ def test_image_install_steps_in_a_fresh_venv(tmp_path: Path) -> None:
     no_torch, has_model, module = found.stdout.split()
     assert (no_torch, has_model) == ("True", "True"), found.stderr
     assert module.startswith(str(venv))  # the installed copy, not the source tree
+    # The image serves the dashboard's live WebSocket: a real handshake with the daemon's
+    # uvicorn settings, from the image's own packages (the suite's venv may have more).
+    probe = subprocess.run(
+        [str(venv / "bin" / "python"), "-c",
+         "from service.api.server import probe_websocket; print(probe_websocket() or 'served')"],
+        env=_clean_env(), cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )
+    assert probe.stdout.strip() == "served", probe.stdout + probe.stderr
 
 
 @pytest.mark.slow

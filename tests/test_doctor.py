@@ -162,6 +162,7 @@ def test_doctor_all_good(
         "source demo",
         "store",
         "api",
+        "websocket",
         "mqtt",
         "webhook phone",
     ):
@@ -279,3 +280,55 @@ def test_doctor_text_output_and_missing_ffmpeg(tmp_path: Path) -> None:
     assert "ffmpeg is not installed" in lines[cam]
     assert "fix: install ffmpeg" in lines[cam + 1]
     assert lines[-1] == "1 check(s) failed"
+
+
+def _doctor_with_modules_broken(tmp_path: Path, config: dict, broken: dict[str, str]) -> dict[str, dict]:
+    """The real `harken doctor` in a process where each named module fails to import as it
+    does on a machine without it: `broken` maps module name -> the statement its import runs."""
+    stubs = tmp_path / "stubs"
+    for module, statement in broken.items():
+        (stubs / module).mkdir(parents=True)
+        (stubs / module / "__init__.py").write_text(statement + "\n")
+    path = tmp_path / "harken.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HARKEN_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(stubs), str(REPO)])
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "doctor", "--config", str(path), "--json", "--timeout", "3"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 1, result.stderr
+    return {c["name"]: c for c in json.loads(result.stdout)}
+
+
+@pytest.mark.integration
+def test_doctor_fails_when_the_api_cannot_serve_websockets(tmp_path: Path) -> None:
+    """Without a WebSocket library uvicorn serves the page but refuses every upgrade, and the
+    dashboard never goes live (issue 13): the doctor says so, and how to fix it."""
+    hidden = 'raise ImportError("hidden by the test: not installed")'
+    checks = _doctor_with_modules_broken(
+        tmp_path,
+        {"sources": [{"url": "demo"}], "store": {"path": str(tmp_path / "h.db")}, "api": {"port": _free_port()}},
+        {"websockets": hidden, "wsproto": hidden},
+    )
+    ws = checks["websocket"]
+    assert ws["status"] == "fail" and "the dashboard cannot go live" in ws["detail"]
+    assert "websockets" in ws["fix"]
+    assert checks["api"]["status"] == "ok"  # the port is fine; only the upgrade is not
+
+
+@pytest.mark.integration
+def test_doctor_without_portaudio_says_to_install_it_before_picking_a_device(tmp_path: Path) -> None:
+    # What `import sounddevice` raises when libportaudio2 is not installed.
+    checks = _doctor_with_modules_broken(
+        tmp_path,
+        {"store": {"path": str(tmp_path / "h.db")}, "api": {"enabled": False}},
+        {"sounddevice": 'raise OSError("PortAudio library not found")'},
+    )
+    source = checks["source default"]
+    assert source["status"] == "fail" and "PortAudio is not available" in source["detail"]
+    assert source["fix"].startswith("install PortAudio first (Debian/Ubuntu: apt install libportaudio2)")
+    assert "harken devices" in source["fix"]  # ...and only then pick a device
+    assert checks["audio devices"]["status"] == "fail"
+    assert "libportaudio2" in checks["audio devices"]["fix"]
+    assert checks["websocket"]["status"] == "skip"  # api.enabled is false
