@@ -62,12 +62,15 @@ function label(name) {
 }
 
 function fmtTime(iso) {
+  // The time alone for today's events; with the date (and the year, when not this one) for older ones.
   if (!iso) return "";
   const d = new Date(iso);
   const today = new Date();
   const time = d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
   if (d.toDateString() === today.toDateString()) return time;
-  return d.toLocaleDateString([], { month: "short", day: "numeric" }) + " " + time;
+  const date = { month: "short", day: "numeric" };
+  if (d.getFullYear() !== today.getFullYear()) date.year = "numeric";
+  return `${d.toLocaleDateString([], date)}, ${time}`;
 }
 
 function fmtClock(iso) {
@@ -134,8 +137,17 @@ function ensureClass(control) {
   if (!entry) {
     const card = $("#class-card").content.firstElementChild.cloneNode(true);
     card.dataset.class = control.name;
+    card.id = `class-${control.name}`;
     $(".class-name", card).textContent = label(control.name);
-    entry = { control, card, history: [], score: 0, active: false, colour: "" };
+    // Its one-line summary (narrow screens): a link down to the card.
+    const chip = document.createElement("a");
+    chip.className = "chip";
+    chip.href = `#${card.id}`;
+    chip.dataset.class = control.name;
+    chip.innerHTML = '<span class="swatch"></span><span class="chip-name"></span><span class="badge state">idle</span><span class="score">0.00</span>';
+    $(".chip-name", chip).textContent = label(control.name);
+    $("#class-summary").append(chip);
+    entry = { control, card, chip, history: [], score: 0, active: false, colour: "" };
     paintClass(entry);
     state.classes.set(control.name, entry);
     bindControls(entry);
@@ -154,6 +166,7 @@ function ensureClass(control) {
 function paintClass(entry) {
   entry.colour = colour(entry.control.name);
   entry.card.style.setProperty("--c", entry.colour);
+  entry.chip.style.setProperty("--c", entry.colour);
 }
 
 function renderControl(entry) {
@@ -178,9 +191,12 @@ function renderState(entry) {
   if (!control.enabled) { text = "off"; cls = "disabled"; }
   else if (control.snoozed) { text = "snoozed"; cls = "snoozed"; }
   else if (entry.active) { text = "heard"; cls = "on"; }
-  badge.textContent = text;
-  badge.className = `badge state ${cls}`;
+  for (const b of [badge, $(".badge.state", entry.chip)]) {
+    b.textContent = text;
+    b.className = `badge state ${cls}`;
+  }
   entry.card.classList.toggle("active", entry.active && control.enabled);
+  entry.chip.classList.toggle("active", entry.active && control.enabled);
 }
 
 async function patchClass(name, body) {
@@ -283,6 +299,7 @@ function onLive(message) {
     entry.history.push([now, score, active]);
     entry.score = score;
     $(".score", entry.card).textContent = score.toFixed(2);
+    $(".score", entry.chip).textContent = score.toFixed(2);
     if (active !== entry.active) { entry.active = active; renderState(entry); }
   }
   renderLevel(message.level_dbfs);
@@ -341,8 +358,17 @@ function renderEvent(event, { prepend = true } = {}) {
   const parts = [fmtTime(e.started_at)];
   if (e.duration_s != null) parts.push(`${e.duration_s.toFixed(1)} s`);
   parts.push(`peak ${(e.peak_score ?? e.score).toFixed(2)}`);
-  $(".ev-meta", row).textContent = parts.join(" · ");
-  $(".play", row).disabled = !e.clip_url;
+  const when = $(".ev-when", row);
+  when.textContent = parts.join(" · ");
+  when.title = new Date(e.started_at).toLocaleString();
+  // A disabled button alone does not say why (and phones show no tooltips): say it in the row too.
+  const ongoing = e.state !== "closed";
+  const play = $(".play", row);
+  play.disabled = !e.clip_url;
+  const why = e.clip_url ? "Play the clip" : ongoing ? "The clip is written when the event ends" : "No clip was kept for this event";
+  play.title = why;
+  play.setAttribute("aria-label", why);
+  $(".clip-note", row).hidden = Boolean(e.clip_url) || !ongoing;
   const fa = e.feedback === "false_alarm";
   row.classList.toggle("false-alarm", fa);
   $(".fa", row).textContent = fa ? "Undo" : "False alarm";
