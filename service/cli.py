@@ -243,7 +243,8 @@ def _training_module(command: str):
     except ImportError as exc:
         raise ConfigError(
             f"`harken {command}` needs the training extra ({exc.name} is not installed): "
-            "pip install 'harken[train]' (torch==2.13.0, onnx, pyroomacoustics)"
+            "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu "
+            "(the CPU build; PyPI's is the CUDA one), then pip install 'harken[train]'"
         ) from None
     from models import train
 
