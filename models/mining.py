@@ -38,6 +38,7 @@ def mine(
     decisions: dict[str, DecisionParams],
     class_names: tuple[str, ...],
     stream_s: float = 600.0,
+    mining_threshold: float | None = None,
 ) -> dict[str, Any]:
     """Score the pool; return false alarms per hour (at the tuned decisions and at the
     mining thresholds) and the mined windows `[start_sample, n_samples]` in the pool."""
@@ -45,14 +46,11 @@ def mine(
     logmel = LogMel(params)
     silence = logmel.silence_frame
     context = net.receptive_field - lookahead  # type: ignore[operator]
-    loose = {
-        c: replace(
-            p,
-            on_threshold=p.on_threshold * THRESHOLD_SCALE,
-            off_threshold=min(p.off_threshold, p.on_threshold * THRESHOLD_SCALE),
-        )
-        for c, p in decisions.items()
-    }
+    def loosen(p: DecisionParams) -> DecisionParams:
+        on = mining_threshold if mining_threshold is not None else p.on_threshold * THRESHOLD_SCALE
+        return replace(p, on_threshold=on, off_threshold=min(p.off_threshold, on))
+
+    loose = {c: loosen(p) for c, p in decisions.items()}
     n = int(stream_s * SAMPLE_RATE)
     windows: list[list[int]] = []
     strict_counts: Counter[str] = Counter()
@@ -93,20 +91,23 @@ def cmd_mine(args: Any) -> int:
     from models.config import CLASSES, build_net, config_from_dict
 
     ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    if "config" not in ckpt:
+        raise ValueError(f"{args.checkpoint}: no training config inside (give best.pt or last.pt of `harken train`)")
     cfg = config_from_dict(ckpt["config"], str(args.checkpoint))
     torch.set_num_threads(cfg.opt.threads)
     net = build_net(cfg, FeatureParams())
-    net.load_state_dict(ckpt["state"])
-    decisions = {k: DecisionParams.from_dict(v) for k, v in ckpt["tuned"].items()}
+    # A training run's last.pt (resumable state) mines too: its net, the recipe's decisions.
+    net.load_state_dict(ckpt["state"] if "state" in ckpt and "net" not in ckpt else ckpt["net"])
+    decisions = {k: DecisionParams.from_dict(v) for k, v in ckpt.get("tuned", cfg.to_dict()["decision"]).items()}
     pool = NegativePool.load(args.negatives, "train", args.cache, cfg.data.licences)
-    result = mine(net, cfg.net.lookahead_frames, pool, decisions, CLASSES)
+    result = mine(net, cfg.net.lookahead_frames, pool, decisions, CLASSES, mining_threshold=args.threshold)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result))
     print(
         f"{result['negative_hours']} h of train negatives: {result['fa_per_hour_total']} false alarms/h "
         f"at the tuned decisions {result['fa_per_hour']}; {len(result['windows'])} windows mined "
-        f"at {THRESHOLD_SCALE}x thresholds -> {out}"
+        f"at {args.threshold or f'{THRESHOLD_SCALE}x the tuned'} thresholds -> {out}"
     )
     for kind, count in list(result["by_kind"].items())[:10]:
         print(f"  {count:5d}  {kind}")

@@ -137,6 +137,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--negatives", type=Path, help="built negatives folder (NEGATIVES.csv) for backgrounds and dev FA/h"
     )
     parser.add_argument("--max-minutes", type=float, help="stop cleanly after this wall time (resumable)")
+    parser.add_argument("--stop-at-step", type=int, help="stop at this step (at an evaluation), resumable")
     parser.add_argument("--init", type=Path, help="start from this checkpoint's weights (fine-tuning)")
     parser.add_argument("--hard-negatives", type=Path, help="mined hard-negative windows (JSON)")
     parser.add_argument(
@@ -161,6 +162,7 @@ def add_mine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--negatives", type=Path, required=True, help="built negatives folder")
     parser.add_argument("--out", type=Path, required=True, help="JSON of mined windows")
     parser.add_argument("--cache", type=Path, help="negatives cache folder (default: in the negatives folder)")
+    parser.add_argument("--threshold", type=float, help="mining on-threshold for every class (default 0.8x tuned)")
 
 
 def main(argv: list[str] | None = None) -> int:

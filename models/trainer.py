@@ -88,9 +88,11 @@ def train_live(
     every_steps: int,
     patience: int,
     max_minutes: float | None = None,
+    stop_at_step: int | None = None,
     workers: int = 1,
     label: str = "train",
     init_state: dict[str, torch.Tensor] | None = None,
+    config_dict: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train (or resume from OUT_DIR/last.pt); returns the run's summary. OUT_DIR/best.pt holds
     the best network state by the `evaluate` selection metric."""
@@ -123,6 +125,7 @@ def train_live(
         tmp = last_file.with_suffix(".tmp")
         torch.save(
             {
+                "config": config_dict,
                 "net": net.state_dict(),
                 "opt": opt.state_dict(),
                 "sched": sched.state_dict(),
@@ -170,6 +173,11 @@ def train_live(
                 break
             if deadline is not None and time.monotonic() > deadline:
                 stopped = "time"
+                break
+            if stop_at_step is not None and step >= stop_at_step:
+                # The schedule stays that of `steps`: a run stopped here and resumed later
+                # continues as if it had never stopped.
+                stopped = "stop_at_step"
                 break
     bar.close()
     save_last()
@@ -314,7 +322,9 @@ def train_live_command(
     print(f"data ready in {time.monotonic() - t0:.0f}s: dev {info['dev']}")
     init_state = None
     if args.init:
-        init_state = torch.load(args.init, map_location="cpu", weights_only=False)["state"]
+        saved = torch.load(args.init, map_location="cpu", weights_only=False)
+        # best.pt keeps the network under "state"; a run's resumable last.pt under "net".
+        init_state = saved["net"] if "net" in saved else saved["state"]
     else:
         # Normalisation statistics (inside the graph) from a sample of training scenes.
         rng = np.random.default_rng(cfg.seed)
@@ -344,8 +354,10 @@ def train_live_command(
         every_steps=cfg.eval.every_steps,
         patience=cfg.eval.patience,
         max_minutes=cfg.opt.max_minutes if args.max_minutes is None else args.max_minutes,
+        stop_at_step=getattr(args, "stop_at_step", None),
         workers=cfg.opt.workers,
         init_state=init_state,
+        config_dict=cfg.to_dict(),
     )
     scores = dev_scores(net, dev, cfg.net.lookahead_frames)
     metrics_default = evaluate(scores, dev, cfg.decision)

@@ -455,6 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="built negatives folder (NEGATIVES.csv): backgrounds and dev false alarms")
     train.add_argument("--max-minutes", type=float,
                        help="stop cleanly after this wall time; run again to resume")
+    train.add_argument("--stop-at-step", type=int,
+                       help="stop at this step (checked at evaluations) keeping the schedule; resumable")
     train.add_argument("--init", type=Path, help="start from this checkpoint's weights (fine-tuning)")
     train.add_argument("--hard-negatives", type=Path, help="windows mined by `harken mine` (JSON)")
     train.set_defaults(func=cmd_train, command_line=None)
@@ -464,6 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
     mine.add_argument("--negatives", type=Path, required=True, help="built negatives folder")
     mine.add_argument("--out", type=Path, required=True, help="JSON of mined windows")
     mine.add_argument("--cache", type=Path, help="negatives cache folder")
+    mine.add_argument("--threshold", type=float,
+                      help="mining on-threshold for every class (default: 0.8 x the tuned thresholds)")
     mine.set_defaults(func=cmd_mine)
 
     export = sub.add_parser("export", help="write a trained checkpoint as ONNX with its contract")
