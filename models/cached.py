@@ -276,7 +276,7 @@ def train_run(
         cfg.eval.on_thresholds,
         cfg.eval.fa_per_hour_budget,
         cfg.eval.min_duration_scales,
-        cfg.eval.max_min_duration_s,
+        cfg.eval.max_min_duration_s, cfg.eval.max_latency_s,
     )
     metrics_tuned = evaluate(scores, dev, tuned)
     metrics_default["history"] = history

@@ -101,7 +101,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             cfg.eval.on_thresholds,
             cfg.eval.fa_per_hour_budget,
             cfg.eval.min_duration_scales,
-            cfg.eval.max_min_duration_s,
+            cfg.eval.max_min_duration_s, cfg.eval.max_latency_s,
         )
         mt = evaluate(scores, dev, decisions)
         if cfg.live.enabled and negatives is not None:

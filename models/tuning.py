@@ -177,15 +177,20 @@ def tune_decisions(
     fa_budget: float,
     dur_scales: Sequence[float] = (1.0, 2.0, 4.0),
     max_min_duration_s: Mapping[str, float] | None = None,
+    max_latency_s: Mapping[str, float] | None = None,
 ) -> dict[str, DecisionParams]:
     """Per class, the on-threshold, minimum duration and smoothing with the best dev F1 among those
     whose false alarms on dev negatives stay within `fa_budget` per hour; when none does,
-    the best of F1 - 0.002 * FA/h (each false alarm per hour costs a little F1)."""
+    the best of F1 - 0.002 * FA/h (each false alarm per hour costs a little F1). Settings
+    whose median decision latency exceeds the class's bound in `max_latency_s` rank below
+    every setting that keeps it. The threshold grid always reaches 0.97 and 0.99: a model
+    confident on some negatives needs them."""
     tuned = dict(base)
+    grid = sorted(set(on_thresholds) | {0.97, 0.99})
     for ci, c in enumerate(CLASSES):
         single = [s[:, ci : ci + 1] for s in scores]
-        best: tuple[tuple[float, float], DecisionParams] | None = None
-        for on in on_thresholds:
+        best: tuple[tuple[float, ...], DecisionParams] | None = None
+        for on in grid:
             for dur_scale, smooth_scale in itertools.product(dur_scales, (1, 2)):
                 b = base[c]
                 cand = replace(
@@ -200,7 +205,10 @@ def tune_decisions(
                 )
                 m = event_metrics(dev, run_decisions(single, {c: cand}, (c,)), (c,))
                 pc = m["per_class"][c]
+                latency = pc["median_latency_s"]
+                bound = (max_latency_s or {}).get(c)
                 key = (
+                    0.0 if bound is not None and latency is not None and latency > bound else 1.0,
                     # Within budget only counts for settings that find something:
                     # a threshold nothing reaches has no false alarms, and no use.
                     1.0 if pc["fa_per_hour"] <= fa_budget and pc["tp"] > 0 else 0.0,
