@@ -68,6 +68,16 @@ class LiveSceneConfig:
     stream_start_prob: float = 0.08
     overdrive_prob: float = 0.05
     peak_dbfs: tuple[float, float] = (-45.0, -1.0)
+    #: How a scene's level is set. "peak": the whole mix is scaled to a random peak level
+    #: (recipes up to run B; it ties quiet backgrounds to the presence of an event, since an
+    #: event-free scene is scaled up: those networks fired on quiet rooms). "absolute": the
+    #: background gets a random level of its own, events sit at the EBR over it but never
+    #: below `event_min_dbfs` (an alarm in a quiet room is loud), so quiet rooms occur with
+    #: and without events alike.
+    level: str = "peak"
+    bed_rms_dbfs: tuple[float, float] = (-62.0, -15.0)
+    quiet_rms_dbfs: tuple[float, float] = (-80.0, -45.0)
+    event_min_dbfs: tuple[float, float] = (-45.0, -25.0)
     #: Probability that a scene's background carries one mined hard-negative window.
     hard_negative_prob: float = 0.0
 
@@ -112,7 +122,7 @@ class LiveSceneMaker:
         self.mel_centres_hz = edges[1:-1]
 
     # ------------------------------------------------------------------ background
-    def _bed(self, rng: np.random.Generator) -> np.ndarray:
+    def _bed(self, rng: np.random.Generator) -> tuple[np.ndarray, str]:
         n = self.n_samples
         kinds = list(self.cfg.bed)
         probs = np.array([self.cfg.bed[k] for k in kinds], dtype=float)
@@ -120,9 +130,8 @@ class LiveSceneMaker:
         if kind != "quiet" and self.negatives is None:
             kind = "confusers"
         if kind == "quiet":
-            return (synth.background(n / SAMPLE_RATE + 0.1, rng)[:n] * 10 ** (rng.uniform(-60, -35) / 20)).astype(
-                np.float32
-            )
+            quiet = synth.background(n / SAMPLE_RATE + 0.1, rng)[:n] * 10 ** (rng.uniform(-60, -35) / 20)
+            return quiet.astype(np.float32), kind
         parts = []
         if kind in ("negatives", "both"):
             assert self.negatives is not None
@@ -139,12 +148,16 @@ class LiveSceneMaker:
             at = int(rng.integers(0, max(1, n - seg.shape[0])))
             loud = 10 ** (rng.uniform(-6, 10) / 20) * (_active_rms(bed) + 1e-6) / (_active_rms(seg) + 1e-6)
             bed[at : at + seg.shape[0]] += seg * loud
-        return bed
+        return bed, kind
 
     # ------------------------------------------------------------------ scene
     def make(self, rng: np.random.Generator) -> LiveScene:
         cfg, n = self.cfg, self.n_samples
-        bed = self._bed(rng)
+        bed, bed_kind = self._bed(rng)
+        absolute = cfg.level == "absolute"
+        if absolute:
+            rms_range = cfg.quiet_rms_dbfs if bed_kind == "quiet" else cfg.bed_rms_dbfs
+            bed = (bed * 10 ** (rng.uniform(*rms_range) / 20) / (_active_rms(bed) + 1e-9)).astype(np.float32)
         mix = bed.copy()
         events: list[Event] = []
         probs = np.asarray(cfg.events_per_scene, dtype=float)
@@ -162,7 +175,10 @@ class LiveSceneMaker:
             if b - a < int(0.15 * SAMPLE_RATE):
                 continue
             seg = sig[a - at : b - at]
-            gain = (_active_rms(bed[a:b]) + 1e-5) * 10 ** (rng.uniform(*cfg.ebr_db) / 20) / (_active_rms(sig) + 1e-9)
+            level = (_active_rms(bed[a:b]) + 1e-5) * 10 ** (rng.uniform(*cfg.ebr_db) / 20)
+            if absolute:
+                level = max(level, 10 ** (rng.uniform(*cfg.event_min_dbfs) / 20))
+            gain = level / (_active_rms(sig) + 1e-9)
             mix[a:b] += seg * gain
             cls = CLASSES.index(name)
             for s0, s1 in spans:
@@ -175,7 +191,13 @@ class LiveSceneMaker:
             mix += rng.standard_normal(n).astype(np.float32) * (_active_rms(mix) + 1e-6) * 10 ** (noise_db / 20)
         mix_eq = rng.random() < self.scene_cfg.eq_prob
         overdrive = rng.uniform(3, 12) if rng.random() < cfg.overdrive_prob else 0.0
-        mix = augment.set_level(mix, rng.uniform(*cfg.peak_dbfs), overdrive)
+        if not absolute:
+            mix = augment.set_level(mix, rng.uniform(*cfg.peak_dbfs), overdrive)
+        elif overdrive > 0 and np.abs(mix).max() > 0.25:
+            # Only a loud scene overdrives a microphone (clipping), never a quiet room.
+            mix = augment.set_level(mix, 0.0, overdrive)
+        elif np.abs(mix).max() > 0.99:  # a loud scene: the microphone's limiter, not clipping
+            mix = augment.set_level(mix, -0.1)
         if self.codec_ok and rng.random() < cfg.codec_prob:
             mix = augment.random_codec(mix, rng)
         gap: tuple[int, int] | None = None

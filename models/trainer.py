@@ -252,7 +252,7 @@ def live_dev_set(
     manifest = data_dir / "MANIFEST.csv"
     stat = manifest.stat()
     key = D.cache_key(
-        "live-dev-1",
+        "live-dev-2",
         asdict(cfg.eval)["dev_reps"],
         cfg.data.licences,
         str(data_dir.resolve()),
@@ -269,6 +269,7 @@ def live_dev_set(
     dev_bank = D.ClipBank(D.select(clips, "dev", cfg.data.licences))
     dev = D.build_dev(dev_bank, seed=cfg.data.seed + 1, params=params, reps=cfg.eval.dev_reps)
     info: dict[str, Any] = {"dev_bank": dev_bank.summary()}
+    dev += quiet_room_items(params)
     if negatives_dir is not None:
         pool = NegativePool.load(negatives_dir, "dev", cache_dir, cfg.data.licences)
         dev += dev_negative_items(pool, params)
@@ -324,7 +325,8 @@ def train_live_command(
     if args.init:
         saved = torch.load(args.init, map_location="cpu", weights_only=False)
         # best.pt keeps the network under "state"; a run's resumable last.pt under "net".
-        init_state = saved["net"] if "net" in saved else saved["state"]
+        # best-state.pt (the best network while a run goes on) is the state dict itself.
+        init_state = saved.get("net", saved.get("state", saved))
     else:
         # Normalisation statistics (inside the graph) from a sample of training scenes.
         rng = np.random.default_rng(cfg.seed)
@@ -429,5 +431,31 @@ def procedural_alarm_items(
             D.DevItem(f"procedural-alarm:{pattern}:{i}:ebr{ebr:+.0f}", logmel.frames(bed), truth,
                       total / D.SAMPLE_RATE, False, f"procedural-{pattern}")
         )
+    return items
+
+
+def quiet_room_items(params: FeatureParams, minutes: float = 10.0, seed: int = 777) -> list[D.DevItem]:
+    """Negative-only dev streams of quiet rooms: room noise at -75..-45 dBFS, white noise,
+    and both with dropouts to digital zeros. A detector that fires here fires in every
+    quiet nursery at night (and did: run B of the model card)."""
+    from models import synth
+    from service.audio.features import LogMel
+
+    rng = np.random.default_rng(seed)
+    logmel = LogMel(params)
+    items = []
+    n_items = max(1, int(minutes * 60 / 30))
+    for i in range(n_items):
+        n = 30 * D.SAMPLE_RATE
+        if i % 2:
+            audio = rng.standard_normal(n).astype(np.float32)
+        else:
+            audio = synth.background(30.0, rng)[:n].astype(np.float32)
+        audio = audio / (np.sqrt(np.mean(audio**2)) + 1e-12) * 10 ** (rng.uniform(-75, -45) / 20)
+        if i % 3 == 2:
+            for _ in range(3):
+                a = int(rng.integers(0, n - D.SAMPLE_RATE))
+                audio[a : a + int(rng.uniform(0.3, 3.0) * D.SAMPLE_RATE)] = 0.0
+        items.append(D.DevItem(f"quiet-room:{i}", logmel.frames(audio.astype(np.float32)), [], 30.0, True))
     return items
 

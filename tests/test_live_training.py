@@ -256,3 +256,22 @@ def test_mine_without_checkpoint_is_one_clear_error(tmp_path: Path, capsys: pyte
 def test_feature_params_unchanged() -> None:
     # The live recipe keeps the feature contract: old and new models load in the same daemon.
     assert FeatureParams().version == "logmel-v1"
+
+
+def test_absolute_levels_make_quiet_rooms_without_events_too(maker: LiveSceneMaker) -> None:
+    """With `level: absolute` the level of a scene does not tell whether an event is in it
+    (with peak scaling an event-free quiet room was scaled up: quiet meant "event")."""
+    cfg = LiveSceneConfig(enabled=True, events_per_scene=(0.5, 0.5, 0.0, 0.0), level="absolute",
+                          bed={"quiet": 1.0}, codec_prob=0.0, gap_prob=0.0)
+    quiet = LiveSceneMaker(maker.bank, maker.negatives, maker.scene_cfg, cfg,
+                           crop_frames=200, receptive_field=20, lookahead=4)
+    rng = np.random.default_rng(5)
+    floor_with, floor_without = [], []
+    for _ in range(30):
+        scene = quiet.make(rng)
+        # The quietest tenth of the frames: the room, not the event.
+        floor = float(np.percentile(scene.features.mean(axis=1), 10))
+        (floor_with if scene.events else floor_without).append(floor)
+    assert floor_with and floor_without
+    assert abs(np.median(floor_with) - np.median(floor_without)) < 2.0  # natural-log units
+    assert max(floor_without) < LogMel().silence_frame[0] + 8.0  # rooms below about -45 dBFS
