@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.fft
 
 from models import augment, synth
 from models.data import (
@@ -93,6 +94,23 @@ class LiveScene:
     onsets: list[tuple[int, int, int, float]]  # the events whose labelled start is in the crop
 
 
+def steady_noise(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Stationary noise with a random spectral tilt (amplitude ~ f^-a, a in 0..1.2: white,
+    pink, brown) and, half the time, 50/60 Hz mains hum: a fridge, a fan, a quiet
+    microphone's own noise. Unit peak, float32."""
+    n_fft = scipy.fft.next_fast_len(n, real=True)
+    spectrum = scipy.fft.rfft(rng.standard_normal(n_fft))
+    freqs = np.fft.rfftfreq(n_fft, 1 / SAMPLE_RATE)
+    spectrum /= np.maximum(freqs, 20.0) ** rng.uniform(0.0, 1.2)
+    noise = scipy.fft.irfft(spectrum, n_fft)[:n]
+    noise /= np.abs(noise).max() + 1e-9
+    if rng.random() < 0.5:
+        t = np.arange(n) / SAMPLE_RATE
+        mains = rng.choice([50.0, 60.0])
+        noise += rng.uniform(0.02, 0.3) * (np.sin(2 * np.pi * mains * t) + 0.3 * np.sin(4 * np.pi * mains * t))
+    return (noise / (np.abs(noise).max() + 1e-9)).astype(np.float32)
+
+
 class LiveSceneMaker:
     """Random scenes of a fixed crop length; pure numpy, seeded by the caller's generator."""
 
@@ -130,8 +148,10 @@ class LiveSceneMaker:
         if kind != "quiet" and self.negatives is None:
             kind = "confusers"
         if kind == "quiet":
-            quiet = synth.background(n / SAMPLE_RATE + 0.1, rng)[:n] * 10 ** (rng.uniform(-60, -35) / 20)
-            return quiet.astype(np.float32), kind
+            # Half the time a steady room (white to brown noise, maybe hum, nothing else).
+            steady = rng.random() < 0.5
+            quiet = steady_noise(n, rng) if steady else synth.background(n / SAMPLE_RATE + 0.1, rng)[:n]
+            return (quiet * 10 ** (rng.uniform(-60, -35) / 20)).astype(np.float32), kind
         parts = []
         if kind in ("negatives", "both"):
             assert self.negatives is not None
