@@ -16,6 +16,7 @@ from models.config import CLASSES
 from models.net import CompactTCN, FreqConvTCN
 from service.audio.features import FeatureParams, LogMel
 from service.decision import DecisionParams, EventEnded, decide
+from service.detector import gate_dropouts, silent_frames
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,8 @@ def dev_scores(
     net: CompactTCN | FreqConvTCN, dev: Sequence[D.DevItem], lookahead: int
 ) -> list[np.ndarray]:
     """Frame scores (T, C) of every dev item, padded exactly as service.detector does."""
-    silence = LogMel(FeatureParams()).silence_frame
+    params = FeatureParams()
+    silence = LogMel(params).silence_frame
     context = net.receptive_field - lookahead
     net.eval()
     out = []
@@ -36,7 +38,12 @@ def dev_scores(
             x = np.concatenate(
                 [np.repeat(feats[:1], context, axis=0), feats, np.tile(silence, (lookahead, 1))]
             )
-            out.append(torch.sigmoid(net(torch.from_numpy(x)[None]))[0].numpy())
+            scores = torch.sigmoid(net(torch.from_numpy(x)[None]))[0].numpy()
+            # The daemon's dropout gate (service.detector), so tuning sees what it decides on.
+            silent = np.concatenate(
+                [np.zeros(context, bool), silent_frames(feats, silence), np.zeros(lookahead, bool)]
+            )
+            out.append(gate_dropouts(scores, silent, context, lookahead))
     return out
 
 

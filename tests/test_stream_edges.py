@@ -91,3 +91,45 @@ def test_stream_start_scores_equal_a_steady_past(detector: Detector) -> None:
     longer = detector.scores(np.concatenate([np.repeat(feats[:1], 40, axis=0), feats]))[40:]
     np.testing.assert_allclose(alone, longer, atol=1e-5)
     assert context > 0
+
+
+def test_dropout_gate_streams_like_one_pass(detector: Detector) -> None:
+    """The gate is part of scoring: any chunk size gives the batch result, dropouts included."""
+    audio = with_gaps(room_noise(12.0, -40.0, seed=4), [(0.0, 1.0), (3.0, 3.4), (7.0, 9.5)])
+    feats = LogMel(detector.contract.features).frames(audio)
+    whole = detector.scores(feats)
+    for chunk in (1, 7, 64, 333):
+        scorer = detector.stream()
+        parts = [scorer.push(feats[i : i + chunk]) for i in range(0, feats.shape[0], chunk)]
+        parts.append(scorer.flush())
+        np.testing.assert_allclose(np.concatenate(parts), whole, atol=1e-5)
+
+
+def test_dropout_gate_zeroes_what_sees_silence_and_nothing_else(detector: Detector) -> None:
+    from service.detector import gate_dropouts, silent_frames
+
+    c = detector.contract
+    frames = LogMel(c.features).frames(with_gaps(white_noise(6.0, -30.0), [(3.0, 3.1)]))
+    silent = silent_frames(frames, detector.silence_frame)
+    assert silent.any() and not silent[:140].any()
+    scores = np.ones((frames.shape[0], 3), np.float32)
+    flags = np.concatenate([np.zeros(c.context_frames, bool), silent, np.zeros(c.lookahead_frames, bool)])
+    gated = gate_dropouts(scores, flags, c.context_frames, c.lookahead_frames)
+    first, last = np.flatnonzero(silent)[[0, -1]]
+    zeroed = np.flatnonzero(gated[:, 0] == 0)
+    # Exactly the outputs whose receptive field [k - context, k + lookahead] meets the gap.
+    assert zeroed[0] == first - c.lookahead_frames and zeroed[-1] == last + c.context_frames
+    assert (gated[: zeroed[0]] == 1).all() and (gated[zeroed[-1] + 1 :] == 1).all()
+
+
+def test_an_alarm_after_a_dropout_is_still_reported(write_wav: Callable[..., Path],
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.conftest import t3_scene
+
+    audio = t3_scene(seconds=20.0, alarm_at_s=6.0)
+    audio[int(3.0 * SR) : int(5.5 * SR)] = 0.0  # the stream stalls, then the alarm starts
+    path = write_wav(audio, "dropout_then_alarm.wav")
+    assert main(["detect", "--json", str(path)]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    alarms = [e for e in events if e["class"] == "smoke_alarm"]
+    assert alarms and 5.5 <= alarms[0]["start_s"] <= 9.0
