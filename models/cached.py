@@ -19,7 +19,7 @@ from models import data as D
 from models.config import CLASSES, TrainConfig, build_net
 from models.losses import EventAwareLoss, EventSpan
 from models.tuning import dev_scores, evaluate, selection_f1, tune_decisions
-from service.audio.features import FeatureParams, LogMel
+from service.audio.features import FeatureParams
 from service.decision import DecisionParams
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,6 @@ def prepare_data(
     )
     folder = cache_dir / key
     train_file, dev_file, info_file = folder / "train.npz", folder / "dev.npz", folder / "info.json"
-    silence = LogMel(params).silence_frame
     if train_file.is_file() and dev_file.is_file() and info_file.is_file():
         log.info("using cached scenes in %s", folder)
         z = np.load(train_file)
@@ -127,10 +126,9 @@ def prepare_data(
             )
         )
     context = receptive_field - lookahead
-    n = feats.shape[0]
     # A stream starts with its first frame repeated (service.detector pads the same way).
     pad_before = np.repeat(feats[:, :1], context, axis=1)
-    pad_after = np.broadcast_to(silence.astype(np.float16), (n, lookahead, feats.shape[2]))
+    pad_after = np.repeat(feats[:, -1:], lookahead, axis=1)  # ... and ends with its last
     padded = np.concatenate([pad_before, feats, pad_after], axis=1)
     return TrainArrays(padded, target, weight, events), dev, info
 

@@ -23,6 +23,7 @@ import torch
 from models.negatives import SAMPLE_RATE, NegativePool
 from service.audio.features import FeatureParams, LogMel
 from service.decision import DecisionParams, decide
+from service.detector import pad_stream
 
 #: Mining thresholds are the tuned ones times this: near misses count as hard negatives.
 THRESHOLD_SCALE = 0.8
@@ -44,7 +45,6 @@ def mine(
     mining thresholds) and the mined windows `[start_sample, n_samples]` in the pool."""
     params = FeatureParams()
     logmel = LogMel(params)
-    silence = logmel.silence_frame
     context = net.receptive_field - lookahead  # type: ignore[operator]
     def loosen(p: DecisionParams) -> DecisionParams:
         on = mining_threshold if mining_threshold is not None else p.on_threshold * THRESHOLD_SCALE
@@ -64,7 +64,7 @@ def mine(
             feats = logmel.frames(audio)
             if feats.shape[0] == 0:
                 continue
-            x = np.concatenate([np.repeat(feats[:1], context, axis=0), feats, np.tile(silence, (lookahead, 1))])
+            x = pad_stream(feats, context, lookahead)
             scores = torch.sigmoid(net(torch.from_numpy(x)[None]))[0].numpy()
             hop, t0 = params.hop_s, float(params.frame_center_s(0))
             for event in decide(scores, class_names, decisions, hop, t0):

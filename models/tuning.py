@@ -16,7 +16,7 @@ from models.config import CLASSES
 from models.net import CompactTCN, FreqConvTCN
 from service.audio.features import FeatureParams, LogMel
 from service.decision import DecisionParams, EventEnded, decide
-from service.detector import gate_dropouts, silent_frames
+from service.detector import gate_dropouts, pad_stream, silent_frames
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +35,7 @@ def dev_scores(
     with torch.no_grad():
         for item in dev:
             feats = item.features.astype(np.float32)
-            x = np.concatenate(
-                [np.repeat(feats[:1], context, axis=0), feats, np.tile(silence, (lookahead, 1))]
-            )
+            x = pad_stream(feats, context, lookahead)
             scores = torch.sigmoid(net(torch.from_numpy(x)[None]))[0].numpy()
             # The daemon's dropout gate (service.detector), so tuning sees what it decides on.
             silent = np.concatenate(

@@ -2,10 +2,10 @@
 
 The network takes (1, frames, n_mels) and returns (1, frames - receptive_field, classes)
 with no internal padding. Output frame j belongs to input frame j + context. A stream's
-first frame is repeated `context` times before it (the network sees a steady past, not
-an edge from digital silence that no microphone produces: such an edge looked like a
-glass break at every stream start), and `lookahead` frames of the silence floor follow
-the last frame at the end, so streaming in any chunk size equals one batch pass.
+first frame is repeated `context` times before it and its last frame `lookahead` times
+after it (`pad_stream`: the network sees a steady past and future, not an edge from
+digital silence that no microphone produces: such edges looked like glass breaks at every
+start and end of a stream), so streaming in any chunk size equals one batch pass.
 """
 
 from __future__ import annotations
@@ -35,6 +35,16 @@ BATCH_TOLERANCE = 1e-4
 #: A frame whose every band is within this of the log floor is digital silence (zeros or
 #: dither-level samples, below about -95 dBFS): no microphone in a room produces it.
 SILENT_FRAME_MARGIN = 0.5
+
+
+def pad_stream(frames: np.ndarray, context: int, lookahead: int) -> np.ndarray:
+    """A whole stream's frames as the network scores them: the first frame repeated
+    `context` times before, the last frame repeated `lookahead` times after. A stream is
+    steady before it starts and after it ends: padding with digital silence instead put an
+    edge at both ends that looked like a glass break at every start and end of a stream."""
+    return np.concatenate(
+        [np.repeat(frames[:1], context, axis=0), frames, np.repeat(frames[-1:], lookahead, axis=0)]
+    )
 
 
 def silent_frames(frames: np.ndarray, silence_frame: np.ndarray) -> np.ndarray:
@@ -217,13 +227,7 @@ class Detector:
         c = self.contract
         if frames.shape[0] == 0:
             return np.zeros((0, len(c.class_names)), dtype=np.float32)
-        padded = np.concatenate(
-            [
-                np.repeat(frames[:1], c.context_frames, axis=0),
-                frames,
-                np.tile(self.silence_frame, (c.lookahead_frames, 1)),
-            ]
-        )
+        padded = pad_stream(frames, c.context_frames, c.lookahead_frames)
         silent = np.concatenate([
             np.zeros(c.context_frames, bool),  # padding is never digital silence
             silent_frames(frames, self.silence_frame),
@@ -279,7 +283,8 @@ class StreamingScorer:
         c = self._detector.contract
         if self._history is None:  # nothing was ever pushed: nothing to score
             return np.zeros((0, len(c.class_names)), dtype=np.float32)
-        return push_many([(self, np.tile(self._detector.silence_frame, (c.lookahead_frames, 1)))], padding=True)[0]
+        last = self._history[-1:]  # the stream's last frame: it is steady after its end
+        return push_many([(self, np.repeat(last, c.lookahead_frames, axis=0))], padding=True)[0]
 
 
 def push_many(

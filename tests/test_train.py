@@ -162,13 +162,12 @@ def test_exported_model_carries_contract_and_matches_torch(trained: dict[str, Pa
     rng = np.random.default_rng(1)
     audio = (0.1 * synth.background(5.0, rng)).astype(np.float32)
     frames = LogMel(contract.features).frames(audio)
-    silence = detector.silence_frame
     # A stream starts with its first frame repeated (service/detector.py).
     padded = np.concatenate(
         [
             np.repeat(frames[:1], contract.context_frames, axis=0),
             frames,
-            np.tile(silence, (contract.lookahead_frames, 1)),
+            np.repeat(frames[-1:], contract.lookahead_frames, axis=0),
         ]
     )
     with torch.no_grad():
