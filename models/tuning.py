@@ -14,9 +14,9 @@ import torch
 from models import data as D
 from models.config import CLASSES
 from models.net import CompactTCN, FreqConvTCN
-from service.audio.features import FeatureParams, LogMel
+from service.audio.features import FeatureParams
 from service.decision import DecisionParams, EventEnded, decide
-from service.detector import gate_dropouts, pad_stream, silent_frames
+from service.detector import pad_stream
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +27,6 @@ def dev_scores(
     net: CompactTCN | FreqConvTCN, dev: Sequence[D.DevItem], lookahead: int
 ) -> list[np.ndarray]:
     """Frame scores (T, C) of every dev item, padded exactly as service.detector does."""
-    params = FeatureParams()
-    silence = LogMel(params).silence_frame
     context = net.receptive_field - lookahead
     net.eval()
     out = []
@@ -36,12 +34,7 @@ def dev_scores(
         for item in dev:
             feats = item.features.astype(np.float32)
             x = pad_stream(feats, context, lookahead)
-            scores = torch.sigmoid(net(torch.from_numpy(x)[None]))[0].numpy()
-            # The daemon's dropout gate (service.detector), so tuning sees what it decides on.
-            silent = np.concatenate(
-                [np.zeros(context, bool), silent_frames(feats, silence), np.zeros(lookahead, bool)]
-            )
-            out.append(gate_dropouts(scores, silent, context, lookahead))
+            out.append(torch.sigmoid(net(torch.from_numpy(x)[None]))[0].numpy())
     return out
 
 

@@ -32,11 +32,6 @@ BatchMode = Literal["batch", "concat", "sequential"]
 #: Largest score difference between one window alone and the same window inside a batch
 #: that still counts as the same result (float summation order differs a little).
 BATCH_TOLERANCE = 1e-4
-#: A frame whose every band is within this of the log floor is digital silence (zeros or
-#: dither-level samples, below about -95 dBFS): no microphone in a room produces it.
-SILENT_FRAME_MARGIN = 0.5
-
-
 def pad_stream(frames: np.ndarray, context: int, lookahead: int) -> np.ndarray:
     """A whole stream's frames as the network scores them: the first frame repeated
     `context` times before, the last frame repeated `lookahead` times after. A stream is
@@ -45,36 +40,6 @@ def pad_stream(frames: np.ndarray, context: int, lookahead: int) -> np.ndarray:
     return np.concatenate(
         [np.repeat(frames[:1], context, axis=0), frames, np.repeat(frames[-1:], lookahead, axis=0)]
     )
-
-
-def silent_frames(frames: np.ndarray, silence_frame: np.ndarray) -> np.ndarray:
-    """(T, n_mels) log-mel -> (T,) bool: frames of digital silence."""
-    if frames.shape[0] == 0:
-        return np.zeros(0, dtype=bool)
-    return np.asarray(frames.max(axis=1) < float(silence_frame.max()) + SILENT_FRAME_MARGIN)
-
-
-def gate_dropouts(scores: np.ndarray, silent: np.ndarray, context: int, lookahead: int) -> np.ndarray:
-    """Zero the scores of every output whose receptive field touches digital silence.
-
-    A dropout (a camera stream that stalls, a muted microphone) ends with an edge from
-    nothing to sound that looks like an onset; no network output that sees digital
-    silence is trusted, so an event that starts right after a dropout is decided up to
-    the network's context (about a second) later. `silent` flags the scored window's
-    frames (padding counts as not silent); output k belongs to window frame k + context
-    and sees frames [k, k + context + lookahead].
-    """
-    hold = context
-    if scores.shape[0] == 0 or not silent.any():
-        return scores
-    # Prefix sums count silent frames in each output's span in O(T).
-    counts = np.concatenate([[0], np.cumsum(silent)])
-    pos = np.arange(scores.shape[0]) + context
-    lo = np.clip(pos - hold, 0, silent.shape[0])
-    hi = np.clip(pos + lookahead + 1, 0, silent.shape[0])
-    gated = scores.copy()
-    gated[counts[hi] - counts[lo] > 0] = 0.0
-    return gated
 
 
 def bundled_model_path() -> Path:
@@ -227,13 +192,7 @@ class Detector:
         c = self.contract
         if frames.shape[0] == 0:
             return np.zeros((0, len(c.class_names)), dtype=np.float32)
-        padded = pad_stream(frames, c.context_frames, c.lookahead_frames)
-        silent = np.concatenate([
-            np.zeros(c.context_frames, bool),  # padding is never digital silence
-            silent_frames(frames, self.silence_frame),
-            np.zeros(c.lookahead_frames, bool),
-        ])
-        return gate_dropouts(self.raw_scores(padded), silent, c.context_frames, c.lookahead_frames)
+        return self.raw_scores(pad_stream(frames, c.context_frames, c.lookahead_frames))
 
     def stream(self) -> StreamingScorer:
         return StreamingScorer(self)
@@ -247,7 +206,6 @@ class StreamingScorer:
         c = detector.contract
         #: Filled with copies of the stream's first frame once it arrives.
         self._history: np.ndarray | None = None
-        self._silent = np.zeros(0, dtype=bool)  # digital-silence flags of `_history`
         self._context = c.context_frames
         self._n_mels = c.features.n_mels
         self._receptive_field = c.receptive_field_frames
@@ -255,13 +213,6 @@ class StreamingScorer:
     def push(self, frames: np.ndarray) -> np.ndarray:
         """Feed frames (T, n_mels); return scores (k, C) of every frame now complete."""
         return push_many([(self, frames)])[0]
-
-    def _window_flags(self, frames: np.ndarray, padding: bool) -> np.ndarray:
-        """Digital-silence flags of `_window(frames)` (padding frames are never silent)."""
-        new = np.zeros(frames.shape[0], bool) if padding else silent_frames(frames, self._detector.silence_frame)
-        if self._history is None:
-            return np.concatenate([np.zeros(self._context if frames.shape[0] else 0, bool), new])
-        return np.concatenate([self._silent, new])
 
     def _window(self, frames: np.ndarray) -> np.ndarray:
         """History + new frames: the window to score (no state change)."""
@@ -271,10 +222,9 @@ class StreamingScorer:
             return np.concatenate([np.repeat(frames[:1], self._context, axis=0), frames])
         return np.concatenate([self._history, frames]) if frames.shape[0] else self._history
 
-    def _advance(self, window: np.ndarray, silent: np.ndarray) -> None:
+    def _advance(self, window: np.ndarray) -> None:
         if not window.shape[0]:
             return
-        self._silent = silent[silent.shape[0] - min(window.shape[0], self._receptive_field) :]
         keep = min(window.shape[0], self._receptive_field)
         self._history = window[window.shape[0] - keep :]
 
@@ -284,16 +234,13 @@ class StreamingScorer:
         if self._history is None:  # nothing was ever pushed: nothing to score
             return np.zeros((0, len(c.class_names)), dtype=np.float32)
         last = self._history[-1:]  # the stream's last frame: it is steady after its end
-        return push_many([(self, np.repeat(last, c.lookahead_frames, axis=0))], padding=True)[0]
+        return self.push(np.repeat(last, c.lookahead_frames, axis=0))
 
 
-def push_many(
-    items: Sequence[tuple[StreamingScorer, np.ndarray]], padding: bool = False
-) -> list[np.ndarray]:
+def push_many(items: Sequence[tuple[StreamingScorer, np.ndarray]]) -> list[np.ndarray]:
     """`StreamingScorer.push` for several streams of one detector, batched into one model call.
 
-    Either every scorer advances or, when the model call raises, none does. `padding`:
-    the frames are the end-of-stream padding (never digital silence for the dropout gate).
+    Either every scorer advances or, when the model call raises, none does.
     """
     if not items:
         return []
@@ -301,14 +248,12 @@ def push_many(
     if any(scorer._detector is not detector for scorer, _ in items):
         raise ValueError("push_many: all scorers must share one detector")
     windows = [scorer._window(frames) for scorer, frames in items]
-    flags = [scorer._window_flags(frames, padding) for scorer, frames in items]
     rf = detector.contract.receptive_field_frames
     ready = [i for i, w in enumerate(windows) if w.shape[0] > rf]
     scored = detector.raw_scores_many([windows[i] for i in ready])
     results = [np.zeros((0, len(detector.class_names)), dtype=np.float32) for _ in items]
-    c = detector.contract
     for i, scores in zip(ready, scored, strict=True):
-        results[i] = gate_dropouts(scores, flags[i], c.context_frames, c.lookahead_frames)
-    for (scorer, _), window, silent in zip(items, windows, flags, strict=True):
-        scorer._advance(window, silent)
+        results[i] = scores
+    for (scorer, _), window in zip(items, windows, strict=True):
+        scorer._advance(window)
     return results

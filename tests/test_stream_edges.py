@@ -97,8 +97,8 @@ def test_stream_start_scores_equal_a_steady_past(detector: Detector) -> None:
     assert context > 0
 
 
-def test_dropout_gate_streams_like_one_pass(detector: Detector) -> None:
-    """The gate is part of scoring: any chunk size gives the batch result, dropouts included."""
+def test_dropouts_stream_like_one_pass(detector: Detector) -> None:
+    """Any chunk size gives the batch result, dropouts and the steady start and end included."""
     audio = with_gaps(room_noise(12.0, -40.0, seed=4), [(0.0, 1.0), (3.0, 3.4), (7.0, 9.5)])
     feats = LogMel(detector.contract.features).frames(audio)
     whole = detector.scores(feats)
@@ -107,23 +107,6 @@ def test_dropout_gate_streams_like_one_pass(detector: Detector) -> None:
         parts = [scorer.push(feats[i : i + chunk]) for i in range(0, feats.shape[0], chunk)]
         parts.append(scorer.flush())
         np.testing.assert_allclose(np.concatenate(parts), whole, atol=1e-5)
-
-
-def test_dropout_gate_zeroes_what_sees_silence_and_nothing_else(detector: Detector) -> None:
-    from service.detector import gate_dropouts, silent_frames
-
-    c = detector.contract
-    frames = LogMel(c.features).frames(with_gaps(white_noise(6.0, -30.0), [(3.0, 3.1)]))
-    silent = silent_frames(frames, detector.silence_frame)
-    assert silent.any() and not silent[:140].any()
-    scores = np.ones((frames.shape[0], 3), np.float32)
-    flags = np.concatenate([np.zeros(c.context_frames, bool), silent, np.zeros(c.lookahead_frames, bool)])
-    gated = gate_dropouts(scores, flags, c.context_frames, c.lookahead_frames)
-    first, last = np.flatnonzero(silent)[[0, -1]]
-    zeroed = np.flatnonzero(gated[:, 0] == 0)
-    # Exactly the outputs whose receptive field [k - context, k + lookahead] meets the gap.
-    assert zeroed[0] == first - c.lookahead_frames and zeroed[-1] == last + c.context_frames
-    assert (gated[: zeroed[0]] == 1).all() and (gated[zeroed[-1] + 1 :] == 1).all()
 
 
 def test_an_alarm_after_a_dropout_is_still_reported(write_wav: Callable[..., Path],
