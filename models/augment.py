@@ -115,13 +115,9 @@ def mel_eq(
     log-mel frames (T, n_mels): a smooth gain is a per-band factor on mel power, so this is
     what `models.data.random_eq` does to the audio, for a fraction of the cost. The log
     floor is respected (a quiet band cannot fall below digital silence)."""
+    from models.data import random_eq_curve_db
     from service.audio.features import LOG_FLOOR
 
-    anchors_hz = np.array([50, 150, 400, 1000, 2500, 5000, 8000], dtype=float)
-    gains_db = rng.uniform(-6, 6, anchors_hz.size)
-    curve_db = np.interp(np.log(np.maximum(mel_centres_hz, 20.0)), np.log(anchors_hz), gains_db)
-    if rng.random() < phone_prob:
-        lo, hi = rng.uniform(200, 400), rng.uniform(3000, 4000)
-        curve_db = curve_db - 40.0 * ((mel_centres_hz < lo) | (mel_centres_hz > hi))
+    curve_db = random_eq_curve_db(mel_centres_hz, rng, phone_prob)
     power = np.maximum(np.exp(features.astype(np.float64)) - LOG_FLOOR, 0.0)
     return np.log(power * 10 ** (curve_db / 10) + LOG_FLOOR).astype(np.float32)

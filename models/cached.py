@@ -18,7 +18,7 @@ from tqdm import tqdm
 from models import data as D
 from models.config import CLASSES, TrainConfig, build_net
 from models.losses import EventAwareLoss, EventSpan
-from models.tuning import dev_scores, evaluate, selection_f1, tune_decisions
+from models.tuning import dev_scores, evaluate, selection_f1, tune_for_recipe
 from service.audio.features import FeatureParams
 from service.decision import DecisionParams
 
@@ -267,15 +267,7 @@ def train_run(
     net.load_state_dict(best_state)
     scores = dev_scores(net, dev, lookahead)
     metrics_default = evaluate(scores, dev, cfg.decision)
-    tuned = tune_decisions(
-        scores,
-        dev,
-        cfg.decision,
-        cfg.eval.on_thresholds,
-        cfg.eval.fa_per_hour_budget,
-        cfg.eval.min_duration_scales,
-        cfg.eval.max_min_duration_s, cfg.eval.max_latency_s,
-    )
+    tuned = tune_for_recipe(scores, dev, cfg)
     metrics_tuned = evaluate(scores, dev, tuned)
     metrics_default["history"] = history
     return RunResult(

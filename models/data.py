@@ -227,13 +227,20 @@ def random_eq(audio: np.ndarray, rng: np.random.Generator, phone_prob: float = 0
     n_fft = scipy.fft.next_fast_len(n, real=True)
     spectrum = scipy.fft.rfft(audio, n_fft)
     freqs = np.fft.rfftfreq(n_fft, 1 / SAMPLE_RATE)
+    curve_db = random_eq_curve_db(freqs, rng, phone_prob)
+    return scipy.fft.irfft(spectrum * 10 ** (curve_db / 20), n_fft)[:n].astype(np.float32)
+
+
+def random_eq_curve_db(freqs_hz: np.ndarray, rng: np.random.Generator, phone_prob: float) -> np.ndarray:
+    """A random smooth microphone response (+-6 dB at 7 anchors, log-frequency
+    interpolation) at `freqs_hz`, or sometimes a phone band (300-3400 Hz, -40 dB outside)."""
     anchors_hz = np.array([50, 150, 400, 1000, 2500, 5000, 8000], dtype=float)
     gains_db = rng.uniform(-6, 6, anchors_hz.size)
-    curve_db = np.interp(np.log(np.maximum(freqs, 20.0)), np.log(anchors_hz), gains_db)
+    curve_db = np.interp(np.log(np.maximum(freqs_hz, 20.0)), np.log(anchors_hz), gains_db)
     if rng.random() < phone_prob:
         lo, hi = rng.uniform(200, 400), rng.uniform(3000, 4000)
-        curve_db = curve_db - 40.0 * ((freqs < lo) | (freqs > hi))
-    return scipy.fft.irfft(spectrum * 10 ** (curve_db / 20), n_fft)[:n].astype(np.float32)
+        curve_db = curve_db - 40.0 * ((freqs_hz < lo) | (freqs_hz > hi))
+    return curve_db
 
 
 def _rms(x: np.ndarray) -> float:

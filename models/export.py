@@ -70,7 +70,7 @@ def export_onnx(
 def cmd_export(args: argparse.Namespace) -> int:
     """`harken export`: a checkpoint (optionally re-tuned on dev) to ONNX with its contract."""
     from models.cached import prepare_data
-    from models.tuning import dev_scores, evaluate, tune_decisions
+    from models.tuning import dev_scores, evaluate, tune_for_recipe
 
     ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
     cfg = config_from_dict({k: v for k, v in ckpt["config"].items()}, str(args.checkpoint))
@@ -94,15 +94,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         else:
             _, dev, _ = prepare_data(cfg, Path(args.data), cache, net.receptive_field, cfg.net.lookahead_frames)
         scores = dev_scores(net, dev, cfg.net.lookahead_frames)
-        decisions = tune_decisions(
-            scores,
-            dev,
-            cfg.decision,
-            cfg.eval.on_thresholds,
-            cfg.eval.fa_per_hour_budget,
-            cfg.eval.min_duration_scales,
-            cfg.eval.max_min_duration_s, cfg.eval.max_latency_s,
-        )
+        decisions = tune_for_recipe(scores, dev, cfg)
         mt = evaluate(scores, dev, decisions)
         if cfg.live.enabled and negatives is not None:
             # Dev holds 3 real alarm recordings: procedural alarms in dev negatives get a

@@ -29,7 +29,7 @@ from models.cached import RunResult
 from models.config import CLASSES, TrainConfig, build_net
 from models.live_scenes import LiveScene, LiveSceneMaker
 from models.losses import EventAwareLoss, EventSpan
-from models.tuning import dev_scores, evaluate, selection_f1, tune_decisions
+from models.tuning import dev_scores, evaluate, selection_f1, tune_for_recipe
 from service.audio.features import FeatureParams
 
 log = logging.getLogger(__name__)
@@ -363,10 +363,7 @@ def train_live_command(
     )
     scores = dev_scores(net, dev, cfg.net.lookahead_frames)
     metrics_default = evaluate(scores, dev, cfg.decision)
-    tuned = tune_decisions(
-        scores, dev, cfg.decision, cfg.eval.on_thresholds, cfg.eval.fa_per_hour_budget,
-        cfg.eval.min_duration_scales, cfg.eval.max_min_duration_s, cfg.eval.max_latency_s,
-    )
+    tuned = tune_for_recipe(scores, dev, cfg)
     metrics_tuned = evaluate(scores, dev, tuned)
     metrics_default["history"] = summary["history"]
     result = RunResult(

@@ -220,3 +220,15 @@ def tune_decisions(
 
 
 # --------------------------------------------------------------------------- training
+
+
+def tune_for_recipe(
+    scores: Sequence[np.ndarray], dev: Sequence[D.DevItem], cfg: Any
+) -> dict[str, DecisionParams]:
+    """`tune_decisions` with a training recipe's `eval:` settings (a `models.config.TrainConfig`)."""
+    e = cfg.eval
+    return tune_decisions(
+        scores, dev, cfg.decision, e.on_thresholds, e.fa_per_hour_budget,
+        e.min_duration_scales, e.max_min_duration_s, e.max_latency_s,
+    )
+
