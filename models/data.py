@@ -408,7 +408,7 @@ class SceneMaker:
         self.logmel = LogMel(self.params)
         self.rirs = simulated_rirs(cfg.n_rirs, cfg.seed) if cfg.reverb_prob > 0 else []
 
-    def _pick_event(
+    def pick_event(
         self, class_name: str, rng: np.random.Generator
     ) -> tuple[np.ndarray, list[tuple[float, float]], bool]:
         real = self.bank.targets[class_name]
@@ -432,7 +432,7 @@ class SceneMaker:
                 return audio[first : first + int(length_s * SAMPLE_RATE)], cut, weak
         return audio, spans, weak
 
-    def _augment_event(self, sig: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def augment_event(self, sig: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         if self.rirs and rng.random() < self.cfg.reverb_prob:
             rir = self.rirs[int(rng.integers(len(self.rirs)))]
             wet = scipy.signal.fftconvolve(sig, rir)[: sig.shape[0] + rir.shape[0] // 4]
@@ -463,8 +463,8 @@ class SceneMaker:
         mix = bed.copy()
         for _ in range(n_events):
             name = names[int(rng.choice(len(names), p=probs / probs.sum()))]
-            sig, spans, weak = self._pick_event(name, rng)
-            sig = self._augment_event(sig, rng)
+            sig, spans, weak = self.pick_event(name, rng)
+            sig = self.augment_event(sig, rng)
             # Time shift: anywhere, allowing the event to run past the scene's end.
             at = int(rng.uniform(-0.3, 0.9) * max(n - min(sig.shape[0], n // 2), 1))
             at = max(at, -sig.shape[0] // 3)

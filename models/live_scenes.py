@@ -186,8 +186,8 @@ class LiveSceneMaker:
         class_p = np.array([self.scene_cfg.class_mix[c] for c in names], dtype=float)
         for _ in range(n_events):
             name = names[int(rng.choice(len(names), p=class_p / class_p.sum()))]
-            sig, spans, weak = self.maker._pick_event(name, rng)
-            sig = self.maker._augment_event(sig, rng)
+            sig, spans, weak = self.maker.pick_event(name, rng)
+            sig = self.maker.augment_event(sig, rng)
             # Onsets anywhere in the crop (and some before it: events already going on).
             at = int(rng.uniform(-0.25, 0.95) * n)
             at = max(at, -sig.shape[0] // 2)

@@ -22,8 +22,6 @@ import soundfile as sf
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
-KINDS = ("confuser_speech", "confuser_music", "confuser_effects", "confuser_ambience")
-
 
 @dataclass(frozen=True)
 class NegativeChunk:
@@ -119,7 +117,3 @@ class NegativePool:
         """A random stretch of `n_samples` (crossing chunk borders is fine: streams do), float32."""
         start = int(rng.integers(0, max(1, self.audio.shape[0] - n_samples)))
         return np.asarray(self.audio[start : start + n_samples], dtype=np.float32) / 32768.0
-
-    def chunk_audio(self, index: int) -> np.ndarray:
-        c = self.chunks[index]
-        return np.asarray(self.audio[c.start : c.start + c.length], dtype=np.float32) / 32768.0

@@ -196,7 +196,7 @@ def train_live(
 
 
 def dev_negative_items(
-    pool: Any, params: Any, stream_s: float = 600.0, max_hours: float | None = None
+    pool: Any, params: Any, stream_s: float = 600.0
 ) -> list[D.DevItem]:
     """The dev negatives as 10-minute streams (negative-only dev items, for false alarms per hour)."""
     from service.audio.features import LogMel
@@ -204,8 +204,6 @@ def dev_negative_items(
     logmel = LogMel(params)
     n = int(stream_s * D.SAMPLE_RATE)
     total = pool.audio.shape[0]
-    if max_hours is not None:
-        total = min(total, int(max_hours * 3600 * D.SAMPLE_RATE))
     items = []
     for i, start in enumerate(range(0, total, n)):
         audio = np.asarray(pool.audio[start : min(start + n, total)], dtype=np.float32) / 32768.0
