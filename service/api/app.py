@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,7 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.deps import ApiContext
 from service.api.feedback import FeedbackKeeper
-from service.api.limits import BodyLimit, RateLimit
+from service.api.limits import BodyLimit, RateLimit, send_json
 from service.api.live import LiveHub
 from service.api.routers import classes, dashboard, events, health, live, metrics, status
 from service.api.schemas import ErrorOut
@@ -159,18 +158,7 @@ async def _refuse(scope: Scope, send: Send, status: int, detail: str) -> None:
         # Closing before accepting makes the server answer the handshake with 403.
         await send({"type": "websocket.close", "code": 1008, "reason": "not allowed"})
         return
-    body = json.dumps({"detail": detail}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    await send_json(send, status, detail)
 
 
 def _describe(error: dict[str, Any]) -> tuple[str, str]:
