@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -32,9 +33,21 @@ THRESHOLD_SCALE = 0.8
 PRE_S, MIN_WINDOW_S, MAX_WINDOW_S = 1.0, 3.0, 6.0
 
 
+def torch_scorer(net: torch.nn.Module, lookahead: int) -> Callable[[np.ndarray], np.ndarray]:
+    """Frame scores of a training network, padded exactly as the daemon pads a stream."""
+    context = net.receptive_field - lookahead  # type: ignore[operator]
+    net.eval()
+
+    def score(feats: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            x = pad_stream(feats, context, lookahead)
+            return torch.sigmoid(net(torch.from_numpy(x)[None]))[0].numpy()
+
+    return score
+
+
 def mine(
-    net: torch.nn.Module,
-    lookahead: int,
+    score: Callable[[np.ndarray], np.ndarray],
     pool: NegativePool,
     decisions: dict[str, DecisionParams],
     class_names: tuple[str, ...],
@@ -45,7 +58,7 @@ def mine(
     mining thresholds) and the mined windows `[start_sample, n_samples]` in the pool."""
     params = FeatureParams()
     logmel = LogMel(params)
-    context = net.receptive_field - lookahead  # type: ignore[operator]
+
     def loosen(p: DecisionParams) -> DecisionParams:
         on = mining_threshold if mining_threshold is not None else p.on_threshold * THRESHOLD_SCALE
         return replace(p, on_threshold=on, off_threshold=min(p.off_threshold, on))
@@ -57,25 +70,22 @@ def mine(
     loose_counts: Counter[str] = Counter()
     by_kind: Counter[str] = Counter()
     starts = np.array([c.start for c in pool.chunks])
-    net.eval()
-    with torch.no_grad():
-        for start in range(0, pool.audio.shape[0], n):
-            audio = np.asarray(pool.audio[start : start + n], dtype=np.float32) / 32768.0
-            feats = logmel.frames(audio)
-            if feats.shape[0] == 0:
-                continue
-            x = pad_stream(feats, context, lookahead)
-            scores = torch.sigmoid(net(torch.from_numpy(x)[None]))[0].numpy()
-            hop, t0 = params.hop_s, float(params.frame_center_s(0))
-            for event in decide(scores, class_names, decisions, hop, t0):
-                strict_counts[event.class_name] += 1
-            for event in decide(scores, class_names, loose, hop, t0):
-                loose_counts[event.class_name] += 1
-                a = start + max(0, int((event.start_s - PRE_S) * SAMPLE_RATE))
-                length = int(min(max(event.end_s - event.start_s + PRE_S, MIN_WINDOW_S), MAX_WINDOW_S) * SAMPLE_RATE)
-                windows.append([a, length])
-                chunk = pool.chunks[int(np.searchsorted(starts, a, side="right") - 1)]
-                by_kind[f"{event.class_name} <- {chunk.kind}"] += 1
+    for start in range(0, pool.audio.shape[0], n):
+        audio = np.asarray(pool.audio[start : start + n], dtype=np.float32) / 32768.0
+        feats = logmel.frames(audio)
+        if feats.shape[0] == 0:
+            continue
+        scores = score(feats)
+        hop, t0 = params.hop_s, float(params.frame_center_s(0))
+        for event in decide(scores, class_names, decisions, hop, t0):
+            strict_counts[event.class_name] += 1
+        for event in decide(scores, class_names, loose, hop, t0):
+            loose_counts[event.class_name] += 1
+            a = start + max(0, int((event.start_s - PRE_S) * SAMPLE_RATE))
+            length = int(min(max(event.end_s - event.start_s + PRE_S, MIN_WINDOW_S), MAX_WINDOW_S) * SAMPLE_RATE)
+            windows.append([a, length])
+            chunk = pool.chunks[int(np.searchsorted(starts, a, side="right") - 1)]
+            by_kind[f"{event.class_name} <- {chunk.kind}"] += 1
     hours = pool.hours
     return {
         "negative_hours": round(hours, 3),
@@ -90,6 +100,18 @@ def mine(
 def cmd_mine(args: Any) -> int:
     from models.config import CLASSES, build_net, config_from_dict
 
+    if Path(args.checkpoint).suffix == ".onnx":
+        # A shipped model mines too (the next round needs no training checkpoint): its
+        # contract carries the decisions and the licences it was trained under.
+        from service.detector import Detector
+
+        detector = Detector.load(args.checkpoint, threads=2)
+        contract = detector.contract
+        licences = str(contract.training.get("licences", "all"))
+        pool = NegativePool.load(args.negatives, "train", args.cache, licences)
+        result = mine(detector.scores, pool, dict(contract.decision), contract.class_names,
+                      mining_threshold=args.threshold)
+        return _report(result, args)
     ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
     if "config" not in ckpt:
         raise ValueError(f"{args.checkpoint}: no training config inside (give best.pt or last.pt of `harken train`)")
@@ -100,7 +122,12 @@ def cmd_mine(args: Any) -> int:
     net.load_state_dict(ckpt["state"] if "state" in ckpt and "net" not in ckpt else ckpt["net"])
     decisions = {k: DecisionParams.from_dict(v) for k, v in ckpt.get("tuned", cfg.to_dict()["decision"]).items()}
     pool = NegativePool.load(args.negatives, "train", args.cache, cfg.data.licences)
-    result = mine(net, cfg.net.lookahead_frames, pool, decisions, CLASSES, mining_threshold=args.threshold)
+    result = mine(torch_scorer(net, cfg.net.lookahead_frames), pool, decisions, CLASSES,
+                  mining_threshold=args.threshold)
+    return _report(result, args)
+
+
+def _report(result: dict[str, Any], args: Any) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result))

@@ -462,7 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train, command_line=None)
 
     mine = sub.add_parser("mine", help="score train negatives, collect where a model fires (hard negatives)")
-    mine.add_argument("--checkpoint", type=Path, required=True, help="best.pt written by `harken train`")
+    mine.add_argument("--checkpoint", type=Path, required=True,
+                      help="best.pt written by `harken train`, or a model .onnx (its contract gives the decisions)")
     mine.add_argument("--negatives", type=Path, required=True, help="built negatives folder")
     mine.add_argument("--out", type=Path, required=True, help="JSON of mined windows")
     mine.add_argument("--cache", type=Path, help="negatives cache folder")
@@ -472,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = sub.add_parser("export", help="write a trained checkpoint as ONNX with its contract")
     export.add_argument("--checkpoint", type=Path, required=True,
-                        help="best.pt written by `harken train`")
+                        help="best.pt written by `harken train`, or a model .onnx (its contract gives the decisions)")
     export.add_argument("--out", type=Path, default=models_dir / "harken.onnx",
                         help="ONNX file to write (default: the bundled models/harken.onnx)")
     export.add_argument("--data", type=Path,

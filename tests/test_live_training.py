@@ -242,6 +242,15 @@ def test_live_training_resumes_exports_and_mines(tiny: dict[str, Path]) -> None:
     assert result["negative_hours"] == pytest.approx(60 / 3600, abs=1e-3)
     assert set(result["fa_per_hour"]) == set(D.CLASSES)
     assert all(len(w) == 2 and w[1] > 0 for w in result["windows"])
+    # The exported model mines the same windows (ONNX Runtime scores, the contract's decisions).
+    mined_onnx = root / "hard-onnx.json"
+    assert cli.main(["mine", "--checkpoint", str(onnx_path), "--negatives", str(tiny["negatives"]),
+                     "--out", str(mined_onnx), "--threshold", "0.3", "--cache", str(root / "cache")]) == 0
+    assert cli.main(["mine", "--checkpoint", str(root / "whole" / "best.pt"), "--negatives", str(tiny["negatives"]),
+                     "--out", str(mined), "--threshold", "0.3", "--cache", str(root / "cache")]) == 0
+    by_onnx, by_torch = json.loads(mined_onnx.read_text()), json.loads(mined.read_text())
+    assert by_onnx["negative_hours"] == by_torch["negative_hours"]
+    assert len(by_onnx["windows"]) == len(by_torch["windows"])
     # A fine-tuning round with the mined windows starts from the checkpoint.
     assert cli.main([*base, "--out", str(root / "round2"), "--init", str(root / "whole" / "best.pt"),
                      "--hard-negatives", str(mined), "--steps", "4"]) == 0
