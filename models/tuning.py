@@ -176,20 +176,27 @@ def tune_decisions(
     dur_scales: Sequence[float] = (1.0, 2.0, 4.0),
     max_min_duration_s: Mapping[str, float] | None = None,
     max_latency_s: Mapping[str, float] | None = None,
+    onset_windows: Sequence[tuple[int, int]] = ((1, 1),),
+    fa_cost: float = 0.01,
 ) -> dict[str, DecisionParams]:
-    """Per class, the on-threshold, minimum duration and smoothing with the best dev F1 among those
+    """Per class, the on-threshold, minimum duration, smoothing and onset window with the best dev F1 among those
     whose false alarms on dev negatives stay within `fa_budget` per hour; when none does,
-    the best of F1 - 0.002 * FA/h (each false alarm per hour costs a little F1). Settings
+    the best of F1 - `fa_cost` * FA/h (each false alarm per hour costs that much F1). Settings
     whose median decision latency exceeds the class's bound in `max_latency_s` rank below
     every setting that keeps it. The threshold grid always reaches 0.97 and 0.99: a model
-    confident on some negatives needs them."""
+    confident on some negatives needs them. `onset_windows` scales the k-of-n onset window
+    as (k factor, n factor): (2, 3) asks for twice the confident frames within three times
+    the window, evidence gathered over a longer stretch that isolated confident moments on
+    negatives do not reach, without moving the reported onset."""
     tuned = dict(base)
     grid = sorted(set(on_thresholds) | {0.97, 0.99})
     for ci, c in enumerate(CLASSES):
         single = [s[:, ci : ci + 1] for s in scores]
         best: tuple[tuple[float, ...], DecisionParams] | None = None
         for on in grid:
-            for dur_scale, smooth_scale in itertools.product(dur_scales, (1, 2)):
+            for dur_scale, smooth_scale, (k_scale, n_scale) in itertools.product(
+                dur_scales, (1, 2), onset_windows
+            ):
                 b = base[c]
                 cand = replace(
                     b,
@@ -200,6 +207,8 @@ def tune_decisions(
                         3,
                     ),
                     smoothing_frames=b.smoothing_frames * smooth_scale,
+                    onset_k=b.onset_k * k_scale,
+                    onset_n=max(b.onset_n * n_scale, b.onset_k * k_scale),
                 )
                 m = event_metrics(dev, run_decisions(single, {c: cand}, (c,)), (c,))
                 pc = m["per_class"][c]
@@ -210,7 +219,7 @@ def tune_decisions(
                     # Within budget only counts for settings that find something:
                     # a threshold nothing reaches has no false alarms, and no use.
                     1.0 if pc["fa_per_hour"] <= fa_budget and pc["tp"] > 0 else 0.0,
-                    pc["f1"] - 0.002 * pc["fa_per_hour"],
+                    pc["f1"] - fa_cost * pc["fa_per_hour"],
                 )
                 if best is None or key > best[0]:
                     best = (key, cand)
@@ -229,6 +238,7 @@ def tune_for_recipe(
     e = cfg.eval
     return tune_decisions(
         scores, dev, cfg.decision, e.on_thresholds, e.fa_per_hour_budget,
-        e.min_duration_scales, e.max_min_duration_s, e.max_latency_s,
+        e.min_duration_scales, e.max_min_duration_s, e.max_latency_s, e.onset_windows,
+        e.fa_cost,
     )
 

@@ -1,0 +1,62 @@
+"""Decision tuning (models/tuning.py) on small synthetic score tracks: pure logic, no data."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tests.conftest import require_module
+
+require_module("torch", "the [train] extra (torch)")  # models.tuning imports the training stack
+
+from models import data as D  # noqa: E402
+from models.tuning import evaluate, tune_decisions  # noqa: E402
+from service.decision import DecisionParams  # noqa: E402
+
+HOP_S = 0.02
+CLASSES = D.CLASSES
+
+
+def _item(name: str, scores: np.ndarray, truth: list[tuple[str, float, float]], negative: bool) -> D.DevItem:
+    return D.DevItem(name, np.zeros((scores.shape[0], 64), np.float32), truth, scores.shape[0] * HOP_S, negative)
+
+
+def _dev() -> tuple[list[D.DevItem], list[np.ndarray]]:
+    """Cries that stay confident for 2 s, and an hour of negatives where the cry score
+    flickers up for 5 frames every 30 frames, then one confident 4-frame burst a minute."""
+    rng = np.random.default_rng(0)
+    items, scores = [], []
+    for i in range(10):
+        s = np.full((500, 3), 0.02, np.float32)
+        s[200:300, 0] = 0.99
+        items.append(_item(f"cry{i}", s, [("baby_cry", 200 * HOP_S, 300 * HOP_S)], False))
+        scores.append(s)
+    neg = np.full((180_000, 3), 0.02, np.float32)
+    for start in range(0, neg.shape[0] - 30, 3000):
+        neg[start : start + 5, 0] = 0.99  # a short confident burst
+        neg[start + 10 : start + 14, 0] = 0.99  # and another one, 5 frames later
+    neg[:, 0] += rng.uniform(0, 0.01, neg.shape[0]).astype(np.float32)
+    items.append(_item("negatives", neg, [], True))
+    scores.append(neg)
+    return items, scores
+
+
+def test_a_longer_onset_window_is_chosen_when_bursts_on_negatives_fire() -> None:
+    dev, scores = _dev()
+    # Smoothing 1 and no minimum duration: only the onset window can tell bursts from cries.
+    base = {c: DecisionParams(0.5, 0.3, 1, 3, 5, 0.0, 0.1, 0.0) for c in CLASSES}
+    plain = tune_decisions(scores, dev, base, (0.5,), 0.5, dur_scales=(1.0,))
+    assert evaluate(scores, dev, plain)["per_class"]["baby_cry"]["fa_per_hour"] > 50
+    tuned = tune_decisions(scores, dev, base, (0.5,), 0.5, dur_scales=(1.0,), onset_windows=((1, 1), (4, 4)))
+    cry = tuned["baby_cry"]
+    assert (cry.onset_k, cry.onset_n) == (12, 20)
+    m = evaluate(scores, dev, tuned)["per_class"]["baby_cry"]
+    assert m["fa_per_hour"] == 0 and m["recall"] == 1.0
+    # The reported onset does not move: the first confident frame of the window.
+    assert m["f1"] == 1.0
+
+
+def test_onset_window_never_asks_for_more_frames_than_it_holds() -> None:
+    dev, scores = _dev()
+    base = {c: DecisionParams(0.5, 0.3, 1, 3, 3, 0.0, 0.1, 0.0) for c in CLASSES}
+    tuned = tune_decisions(scores, dev, base, (0.5,), 0.5, dur_scales=(1.0,), onset_windows=((3, 1),))
+    assert all((p.onset_k, p.onset_n) == (9, 9) for p in tuned.values())
