@@ -332,16 +332,21 @@ class ClipBank:
 
 
 def negative_bed(
-    negatives: Sequence[np.ndarray], n_samples: int, rng: np.random.Generator
+    negatives: Sequence[np.ndarray],
+    n_samples: int,
+    rng: np.random.Generator,
+    weights: np.ndarray | None = None,
 ) -> np.ndarray:
-    """A stream of random negative clips with random gains and short cross-fades."""
+    """A stream of random negative clips with random gains and short cross-fades.
+    `weights` (one per clip) makes some clips likelier, e.g. mined confusers."""
     out = np.zeros(n_samples, dtype=np.float32)
     if not negatives:
         return (synth.background(n_samples / SAMPLE_RATE, rng) * 0.1)[:n_samples]
     pos = -int(rng.uniform(0, 2.0) * SAMPLE_RATE)  # start inside the first clip
     fade = int(0.05 * SAMPLE_RATE)
     while pos < n_samples:
-        clip = negatives[int(rng.integers(len(negatives)))]
+        pick = int(rng.integers(len(negatives))) if weights is None else int(rng.choice(len(negatives), p=weights))
+        clip = negatives[pick]
         clip = clip / (_active_rms(clip) + 1e-6) * 0.05 * 10 ** (rng.uniform(-10, 6) / 20)
         seg = clip.astype(np.float32).copy()
         if seg.shape[0] > 2 * fade:

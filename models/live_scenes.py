@@ -81,6 +81,9 @@ class LiveSceneConfig:
     event_min_dbfs: tuple[float, float] = (-45.0, -25.0)
     #: Probability that a scene's background carries one mined hard-negative window.
     hard_negative_prob: float = 0.0
+    #: Household confusers on which a mining round saw reports are picked this many times
+    #: more often per report (at most 5 reports count) for confuser backgrounds.
+    hard_confuser_weight: float = 0.0
 
 
 @dataclass
@@ -125,6 +128,7 @@ class LiveSceneMaker:
         lookahead: int,
         params: FeatureParams | None = None,
         hard_negatives: Sequence[tuple[int, int]] = (),
+        confuser_reports: Sequence[int] = (),
     ) -> None:
         self.maker = SceneMaker(bank, scene_cfg, params)
         self.bank, self.negatives = bank, negatives
@@ -135,6 +139,15 @@ class LiveSceneMaker:
         self.n_frames = crop_frames + receptive_field
         self.n_samples = (self.n_frames - 1) * self.params.hop_samples + self.params.win_samples
         self.hard_negatives = list(hard_negatives)  # (start sample, length) in `negatives`
+        # Mined confusers (reports per clip of `bank.negatives`) weigh more in confuser beds.
+        self.confuser_weights: np.ndarray | None = None
+        if len(confuser_reports) and live_cfg.hard_confuser_weight > 0:
+            if len(confuser_reports) != len(bank.negatives):
+                raise ValueError(
+                    f"confuser_reports has {len(confuser_reports)} entries for {len(bank.negatives)} confuser clips"
+                )
+            w = 1.0 + live_cfg.hard_confuser_weight * np.minimum(np.asarray(confuser_reports, dtype=float), 5)
+            self.confuser_weights = w / w.sum()
         self.codec_ok = augment.codec_available()
         edges = mel_band_edges_hz(self.params)
         self.mel_centres_hz = edges[1:-1]
@@ -158,7 +171,7 @@ class LiveSceneMaker:
             excerpt = self.negatives.excerpt(n, rng)
             parts.append(excerpt / (_active_rms(excerpt) + 1e-6) * 0.05)
         if kind in ("confusers", "both"):
-            bed = negative_bed(self.bank.negatives, n, rng)
+            bed = negative_bed(self.bank.negatives, n, rng, self.confuser_weights)
             gain = 10 ** (rng.uniform(-12, 6) / 20) if kind == "both" else 1.0
             parts.append(bed / (_active_rms(bed) + 1e-6) * 0.05 * gain)
         bed = np.sum(parts, axis=0).astype(np.float32)

@@ -12,6 +12,7 @@ often than chance would (`live.hard_negative_prob`).
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
@@ -46,6 +47,52 @@ def torch_scorer(net: torch.nn.Module, lookahead: int) -> Callable[[np.ndarray],
     return score
 
 
+def _loosen(decisions: dict[str, DecisionParams], mining_threshold: float | None) -> dict[str, DecisionParams]:
+    def loosen(p: DecisionParams) -> DecisionParams:
+        on = mining_threshold if mining_threshold is not None else p.on_threshold * THRESHOLD_SCALE
+        return replace(p, on_threshold=on, off_threshold=min(p.off_threshold, on))
+
+    return {c: loosen(p) for c, p in decisions.items()}
+
+
+def mine_confusers(
+    score: Callable[[np.ndarray], np.ndarray],
+    clips: list[tuple[str, str, np.ndarray]],
+    decisions: dict[str, DecisionParams],
+    class_names: tuple[str, ...],
+    mining_threshold: float | None = None,
+) -> dict[str, Any]:
+    """Score each household confuser clip `(name, kind, audio)` of the shared data's train
+    split as a stream of its own; return false alarms per hour and, per clip that drew a
+    report at the mining thresholds, how many (`live.hard_confuser_weight` uses them)."""
+    params = FeatureParams()
+    logmel = LogMel(params)
+    loose = _loosen(decisions, mining_threshold)
+    hop, t0 = params.hop_s, float(params.frame_center_s(0))
+    strict: Counter[str] = Counter()
+    by_kind: Counter[str] = Counter()
+    reports: dict[str, int] = {}
+    seconds = 0.0
+    for name, kind, audio in clips:
+        seconds += audio.shape[0] / SAMPLE_RATE
+        feats = logmel.frames(audio.astype(np.float32))
+        if feats.shape[0] == 0:
+            continue
+        scores = score(feats)
+        strict.update(e.class_name for e in decide(scores, class_names, decisions, hop, t0))
+        found = decide(scores, class_names, loose, hop, t0)
+        if found:
+            reports[name] = len(found)
+            by_kind.update(f"{e.class_name} <- {kind}" for e in found)
+    hours = max(seconds / 3600, 1e-9)
+    return {
+        "confuser_hours": round(seconds / 3600, 3),
+        "confuser_fa_per_hour": {c: round(strict[c] / hours, 2) for c in class_names},
+        "confuser_by_kind": dict(by_kind.most_common()),
+        "confusers": reports,
+    }
+
+
 def mine(
     score: Callable[[np.ndarray], np.ndarray],
     pool: NegativePool,
@@ -58,12 +105,7 @@ def mine(
     mining thresholds) and the mined windows `[start_sample, n_samples]` in the pool."""
     params = FeatureParams()
     logmel = LogMel(params)
-
-    def loosen(p: DecisionParams) -> DecisionParams:
-        on = mining_threshold if mining_threshold is not None else p.on_threshold * THRESHOLD_SCALE
-        return replace(p, on_threshold=on, off_threshold=min(p.off_threshold, on))
-
-    loose = {c: loosen(p) for c, p in decisions.items()}
+    loose = _loosen(decisions, mining_threshold)
     n = int(stream_s * SAMPLE_RATE)
     windows: list[list[int]] = []
     strict_counts: Counter[str] = Counter()
@@ -111,6 +153,9 @@ def cmd_mine(args: Any) -> int:
         pool = NegativePool.load(args.negatives, "train", args.cache, licences)
         result = mine(detector.scores, pool, dict(contract.decision), contract.class_names,
                       mining_threshold=args.threshold)
+        if args.data:
+            result |= mine_confusers(detector.scores, confuser_clips(args.data, licences),
+                                     dict(contract.decision), contract.class_names, args.threshold)
         return _report(result, args)
     ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
     if "config" not in ckpt:
@@ -122,15 +167,40 @@ def cmd_mine(args: Any) -> int:
     net.load_state_dict(ckpt["state"] if "state" in ckpt and "net" not in ckpt else ckpt["net"])
     decisions = {k: DecisionParams.from_dict(v) for k, v in ckpt.get("tuned", cfg.to_dict()["decision"]).items()}
     pool = NegativePool.load(args.negatives, "train", args.cache, cfg.data.licences)
-    result = mine(torch_scorer(net, cfg.net.lookahead_frames), pool, decisions, CLASSES,
-                  mining_threshold=args.threshold)
+    score = torch_scorer(net, cfg.net.lookahead_frames)
+    result = mine(score, pool, decisions, CLASSES, mining_threshold=args.threshold)
+    if args.data:
+        result |= mine_confusers(score, confuser_clips(args.data, cfg.data.licences), decisions, CLASSES,
+                                 args.threshold)
     return _report(result, args)
+
+
+def confuser_clips(data_dir: Path, licences: str) -> list[tuple[str, str, np.ndarray]]:
+    """The train split's household confusers and backgrounds as the scenes use them
+    (`models.data.ClipBank`, the first 20 s of each), named by their manifest path."""
+    from models import data as D
+
+    bank = D.ClipBank(D.select(D.read_clips(Path(data_dir)), "train", licences))
+    pairs = zip(bank.negative_clips, bank.negatives, strict=True)
+    return [(confuser_name(c, data_dir), c.class_name, audio) for c, audio in pairs]
+
+
+def confuser_name(clip: Any, data_dir: Path) -> str:
+    """A clip's name in mined results: its path inside the data folder."""
+    return os.path.relpath(clip.path, data_dir)
 
 
 def _report(result: dict[str, Any], args: Any) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result))
+    if "confusers" in result:
+        print(
+            f"{result['confuser_hours']} h of train confusers: {result['confuser_fa_per_hour']} false alarms/h "
+            f"at the tuned decisions; {len(result['confusers'])} clips drew reports at the mining thresholds"
+        )
+        for kind, count in list(result["confuser_by_kind"].items())[:10]:
+            print(f"  {count:5d}  {kind}")
     print(
         f"{result['negative_hours']} h of train negatives: {result['fa_per_hour_total']} false alarms/h "
         f"at the tuned decisions {result['fa_per_hour']}; {len(result['windows'])} windows mined "

@@ -303,11 +303,19 @@ def train_live_command(
     torch.manual_seed(cfg.seed)  # the initial weights come from the recipe's seed
     net = build_net(cfg, params)
     hard: list[tuple[int, int]] = []
+    confuser_reports: list[int] = []
     if args.hard_negatives:
-        hard = [tuple(h) for h in json.loads(Path(args.hard_negatives).read_text())["windows"]]
+        from models.mining import confuser_name
+
+        mined = json.loads(Path(args.hard_negatives).read_text())
+        hard = [tuple(h) for h in mined["windows"]]
+        if "confusers" in mined:  # `harken mine --data`: reports per household confuser clip
+            confuser_reports = [
+                int(mined["confusers"].get(confuser_name(c, data_dir), 0)) for c in bank.negative_clips
+            ]
     maker = LiveSceneMaker(
         bank, pool, cfg.data, cfg.live, cfg.opt.crop_frames, net.receptive_field,
-        cfg.net.lookahead_frames, params, hard,
+        cfg.net.lookahead_frames, params, hard, confuser_reports,
     )
     info = {
         "train": bank.summary(),
@@ -317,6 +325,7 @@ def train_live_command(
         "licences": cfg.data.licences,
         "sources": sorted({f"{c.source} | {c.licence}" for c in clips if c.split in ("train", "dev")}),
         "hard_negative_windows": len(hard),
+        "hard_confuser_clips": sum(1 for r in confuser_reports if r > 0),
     }
     print(f"data ready in {time.monotonic() - t0:.0f}s: dev {info['dev']}")
     init_state = None

@@ -467,6 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
     mine.add_argument("--negatives", type=Path, required=True, help="built negatives folder")
     mine.add_argument("--out", type=Path, required=True, help="JSON of mined windows")
     mine.add_argument("--cache", type=Path, help="negatives cache folder")
+    mine.add_argument("--data", type=Path,
+                      help="data folder (MANIFEST.csv): also score its train household confusers")
     mine.add_argument("--threshold", type=float,
                       help="mining on-threshold for every class (default: 0.8 x the tuned thresholds)")
     mine.set_defaults(func=cmd_mine)

@@ -245,15 +245,41 @@ def test_live_training_resumes_exports_and_mines(tiny: dict[str, Path]) -> None:
     # The exported model mines the same windows (ONNX Runtime scores, the contract's decisions).
     mined_onnx = root / "hard-onnx.json"
     assert cli.main(["mine", "--checkpoint", str(onnx_path), "--negatives", str(tiny["negatives"]),
-                     "--out", str(mined_onnx), "--threshold", "0.3", "--cache", str(root / "cache")]) == 0
+                     "--out", str(mined_onnx), "--threshold", "0.3", "--cache", str(root / "cache"),
+                     "--data", str(tiny["data"])]) == 0
     assert cli.main(["mine", "--checkpoint", str(root / "whole" / "best.pt"), "--negatives", str(tiny["negatives"]),
                      "--out", str(mined), "--threshold", "0.3", "--cache", str(root / "cache")]) == 0
     by_onnx, by_torch = json.loads(mined_onnx.read_text()), json.loads(mined.read_text())
     assert by_onnx["negative_hours"] == by_torch["negative_hours"]
     assert len(by_onnx["windows"]) == len(by_torch["windows"])
+    # --data: the household confusers of the data's train split are scored too, clip by clip.
+    assert by_onnx["confuser_hours"] > 0 and set(by_onnx["confuser_fa_per_hour"]) == set(D.CLASSES)
+    assert by_onnx["confusers"]
+    assert all((tiny["data"] / name).is_file() and n > 0 for name, n in by_onnx["confusers"].items())
+    assert "confusers" not in by_torch
     # A fine-tuning round with the mined windows starts from the checkpoint.
     assert cli.main([*base, "--out", str(root / "round2"), "--init", str(root / "whole" / "best.pt"),
-                     "--hard-negatives", str(mined), "--steps", "4"]) == 0
+                     "--hard-negatives", str(mined_onnx), "--steps", "4"]) == 0
+    round2 = json.loads((root / "round2" / "report.json").read_text())["data"]
+    assert round2["hard_negative_windows"] == len(by_onnx["windows"])
+    assert round2["hard_confuser_clips"] == len(by_onnx["confusers"])
+
+
+def test_mined_confusers_weigh_more_in_confuser_beds(maker: LiveSceneMaker) -> None:
+    rng = np.random.default_rng(0)
+    up, down = np.full(8000, 0.2, np.float32), np.full(8000, -0.2, np.float32)
+    only_up = D.negative_bed([up, down], 48000, rng, np.array([1.0, 0.0]))
+    assert only_up.min() >= 0 and only_up.max() > 0
+    both = D.negative_bed([up, down], 48000, np.random.default_rng(0))
+    assert both.min() < 0 < both.max()
+    n = len(maker.bank.negatives)
+    cfg = LiveSceneConfig(enabled=True, hard_confuser_weight=4.0)
+    mined = LiveSceneMaker(maker.bank, maker.negatives, maker.scene_cfg, cfg, 120, 10, 2,
+                           confuser_reports=[3] + [0] * (n - 1))
+    assert mined.confuser_weights is not None
+    assert mined.confuser_weights[0] == pytest.approx(13 / (13 + n - 1))
+    with pytest.raises(ValueError, match="confuser_reports has 1 entries"):
+        LiveSceneMaker(maker.bank, maker.negatives, maker.scene_cfg, cfg, 120, 10, 2, confuser_reports=[1])
 
 
 def test_mine_without_checkpoint_is_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
