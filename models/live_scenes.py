@@ -42,6 +42,7 @@ from models.data import (
     negative_bed,
 )
 from models.negatives import NegativePool
+from models.teacher import TeacherTrack
 from service.audio.features import FeatureParams, _hz_to_mel, _mel_to_hz
 
 
@@ -95,6 +96,10 @@ class LiveScene:
     weight: np.ndarray  # (crop, C) float32
     events: list[tuple[int, int, int, float]]  # (class, first, end, weight) in output frames
     onsets: list[tuple[int, int, int, float]]  # the events whose labelled start is in the crop
+    #: With a teacher: its scores of the background per output frame (crop, K), and where
+    #: they hold (crop,) (only plain stretches of the negatives, outside dropouts).
+    teacher: np.ndarray | None = None
+    teacher_mask: np.ndarray | None = None
 
 
 def steady_noise(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -129,6 +134,7 @@ class LiveSceneMaker:
         params: FeatureParams | None = None,
         hard_negatives: Sequence[tuple[int, int]] = (),
         confuser_reports: Sequence[int] = (),
+        teacher: TeacherTrack | None = None,
     ) -> None:
         self.maker = SceneMaker(bank, scene_cfg, params)
         self.bank, self.negatives = bank, negatives
@@ -148,12 +154,15 @@ class LiveSceneMaker:
                 )
             w = 1.0 + live_cfg.hard_confuser_weight * np.minimum(np.asarray(confuser_reports, dtype=float), 5)
             self.confuser_weights = w / w.sum()
+        self.teacher = teacher
         self.codec_ok = augment.codec_available()
         edges = mel_band_edges_hz(self.params)
         self.mel_centres_hz = edges[1:-1]
 
     # ------------------------------------------------------------------ background
-    def _bed(self, rng: np.random.Generator) -> tuple[np.ndarray, str]:
+    def _bed(self, rng: np.random.Generator) -> tuple[np.ndarray, str, int | None]:
+        """The background, its kind, and where it starts in the negatives pool when it is a
+        plain stretch of it (what the teacher's scores describe), else None."""
         n = self.n_samples
         kinds = list(self.cfg.bed)
         probs = np.array([self.cfg.bed[k] for k in kinds], dtype=float)
@@ -164,11 +173,13 @@ class LiveSceneMaker:
             # Half the time a steady room (white to brown noise, maybe hum, nothing else).
             steady = rng.random() < 0.5
             quiet = steady_noise(n, rng) if steady else synth.background(n / SAMPLE_RATE + 0.1, rng)[:n]
-            return (quiet * 10 ** (rng.uniform(-60, -35) / 20)).astype(np.float32), kind
+            return (quiet * 10 ** (rng.uniform(-60, -35) / 20)).astype(np.float32), kind, None
         parts = []
+        pool_start: int | None = None
         if kind in ("negatives", "both"):
             assert self.negatives is not None
-            excerpt = self.negatives.excerpt(n, rng)
+            excerpt, start = self.negatives.excerpt_at(n, rng)
+            pool_start = start if kind == "negatives" else None
             parts.append(excerpt / (_active_rms(excerpt) + 1e-6) * 0.05)
         if kind in ("confusers", "both"):
             bed = negative_bed(self.bank.negatives, n, rng, self.confuser_weights)
@@ -181,12 +192,13 @@ class LiveSceneMaker:
             at = int(rng.integers(0, max(1, n - seg.shape[0])))
             loud = 10 ** (rng.uniform(-6, 10) / 20) * (_active_rms(bed) + 1e-6) / (_active_rms(seg) + 1e-6)
             bed[at : at + seg.shape[0]] += seg * loud
-        return bed, kind
+            pool_start = None
+        return bed, kind, pool_start
 
     # ------------------------------------------------------------------ scene
     def make(self, rng: np.random.Generator) -> LiveScene:
         cfg, n = self.cfg, self.n_samples
-        bed, bed_kind = self._bed(rng)
+        bed, bed_kind, pool_start = self._bed(rng)
         absolute = cfg.level == "absolute"
         if absolute:
             rms_range = cfg.quiet_rms_dbfs if bed_kind == "quiet" else cfg.bed_rms_dbfs
@@ -243,13 +255,21 @@ class LiveSceneMaker:
             # The first `context` frames are what service.detector puts before a stream.
             feats[: self.context] = feats[self.context]
         target, weight, spans = frame_labels(events, feats.shape[0], self.params, self.scene_cfg.weak_frame_weight)
+        centres = np.asarray(self.params.frame_center_s(np.arange(feats.shape[0]))) * SAMPLE_RATE
+        in_gap = np.zeros(feats.shape[0], dtype=bool)
         if gap is not None:
             # Nothing is audible in a dropout: its frames are negatives for every class.
-            centres = np.asarray(self.params.frame_center_s(np.arange(feats.shape[0]))) * SAMPLE_RATE
             in_gap = (centres >= gap[0]) & (centres < gap[1])
             target[in_gap] = 0
         # Output frame j belongs to input frame j + context.
         lo, hi = self.context, self.context + self.crop
+        teacher = teacher_mask = None
+        if self.teacher is not None:
+            teacher = np.zeros((self.crop, self.teacher.n_classes), dtype=np.float16)
+            teacher_mask = np.zeros(self.crop, dtype=bool)
+            if pool_start is not None:
+                teacher = self.teacher.frames(pool_start, centres[lo:hi])
+                teacher_mask = ~in_gap[lo:hi]
         target, weight = target[lo:hi], weight[lo:hi].astype(np.float32)
         out_events, onsets = [], []
         for c, first, end, w in spans:
@@ -260,4 +280,4 @@ class LiveSceneMaker:
             # Weak clips (weight below 1) have no trustworthy onset.
             if lo <= first < hi and w >= 1.0:
                 onsets.append((c, f, e, w))
-        return LiveScene(feats, target, weight, out_events, onsets)
+        return LiveScene(feats, target, weight, out_events, onsets, teacher, teacher_mask)

@@ -162,6 +162,9 @@ class LossConfig:
     #: pooled term alone lets the confident frames drift later into a cry).
     onset: float = 0.0
     onset_frames: int = 20
+    #: Teacher term (models/teacher.py): a training-only head on the temporal features
+    #: learns YAMNet's scores of the background; needs `harken train --teacher`.
+    teacher: float = 0.0
     pooling: str = "genmean"
     pooling_r: float = 3.0
     pooling_tau: float = 1.0
@@ -174,7 +177,7 @@ class LossConfig:
     def __post_init__(self) -> None:
         if self.kind not in ("event", "bce"):
             raise ValueError(f"loss.kind must be 'event' or 'bce', got {self.kind!r}")
-        for name in ("non_target", "pooled", "smooth", "cross", "onset"):
+        for name in ("non_target", "pooled", "smooth", "cross", "onset", "teacher"):
             if getattr(self, name) < 0:
                 raise ValueError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
 
@@ -226,3 +229,11 @@ class EventAwareLoss:
             parts["cross"] = cfg.cross * cross_trigger_loss(logits, target, weight, self.matrix)
         total = sum(parts.values(), logits.sum() * 0.0)
         return total, {k: float(v.detach()) for k, v in parts.items()}
+
+
+def teacher_loss(logits: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of a teacher head's logits (B, T, K) against the teacher's
+    scores (B, T, K), over the frames where `mask` (B, T) says the teacher's scores hold."""
+    m = mask.to(logits.dtype)[..., None]
+    bce = F.binary_cross_entropy_with_logits(logits, teacher, reduction="none")
+    return (bce * m).sum() / (m.sum() * logits.shape[-1]).clamp_min(1.0)

@@ -55,9 +55,11 @@ def read_negatives_csv(folder: str | Path) -> list[dict[str, str]]:
 class NegativePool:
     """All negative audio of one split, concatenated, as int16 (memory-mapped when cached)."""
 
-    def __init__(self, audio: np.ndarray, chunks: list[NegativeChunk]) -> None:
+    def __init__(self, audio: np.ndarray, chunks: list[NegativeChunk], key: str = "") -> None:
         self.audio = audio  # (n_samples,) int16
         self.chunks = chunks
+        #: Names this pool's content in caches derived from it (the teacher's scores).
+        self.key = key
 
     @classmethod
     def load(
@@ -80,7 +82,7 @@ class NegativePool:
         if array_file.is_file() and index_file.is_file():
             audio = np.load(array_file, mmap_mode="r")
             chunks = [NegativeChunk(**c) for c in json.loads(index_file.read_text())]
-            return cls(audio, chunks)
+            return cls(audio, chunks, f"{split}-{key}")
         parts: list[np.ndarray] = []
         chunks = []
         pos = 0
@@ -101,7 +103,7 @@ class NegativePool:
         tmp.rename(array_file)
         index_file.write_text(json.dumps([c.__dict__ for c in chunks]))
         log.info("negatives %s: %.2f h decoded into %s", split, pos / SAMPLE_RATE / 3600, array_file)
-        return cls(np.load(array_file, mmap_mode="r"), chunks)
+        return cls(np.load(array_file, mmap_mode="r"), chunks, f"{split}-{key}")
 
     @property
     def hours(self) -> float:
@@ -115,5 +117,9 @@ class NegativePool:
 
     def excerpt(self, n_samples: int, rng: np.random.Generator) -> np.ndarray:
         """A random stretch of `n_samples` (crossing chunk borders is fine: streams do), float32."""
+        return self.excerpt_at(n_samples, rng)[0]
+
+    def excerpt_at(self, n_samples: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+        """`excerpt` and the sample where it starts in the pool (the same draw of `rng`)."""
         start = int(rng.integers(0, max(1, self.audio.shape[0] - n_samples)))
-        return np.asarray(self.audio[start : start + n_samples], dtype=np.float32) / 32768.0
+        return np.asarray(self.audio[start : start + n_samples], dtype=np.float32) / 32768.0, start

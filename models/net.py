@@ -118,6 +118,10 @@ class FreqConvTCN(nn.Module):
         self.freq_channels, self.dilations, self.kernel = freq_channels, dilations, kernel
 
     def forward(self, logmel: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(logmel)).transpose(1, 2)
+
+    def features(self, logmel: torch.Tensor) -> torch.Tensor:
+        """The temporal features the head reads, (B, channels, T'): a teacher head reads them too."""
         x = ((logmel - self.feature_mean) / self.feature_std).transpose(1, 2)[:, None]  # (B, 1, F, T)
         x = torch.relu(self.stem_norm(self.stem(x)))
         for block in self.freq_blocks:
@@ -126,7 +130,7 @@ class FreqConvTCN(nn.Module):
         x = torch.relu(self.project_norm(self.project(x.reshape(b, c * f, t))))  # (B, channels, T')
         for block in self.blocks:
             x = block(x)
-        return self.head(x).transpose(1, 2)
+        return x
 
     def macs_per_frame(self) -> int:
         """Multiply-accumulates per output frame (convolutions only)."""

@@ -28,24 +28,31 @@ from models import data as D
 from models.cached import RunResult
 from models.config import CLASSES, TrainConfig, build_net
 from models.live_scenes import LiveScene, LiveSceneMaker
-from models.losses import EventAwareLoss, EventSpan
+from models.losses import EventAwareLoss, EventSpan, teacher_loss
 from models.tuning import dev_scores, evaluate, selection_f1, tune_for_recipe
 from service.audio.features import FeatureParams
 
 log = logging.getLogger(__name__)
 
 
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[EventSpan], list[EventSpan]]
+Batch = tuple[
+    torch.Tensor, torch.Tensor, torch.Tensor, list[EventSpan], list[EventSpan], torch.Tensor | None, torch.Tensor | None
+]
 
 
 def collate(scenes: Sequence[LiveScene]) -> Batch:
-    """Scenes -> (features, targets, weights, event spans, onset spans) of one batch."""
+    """Scenes -> (features, targets, weights, event spans, onset spans, teacher scores,
+    teacher mask) of one batch; the last two are None without a teacher."""
     x = torch.from_numpy(np.stack([s.features for s in scenes]).astype(np.float32))
     y = torch.from_numpy(np.stack([s.target for s in scenes]).astype(np.float32))
     w = torch.from_numpy(np.stack([s.weight for s in scenes]).astype(np.float32))
     events = [(b, c, f, e, wt) for b, s in enumerate(scenes) for c, f, e, wt in s.events]
     onsets = [(b, c, f, e, wt) for b, s in enumerate(scenes) for c, f, e, wt in s.onsets]
-    return x, y, w, events, onsets
+    teacher = mask = None
+    if all(s.teacher is not None and s.teacher_mask is not None for s in scenes):
+        teacher = torch.from_numpy(np.stack([s.teacher for s in scenes]).astype(np.float32))  # type: ignore[misc]
+        mask = torch.from_numpy(np.stack([s.teacher_mask for s in scenes]))  # type: ignore[misc]
+    return x, y, w, events, onsets, teacher, mask
 
 
 class SceneBatches(torch.utils.data.IterableDataset):
@@ -93,17 +100,24 @@ def train_live(
     label: str = "train",
     init_state: dict[str, torch.Tensor] | None = None,
     config_dict: dict[str, Any] | None = None,
+    teacher_head: torch.nn.Module | None = None,
+    teacher_weight: float = 0.0,
 ) -> dict[str, Any]:
     """Train (or resume from OUT_DIR/last.pt); returns the run's summary. OUT_DIR/best.pt holds
-    the best network state by the `evaluate` selection metric."""
+    the best network state by the `evaluate` selection metric. `teacher_head` (training
+    only, models/teacher.py) reads the network's temporal features and learns the teacher's
+    scores with weight `teacher_weight`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     last_file, best_file = out_dir / "last.pt", out_dir / "best-state.pt"
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+    trained = list(net.parameters()) + (list(teacher_head.parameters()) if teacher_head is not None else [])
+    opt = torch.optim.AdamW(trained, lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 2), pct_start=0.05)
     state: dict[str, Any] = {"step": 0, "best": -1.0, "best_step": 0, "bad": 0, "history": [], "seconds": 0.0}
     if last_file.is_file():
         saved = torch.load(last_file, map_location="cpu", weights_only=False)
         net.load_state_dict(saved["net"])
+        if teacher_head is not None:
+            teacher_head.load_state_dict(saved["teacher_head"])
         opt.load_state_dict(saved["opt"])
         sched.load_state_dict(saved["sched"])
         state = saved["state"]
@@ -127,6 +141,7 @@ def train_live(
             {
                 "config": config_dict,
                 "net": net.state_dict(),
+                **({"teacher_head": teacher_head.state_dict()} if teacher_head is not None else {}),
                 "opt": opt.state_dict(),
                 "sched": sched.state_dict(),
                 "state": state,
@@ -138,11 +153,18 @@ def train_live(
 
     while state["step"] < steps:
         net.train()
-        x, y, w, events, onsets = next(stream)
-        loss, parts = loss_fn(net(x), y, w, events, onsets)
+        x, y, w, events, onsets, teacher, teacher_mask = next(stream)
+        if teacher_head is not None and teacher is not None and teacher_mask is not None:
+            features = net.features(x)  # type: ignore[operator]
+            loss, parts = loss_fn(net.head(features).transpose(1, 2), y, w, events, onsets)  # type: ignore[operator]
+            distil = teacher_loss(teacher_head(features).transpose(1, 2), teacher, teacher_mask)
+            loss = loss + teacher_weight * distil
+            parts = {**parts, "teacher": float(distil.item())}
+        else:
+            loss, parts = loss_fn(net(x), y, w, events, onsets)
         opt.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+        torch.nn.utils.clip_grad_norm_(trained, 5.0)
         opt.step()
         sched.step()
         state["step"] += 1
@@ -313,9 +335,22 @@ def train_live_command(
             confuser_reports = [
                 int(mined["confusers"].get(confuser_name(c, data_dir), 0)) for c in bank.negative_clips
             ]
+    teacher, teacher_head = None, None
+    if cfg.loss.teacher > 0:
+        from models.teacher import TeacherTrack
+
+        if not getattr(args, "teacher", None):
+            raise ValueError("config: loss.teacher > 0 needs --teacher (YAMNet's yamnet.tflite)")
+        if pool is None:
+            raise ValueError("the teacher scores the train negatives: give --negatives")
+        if cfg.net.kind != "freqconv":
+            raise ValueError("loss.teacher needs net.kind: freqconv")
+        teacher = TeacherTrack.for_pool(pool, args.teacher, cache_dir)
+        torch.manual_seed(cfg.seed + 1)
+        teacher_head = torch.nn.Conv1d(cfg.net.channels, teacher.n_classes, 1)
     maker = LiveSceneMaker(
         bank, pool, cfg.data, cfg.live, cfg.opt.crop_frames, net.receptive_field,
-        cfg.net.lookahead_frames, params, hard, confuser_reports,
+        cfg.net.lookahead_frames, params, hard, confuser_reports, teacher,
     )
     info = {
         "train": bank.summary(),
@@ -326,6 +361,7 @@ def train_live_command(
         "sources": sorted({f"{c.source} | {c.licence}" for c in clips if c.split in ("train", "dev")}),
         "hard_negative_windows": len(hard),
         "hard_confuser_clips": sum(1 for r in confuser_reports if r > 0),
+        "teacher_classes": teacher.n_classes if teacher is not None else 0,
     }
     print(f"data ready in {time.monotonic() - t0:.0f}s: dev {info['dev']}")
     init_state = None
@@ -367,6 +403,8 @@ def train_live_command(
         workers=cfg.opt.workers,
         init_state=init_state,
         config_dict=cfg.to_dict(),
+        teacher_head=teacher_head,
+        teacher_weight=cfg.loss.teacher,
     )
     scores = dev_scores(net, dev, cfg.net.lookahead_frames)
     metrics_default = evaluate(scores, dev, cfg.decision)

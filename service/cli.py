@@ -459,6 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="stop at this step (checked at evaluations) keeping the schedule; resumable")
     train.add_argument("--init", type=Path, help="start from this checkpoint's weights (fine-tuning)")
     train.add_argument("--hard-negatives", type=Path, help="windows mined by `harken mine` (JSON)")
+    train.add_argument("--teacher", type=Path,
+                       help="YAMNet's yamnet.tflite, for recipes with loss.teacher (training only)")
     train.set_defaults(func=cmd_train, command_line=None)
 
     mine = sub.add_parser("mine", help="score train negatives, collect where a model fires (hard negatives)")

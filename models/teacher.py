@@ -1,0 +1,119 @@
+"""The teacher (issue 12 part 5): YAMNet's AudioSet scores on the train negatives,
+distilled into the network through a training-only head.
+
+YAMNet (`../shared/models/yamnet/yamnet.tflite`, Apache-2.0) scores the train negatives
+pool once, 0.975 s windows every 0.48 s (about 1.5 minutes for 20 h on one core), and
+the scores are cached beside the pool. Only AudioSet classes that the pool actually
+contains are kept (a class whose 99.9th percentile reaches `MIN_PRESENT`). In training,
+a scene whose background is a plain stretch of the negatives carries the teacher's
+scores for that stretch, aligned to its output frames; a 1x1 head on the network's
+temporal features learns them (binary cross-entropy, `loss.teacher` weight). The network
+so learns what music, speech, engines and game sounds are from AudioSet's 521 classes,
+not only that they are "no target". The head is never exported: the ONNX model and its
+contract do not change, and YAMNet is never loaded at run time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from models.negatives import NegativePool
+
+log = logging.getLogger(__name__)
+
+WINDOW_SAMPLES = 15600  # YAMNet's input: 0.975 s at 16 kHz
+HOP_SAMPLES = 7680  # 0.48 s, YAMNet's usual framing
+MIN_PRESENT = 0.1
+
+
+def yamnet_scorer(model_path: str | Path) -> Callable[[np.ndarray], np.ndarray]:
+    """A function from one 15600-sample float window to YAMNet's 521 class scores."""
+    path = Path(model_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"teacher model {path} not found (give yamnet.tflite)")
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise RuntimeError("the teacher needs ai-edge-litert: pip install -e '.[train]'") from exc
+    interpreter = Interpreter(model_path=str(path), num_threads=1)
+    interpreter.allocate_tensors()
+    (inp,) = interpreter.get_input_details()
+    if list(inp["shape"]) != [1, WINDOW_SAMPLES]:
+        raise ValueError(f"{path}: input shape {list(inp['shape'])}, expected [1, {WINDOW_SAMPLES}] (YAMNet)")
+    scores_out = [o for o in interpreter.get_output_details() if list(o["shape"]) == [1, 521]]
+    if not scores_out:
+        raise ValueError(f"{path}: no [1, 521] output (YAMNet's class scores)")
+
+    def score(window: np.ndarray) -> np.ndarray:
+        interpreter.set_tensor(inp["index"], window[None].astype(np.float32))
+        interpreter.invoke()
+        return np.array(interpreter.get_tensor(scores_out[0]["index"])[0], dtype=np.float32)
+
+    return score
+
+
+def score_track(audio: np.ndarray, score: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Teacher scores of int16 audio, one row per HOP_SAMPLES: (frames, classes) float16."""
+    n = max(1, 1 + (audio.shape[0] - WINDOW_SAMPLES) // HOP_SAMPLES)
+    rows = []
+    for i in range(n):
+        window = np.zeros(WINDOW_SAMPLES, dtype=np.float32)
+        part = np.asarray(audio[i * HOP_SAMPLES : i * HOP_SAMPLES + WINDOW_SAMPLES], dtype=np.float32)
+        window[: part.shape[0]] = part / 32768.0
+        rows.append(score(window))
+    return np.stack(rows).astype(np.float16)
+
+
+class TeacherTrack:
+    """Teacher scores over a negatives pool, and the pool samples they belong to."""
+
+    def __init__(self, scores: np.ndarray, classes: list[int]) -> None:
+        self.scores = scores  # (frames, len(classes)) float16
+        self.classes = classes  # AudioSet class indices kept
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    @classmethod
+    def for_pool(
+        cls,
+        pool: NegativePool,
+        model_path: str | Path,
+        cache_dir: str | Path,
+        score: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> TeacherTrack:
+        """Score `pool` with the teacher at `model_path` (or `score`, a stand-in for it), or
+        read the cached scores, and keep the classes present in it."""
+        path = Path(model_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"teacher model {path} not found (give yamnet.tflite)")
+        model_key = hashlib.sha1(f"{path.name}:{path.stat().st_size}".encode()).hexdigest()[:10]
+        array_file = Path(cache_dir) / f"teacher-{pool.key}-{model_key}.npy"
+        index_file = array_file.with_suffix(".json")
+        if array_file.is_file() and index_file.is_file():
+            return cls(np.load(array_file, mmap_mode="r"), json.loads(index_file.read_text())["classes"])
+        full = score_track(pool.audio, score or yamnet_scorer(path))
+        present = np.quantile(full.astype(np.float32), 0.999, axis=0) >= MIN_PRESENT
+        classes = [int(i) for i in np.flatnonzero(present)]
+        if not classes:
+            raise ValueError("the teacher found no class present in the negatives (is the pool silent?)")
+        array_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = array_file.with_suffix(".tmp.npy")
+        np.save(tmp, np.ascontiguousarray(full[:, classes]))
+        tmp.rename(array_file)
+        index_file.write_text(json.dumps({"classes": classes, "frames": int(full.shape[0])}))
+        log.info("teacher: %d frames, %d of %d classes present", full.shape[0], len(classes), full.shape[1])
+        return cls(np.load(array_file, mmap_mode="r"), classes)
+
+    def frames(self, first_sample: int, centres: np.ndarray) -> np.ndarray:
+        """Teacher rows for frames centred `centres` samples after pool sample `first_sample`
+        (the window whose centre is nearest each frame's): (len(centres), n_classes) float16."""
+        idx = np.rint((first_sample + centres - WINDOW_SAMPLES / 2) / HOP_SAMPLES).astype(np.int64)
+        return np.asarray(self.scores[np.clip(idx, 0, self.scores.shape[0] - 1)])

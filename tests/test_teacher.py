@@ -1,0 +1,118 @@
+"""The teacher (models/teacher.py): scores cached over the negatives pool, aligned to scenes,
+and a training-only head learning them. A stand-in scorer replaces YAMNet (../shared is
+not needed); the real model's wrapper is checked for clear errors only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import require_module
+
+torch = require_module("torch", "the [train] extra (torch)")
+
+from models import data as D  # noqa: E402
+from models.live_scenes import LiveSceneConfig, LiveSceneMaker  # noqa: E402
+from models.negatives import NegativePool  # noqa: E402
+from models.teacher import HOP_SAMPLES, WINDOW_SAMPLES, TeacherTrack, yamnet_scorer  # noqa: E402
+from service import cli  # noqa: E402
+from tests.negatives_data import make_negatives  # noqa: E402
+from tests.test_live_training import LIVE_CONFIG  # noqa: E402
+from tests.test_train import make_dataset  # noqa: E402
+
+
+def stand_in(window: np.ndarray) -> np.ndarray:
+    """521 'class scores': loudness in class 3, a constant in class 7, nothing elsewhere."""
+    out = np.zeros(521, dtype=np.float32)
+    out[3] = min(1.0, 20 * float(np.sqrt(np.mean(window**2))))
+    out[7] = 0.5
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("teacher")
+    model = root / "yamnet.tflite"
+    model.write_bytes(b"stand-in")  # names the cache; the scores come from `stand_in`
+    return {"root": root, "data": make_dataset(root / "data"), "negatives": make_negatives(root / "neg"),
+            "model": model}
+
+
+def test_teacher_scores_are_cached_and_keep_present_classes(tiny: dict[str, Path]) -> None:
+    cache = tiny["root"] / "cache"
+    pool = NegativePool.load(tiny["negatives"], "train", cache)
+    track = TeacherTrack.for_pool(pool, tiny["model"], cache, score=stand_in)
+    assert track.classes == [3, 7]
+    assert track.scores.shape == (1 + (pool.audio.shape[0] - WINDOW_SAMPLES) // HOP_SAMPLES, 2)
+
+    def never(_window: np.ndarray) -> np.ndarray:
+        raise AssertionError("the cached scores must be read, not recomputed")
+
+    again = TeacherTrack.for_pool(pool, tiny["model"], cache, score=never)
+    np.testing.assert_array_equal(np.asarray(again.scores), np.asarray(track.scores))
+    # Frame k's centre at window k's centre picks row k; before the pool and after it clip.
+    centres = WINDOW_SAMPLES / 2 + HOP_SAMPLES * np.array([0, 1, 5])
+    np.testing.assert_array_equal(track.frames(0, centres), np.asarray(track.scores)[[0, 1, 5]])
+    np.testing.assert_array_equal(track.frames(HOP_SAMPLES, centres), np.asarray(track.scores)[[1, 2, 6]])
+    assert np.array_equal(track.frames(-10**6, centres[:1]), np.asarray(track.scores)[:1])
+
+
+def test_scenes_carry_teacher_scores_only_over_plain_negatives(tiny: dict[str, Path]) -> None:
+    cache = tiny["root"] / "cache"
+    pool = NegativePool.load(tiny["negatives"], "train", cache)
+    track = TeacherTrack.for_pool(pool, tiny["model"], cache, score=stand_in)
+    bank = D.ClipBank(D.select(D.read_clips(tiny["data"]), "train"))
+    live = LiveSceneConfig(enabled=True, bed={"negatives": 0.5, "quiet": 0.5}, gap_prob=0.0, codec_prob=0.0)
+    maker = LiveSceneMaker(bank, pool, D.SceneConfig(n_rirs=2), live, crop_frames=200, receptive_field=20,
+                           lookahead=4, teacher=track)
+    scenes = [maker.make(np.random.default_rng(i)) for i in range(12)]
+    with_teacher = [s for s in scenes if s.teacher_mask is not None and s.teacher_mask.all()]
+    without = [s for s in scenes if s.teacher_mask is not None and not s.teacher_mask.any()]
+    assert with_teacher and without and len(with_teacher) + len(without) == len(scenes)
+    for s in with_teacher:
+        assert s.teacher is not None and s.teacher.shape == (200, 2)
+        assert np.all(s.teacher[:, 1] == np.float16(0.5))
+    # Without a teacher the scenes are the very same draws (recipes without it are unchanged).
+    plain = LiveSceneMaker(bank, pool, D.SceneConfig(n_rirs=2), live, crop_frames=200, receptive_field=20,
+                           lookahead=4)
+    same = plain.make(np.random.default_rng(3))
+    assert same.teacher is None
+    np.testing.assert_array_equal(same.features, scenes[3].features)
+
+
+def test_training_with_the_teacher_learns_its_head_and_resumes(tiny: dict[str, Path]) -> None:
+    root = tiny["root"]
+    cache = root / "cache"
+    TeacherTrack.for_pool(NegativePool.load(tiny["negatives"], "train", cache), tiny["model"], cache, score=stand_in)
+    config = root / "teacher.yaml"
+    config.write_text(LIVE_CONFIG.replace("loss: {onset: 1.0, onset_frames: 10}",
+                                          "loss: {onset: 1.0, onset_frames: 10, teacher: 1.0}"))
+    base = ["train", "--config", str(config), "--data", str(tiny["data"]), "--negatives", str(tiny["negatives"]),
+            "--cache", str(cache), "--teacher", str(tiny["model"])]
+    assert cli.main([*base, "--out", str(root / "run"), "--max-minutes", "0"]) == 0
+    assert cli.main([*base, "--out", str(root / "run")]) == 0
+    last = torch.load(root / "run" / "last.pt", weights_only=False)
+    assert last["state"]["step"] == 8 and last["teacher_head"]["weight"].shape == (2, 8, 1)
+    report = json.loads((root / "run" / "report.json").read_text())
+    assert report["data"]["teacher_classes"] == 2
+    # (a batch of 3 scenes may hold no plain negatives background: then the term is 0)
+    history = json.loads((root / "run" / "history.json").read_text())["history"]
+    assert any(entry["teacher"] > 0 for entry in history) and all(entry["teacher"] >= 0 for entry in history)
+    # The exported model is the network alone: the teacher head stays in training.
+    onnx_path = root / "teacher.onnx"
+    assert cli.main(["export", "--checkpoint", str(root / "run" / "best.pt"), "--out", str(onnx_path)]) == 0
+    assert onnx_path.stat().st_size > 0
+
+
+def test_teacher_errors_are_clear(tiny: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    root = tiny["root"]
+    config = root / "teacher-missing.yaml"
+    config.write_text(LIVE_CONFIG.replace("loss: {onset: 1.0, onset_frames: 10}", "loss: {teacher: 1.0}"))
+    assert cli.main(["train", "--config", str(config), "--data", str(tiny["data"]), "--negatives",
+                     str(tiny["negatives"]), "--cache", str(root / "cache"), "--out", str(root / "x")]) != 0
+    assert "needs --teacher" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match=r"nope\.tflite not found"):
+        yamnet_scorer(root / "nope.tflite")
