@@ -184,6 +184,9 @@ def train_live(
             }
             state["history"].append(entry)
             tqdm.write(f"{label} {json.dumps(entry)}")
+            # The network at every evaluation (230 kB each): candidates for weight averaging.
+            (out_dir / "evals").mkdir(exist_ok=True)
+            torch.save(net.state_dict(), out_dir / "evals" / f"step-{step}.pt")
             if selection > state["best"]:
                 state.update(best=selection, best_step=step, bad=0)
                 torch.save(copy.deepcopy(net.state_dict()), best_file)
