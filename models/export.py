@@ -67,6 +67,18 @@ def export_onnx(
     return contract
 
 
+def average_states(files: list[Path]) -> dict[str, torch.Tensor]:
+    """The element-wise mean of network states (weight averaging of a run's late
+    evaluations; batch-norm statistics are averaged alike)."""
+    states = [torch.load(f, map_location="cpu", weights_only=True) for f in files]
+    for f, state in zip(files, states, strict=True):
+        if state.keys() != states[0].keys():
+            raise ValueError(f"{f}: not the same network as {files[0]}")
+    return {
+        k: (sum(s[k].double() for s in states) / len(states)).to(states[0][k].dtype) for k in states[0]
+    }
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """`harken export`: a checkpoint (optionally re-tuned on dev) to ONNX with its contract."""
     from models.cached import prepare_data
@@ -75,7 +87,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
     cfg = config_from_dict({k: v for k, v in ckpt["config"].items()}, str(args.checkpoint))
     net = build_net(cfg, FeatureParams())
-    net.load_state_dict(ckpt["state"])
+    weights = list(getattr(args, "weights", None) or [])
+    if weights and not getattr(args, "data", None):
+        raise ValueError("--weights needs --data: the decisions are tuned for the exported weights")
+    net.load_state_dict(average_states(weights) if weights else ckpt["state"])
     net.eval()
     decisions = {k: DecisionParams.from_dict(v) for k, v in ckpt["tuned"].items()}
     mt = ckpt["metrics_tuned"]
@@ -138,6 +153,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             "research and evaluation only; see models/MODEL_CARD.md"
         ),
         "data": {k: ckpt["data"].get(k) for k in ("train", "dev", "scene_seconds")},
+        **({"weights": [p.name for p in weights]} if weights else {}),
         "dev_mean_f1": mt["mean_f1"],
         "dev_fa_per_hour": mt["fa_per_hour"],
         "dev_f1": {c: v["f1"] for c, v in mt["per_class"].items()},

@@ -277,6 +277,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"checkpoint {args.checkpoint} not found (write one with `harken train`)"
         )
+    if args.weights and not args.data:
+        raise ConfigError("--weights needs --data: the decisions are re-tuned for the exported weights")
+    missing = [str(w) for w in args.weights or [] if not w.is_file()]
+    if missing:
+        raise ConfigError(f"--weights: {', '.join(missing)} not found (a run keeps them in evals/)")
     return train.cmd_export(args)
 
 
@@ -476,8 +481,10 @@ def build_parser() -> argparse.ArgumentParser:
     mine.set_defaults(func=cmd_mine)
 
     export = sub.add_parser("export", help="write a trained checkpoint as ONNX with its contract")
-    export.add_argument("--checkpoint", type=Path, required=True,
-                        help="best.pt written by `harken train`, or a model .onnx (its contract gives the decisions)")
+    export.add_argument("--checkpoint", type=Path, required=True, help="best.pt written by `harken train`")
+    export.add_argument("--weights", type=Path, nargs="+",
+                        help="network states to export instead of the checkpoint's (a run's evals/step-N.pt); "
+                             "several are averaged. Needs --data: the decisions are re-tuned for them")
     export.add_argument("--out", type=Path, default=models_dir / "harken.onnx",
                         help="ONNX file to write (default: the bundled models/harken.onnx)")
     export.add_argument("--data", type=Path,

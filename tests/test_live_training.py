@@ -235,6 +235,15 @@ def test_live_training_resumes_exports_and_mines(tiny: dict[str, Path]) -> None:
     assert dev_report["dev_tuned"]["negative_hours"] > 0
     detector = Detector.load(onnx_path)
     assert detector.contract.model_name == "tiny-live"
+    # The network at every evaluation is kept; --weights exports one or the average of several.
+    evals = sorted((root / "whole" / "evals").glob("step-*.pt"))
+    assert [p.name for p in evals] == ["step-4.pt", "step-8.pt"]
+    averaged = root / "averaged.onnx"
+    assert cli.main(["export", "--checkpoint", str(root / "whole" / "best.pt"), "--out", str(averaged),
+                     "--weights", *map(str, evals), "--data", str(tiny["data"]), "--cache", str(root / "cache")]) == 0
+    assert Detector.load(averaged).contract.training["weights"] == ["step-4.pt", "step-8.pt"]
+    assert cli.main(["export", "--checkpoint", str(root / "whole" / "best.pt"), "--out", str(averaged),
+                     "--weights", str(evals[0])]) != 0
     mined = root / "hard.json"
     assert cli.main(["mine", "--checkpoint", str(root / "whole" / "best.pt"), "--negatives", str(tiny["negatives"]),
                      "--out", str(mined), "--cache", str(root / "cache")]) == 0
