@@ -87,9 +87,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
     cfg = config_from_dict({k: v for k, v in ckpt["config"].items()}, str(args.checkpoint))
     net = build_net(cfg, FeatureParams())
-    weights = list(getattr(args, "weights", None) or [])
-    if weights and not getattr(args, "data", None):
-        raise ValueError("--weights needs --data: the decisions are tuned for the exported weights")
+    weights = list(getattr(args, "weights", None) or [])  # service.cli checks that --data comes with them
     net.load_state_dict(average_states(weights) if weights else ckpt["state"])
     net.eval()
     decisions = {k: DecisionParams.from_dict(v) for k, v in ckpt["tuned"].items()}

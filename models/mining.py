@@ -25,26 +25,12 @@ import torch
 from models.negatives import SAMPLE_RATE, NegativePool
 from service.audio.features import FeatureParams, LogMel
 from service.decision import DecisionParams, decide
-from service.detector import pad_stream
 
 #: Mining thresholds are the tuned ones times this: near misses count as hard negatives.
 THRESHOLD_SCALE = 0.8
 #: Audio kept around each false alarm: a little before its start (what led to it) and
 #: at least this long.
 PRE_S, MIN_WINDOW_S, MAX_WINDOW_S = 1.0, 3.0, 6.0
-
-
-def torch_scorer(net: torch.nn.Module, lookahead: int) -> Callable[[np.ndarray], np.ndarray]:
-    """Frame scores of a training network, padded exactly as the daemon pads a stream."""
-    context = net.receptive_field - lookahead  # type: ignore[operator]
-    net.eval()
-
-    def score(feats: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            x = pad_stream(feats, context, lookahead)
-            return torch.sigmoid(net(torch.from_numpy(x)[None]))[0].numpy()
-
-    return score
 
 
 def _loosen(decisions: dict[str, DecisionParams], mining_threshold: float | None) -> dict[str, DecisionParams]:
@@ -112,13 +98,13 @@ def mine(
     loose_counts: Counter[str] = Counter()
     by_kind: Counter[str] = Counter()
     starts = np.array([c.start for c in pool.chunks])
+    hop, t0 = params.hop_s, float(params.frame_center_s(0))
     for start in range(0, pool.audio.shape[0], n):
         audio = np.asarray(pool.audio[start : start + n], dtype=np.float32) / 32768.0
         feats = logmel.frames(audio)
         if feats.shape[0] == 0:
             continue
         scores = score(feats)
-        hop, t0 = params.hop_s, float(params.frame_center_s(0))
         for event in decide(scores, class_names, decisions, hop, t0):
             strict_counts[event.class_name] += 1
         for event in decide(scores, class_names, loose, hop, t0):
@@ -141,7 +127,9 @@ def mine(
 
 def cmd_mine(args: Any) -> int:
     from models.config import CLASSES, build_net, config_from_dict
+    from models.tuning import torch_scorer
 
+    score: Callable[[np.ndarray], np.ndarray]
     if Path(args.checkpoint).suffix == ".onnx":
         # A shipped model mines too (the next round needs no training checkpoint): its
         # contract carries the decisions and the licences it was trained under.
@@ -149,28 +137,28 @@ def cmd_mine(args: Any) -> int:
 
         detector = Detector.load(args.checkpoint, threads=2)
         contract = detector.contract
+        score, class_names = detector.scores, contract.class_names
+        decisions = dict(contract.decision)
         licences = str(contract.training.get("licences", "all"))
-        pool = NegativePool.load(args.negatives, "train", args.cache, licences)
-        result = mine(detector.scores, pool, dict(contract.decision), contract.class_names,
-                      mining_threshold=args.threshold)
-        if args.data:
-            result |= mine_confusers(detector.scores, confuser_clips(args.data, licences),
-                                     dict(contract.decision), contract.class_names, args.threshold)
-        return _report(result, args)
-    ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
-    if "config" not in ckpt:
-        raise ValueError(f"{args.checkpoint}: no training config inside (give best.pt or last.pt of `harken train`)")
-    cfg = config_from_dict(ckpt["config"], str(args.checkpoint))
-    torch.set_num_threads(cfg.opt.threads)
-    net = build_net(cfg, FeatureParams())
-    # A training run's last.pt (resumable state) mines too: its net, the recipe's decisions.
-    net.load_state_dict(ckpt["state"] if "state" in ckpt and "net" not in ckpt else ckpt["net"])
-    decisions = {k: DecisionParams.from_dict(v) for k, v in ckpt.get("tuned", cfg.to_dict()["decision"]).items()}
-    pool = NegativePool.load(args.negatives, "train", args.cache, cfg.data.licences)
-    score = torch_scorer(net, cfg.net.lookahead_frames)
-    result = mine(score, pool, decisions, CLASSES, mining_threshold=args.threshold)
+    else:
+        ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+        if "config" not in ckpt:
+            raise ValueError(
+                f"{args.checkpoint}: no training config inside (give best.pt or last.pt of `harken train`)"
+            )
+        cfg = config_from_dict(ckpt["config"], str(args.checkpoint))
+        torch.set_num_threads(cfg.opt.threads)
+        net = build_net(cfg, FeatureParams())
+        # A training run's last.pt (resumable state) mines too: its net, the recipe's decisions.
+        net.load_state_dict(ckpt["state"] if "state" in ckpt and "net" not in ckpt else ckpt["net"])
+        decisions = {
+            k: DecisionParams.from_dict(v) for k, v in ckpt.get("tuned", cfg.to_dict()["decision"]).items()
+        }
+        score, class_names, licences = torch_scorer(net, cfg.net.lookahead_frames), CLASSES, cfg.data.licences
+    pool = NegativePool.load(args.negatives, "train", args.cache, licences)
+    result = mine(score, pool, decisions, class_names, mining_threshold=args.threshold)
     if args.data:
-        result |= mine_confusers(score, confuser_clips(args.data, cfg.data.licences), decisions, CLASSES,
+        result |= mine_confusers(score, confuser_clips(args.data, licences), decisions, class_names,
                                  args.threshold)
     return _report(result, args)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -23,19 +23,28 @@ log = logging.getLogger(__name__)
 ONSET_COLLAR_S = 0.5
 
 
+def torch_scorer(
+    net: CompactTCN | FreqConvTCN, lookahead: int
+) -> Callable[[np.ndarray], np.ndarray]:
+    """Frame scores (T, C) of a training network on log-mel frames (T, n_mels), padded
+    exactly as service.detector pads a stream."""
+    context = net.receptive_field - lookahead
+    net.eval()
+
+    def score(feats: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            x = pad_stream(feats.astype(np.float32), context, lookahead)
+            return torch.sigmoid(net(torch.from_numpy(x)[None]))[0].numpy()
+
+    return score
+
+
 def dev_scores(
     net: CompactTCN | FreqConvTCN, dev: Sequence[D.DevItem], lookahead: int
 ) -> list[np.ndarray]:
     """Frame scores (T, C) of every dev item, padded exactly as service.detector does."""
-    context = net.receptive_field - lookahead
-    net.eval()
-    out = []
-    with torch.no_grad():
-        for item in dev:
-            feats = item.features.astype(np.float32)
-            x = pad_stream(feats, context, lookahead)
-            out.append(torch.sigmoid(net(torch.from_numpy(x)[None]))[0].numpy())
-    return out
+    score = torch_scorer(net, lookahead)
+    return [score(item.features) for item in dev]
 
 
 def _match(
