@@ -227,7 +227,7 @@ def train_run(
         if step % cfg.eval.every_steps == 0 or step == steps:
             scores = dev_scores(net, dev, lookahead)
             m = evaluate(scores, dev, cfg.decision)
-            sel = selection_f1(scores, dev, cfg.decision)
+            sel = selection_f1(scores, dev, cfg.decision, fa_cost=cfg.eval.fa_cost)
             history.append(
                 {
                     "step": step,

@@ -383,7 +383,7 @@ def train_live_command(
     def evaluate_net(model: torch.nn.Module) -> tuple[float, dict[str, Any]]:
         scores = dev_scores(model, dev, cfg.net.lookahead_frames)  # type: ignore[arg-type]
         m = evaluate(scores, dev, cfg.decision)
-        return selection_f1(scores, dev, cfg.decision), {
+        return selection_f1(scores, dev, cfg.decision, fa_cost=cfg.eval.fa_cost), {
             "default_f1": {c: v["f1"] for c, v in m["per_class"].items()},
             "default_fa_per_hour": m["fa_per_hour"],
         }

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from tests.conftest import require_module
 
 require_module("torch", "the [train] extra (torch)")  # models.tuning imports the training stack
 
 from models import data as D  # noqa: E402
-from models.tuning import evaluate, tune_decisions  # noqa: E402
+from models.tuning import evaluate, selection_f1, tune_decisions  # noqa: E402
 from service.decision import DecisionParams  # noqa: E402
 
 HOP_S = 0.02
@@ -60,3 +61,36 @@ def test_onset_window_never_asks_for_more_frames_than_it_holds() -> None:
     base = {c: DecisionParams(0.5, 0.3, 1, 3, 3, 0.0, 0.1, 0.0) for c in CLASSES}
     tuned = tune_decisions(scores, dev, base, (0.5,), 0.5, dur_scales=(1.0,), onset_windows=((3, 1),))
     assert all((p.onset_k, p.onset_n) == (9, 9) for p in tuned.values())
+
+
+def _confident_dev(negative_peak: float) -> tuple[list[D.DevItem], list[np.ndarray]]:
+    """Cries at 0.995 for 2 s; an hour of negatives where the cry score reaches
+    `negative_peak` for 2 s once a minute (a confuser the model is fairly sure of)."""
+    items, scores = [], []
+    for i in range(10):
+        s = np.full((500, 3), 0.02, np.float32)
+        s[200:300, 0] = 0.995
+        items.append(_item(f"cry{i}", s, [("baby_cry", 200 * HOP_S, 300 * HOP_S)], False))
+        scores.append(s)
+    neg = np.full((180_000, 3), 0.02, np.float32)
+    for start in range(0, neg.shape[0] - 100, 3000):
+        neg[start : start + 100, 0] = negative_peak
+    items.append(_item("negatives", neg, [], True))
+    scores.append(neg)
+    return items, scores
+
+
+def test_selection_reaches_the_thresholds_tuning_ends_on() -> None:
+    """A model that separates cries from confusers only above 0.97 is a good model after
+    tuning; the selection metric must see that, and charge for the false alarms it cannot avoid."""
+    base = {c: DecisionParams(0.5, 0.3, 1, 3, 3, 0.0, 0.1, 0.0) for c in CLASSES}
+    dev, separable = _confident_dev(negative_peak=0.96)
+    # The alarm and glass terms are 0 (no events, no false alarms): the mean is cry's / 3.
+    high = selection_f1(separable, dev, base)
+    low = selection_f1(separable, dev, base, thresholds=(0.5, 0.7, 0.9))
+    assert high - low > 0.9 / 3 * 0.9, (high, low)
+    # Negatives as confident as the cries: 60 false alarms an hour at every threshold.
+    dev, inseparable = _confident_dev(negative_peak=0.999)
+    worse = selection_f1(inseparable, dev, base)
+    f1_at_60_fa = 2 * (10 / 70) * 1.0 / (10 / 70 + 1.0)
+    assert worse == pytest.approx((f1_at_60_fa - 0.01 * 60) / 3, abs=1e-3)
