@@ -76,6 +76,9 @@ class EvalConfig:
     #: Onset windows tuning tries, as (k factor, n factor) of the k-of-n onset rule: (2, 3)
     #: needs twice the confident frames within three times the window (models/tuning.py).
     onset_windows: tuple[tuple[int, int], ...] = ((1, 1), (1, 2), (2, 3))
+    #: Onset look-backs tuning tries once the rest is chosen (service/decision.py, rule 6):
+    #: they move reported onsets only, so they are tuned on the chosen setting.
+    onset_lookbacks_s: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 3.0)
     dev_reps: dict[str, int] = field(
         default_factory=lambda: {"baby_cry": 1, "smoke_alarm": 6, "glass_break": 3}
     )

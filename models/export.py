@@ -5,14 +5,16 @@ from __future__ import annotations
 import argparse
 import io
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import torch
 
-from models.config import CLASSES, build_net, config_from_dict
+from models.config import CLASSES, TrainConfig, build_net, config_from_dict, load_config
 from models.net import CompactTCN, FreqConvTCN, ScoresHead
 from service.audio.features import FeatureParams
 from service.contract import CONTRACT_KEY, ModelContract
@@ -79,11 +81,93 @@ def average_states(files: list[Path]) -> dict[str, torch.Tensor]:
     }
 
 
+def tune_on_dev(
+    score: Callable[[np.ndarray], np.ndarray], cfg: TrainConfig, args: argparse.Namespace
+) -> tuple[dict[str, DecisionParams], dict[str, Any]]:
+    """Decisions tuned on dev by this code's rules for a scorer (log-mel frames -> scores),
+    with the dev figures and, for live recipes with negatives, the procedural-alarm line.
+    The scenes cache of the training run is reused when --cache points at it."""
+    from models.cached import prepare_data
+    from models.tuning import evaluate, tune_for_recipe
+
+    cache = Path(args.cache or Path(args.checkpoint).parent / "cache")
+    negatives = Path(args.negatives) if getattr(args, "negatives", None) else None
+    if cfg.live.enabled:
+        from models.trainer import live_dev_set
+
+        dev, _ = live_dev_set(cfg, Path(args.data), negatives, cache)
+    else:
+        receptive_field = build_net(cfg, FeatureParams()).receptive_field
+        _, dev, _ = prepare_data(cfg, Path(args.data), cache, receptive_field, cfg.net.lookahead_frames)
+    scores = [score(item.features) for item in dev]
+    decisions = tune_for_recipe(scores, dev, cfg)
+    report: dict[str, Any] = {
+        "dev_tuned": evaluate(scores, dev, decisions),
+        "tuned_decisions": {k: v.to_dict() for k, v in decisions.items()},
+    }
+    if cfg.live.enabled and negatives is not None:
+        from models.negatives import NegativePool
+        from models.trainer import procedural_alarm_items
+
+        # Dev holds 3 real alarm recordings: procedural alarms in dev negatives get a
+        # line of their own (not used for selection or tuning).
+        pool = NegativePool.load(negatives, "dev", cache, cfg.data.licences)
+        proc = procedural_alarm_items(pool, FeatureParams())
+        proc_m = evaluate([score(item.features) for item in proc], proc, decisions)
+        report["procedural_alarms"] = {
+            "scenes": len(proc), **proc_m["per_class"]["smoke_alarm"],
+            "cross_trigger": proc_m["cross_trigger"]["smoke_alarm"],
+        }
+    out = Path(args.out).with_suffix(".dev.json")
+    out.write_text(json.dumps(report, indent=1))
+    mt = report["dev_tuned"]
+    print(f"re-tuned decisions on dev: mean F1 {mt['mean_f1']:.3f}, FA/h {mt['fa_per_hour']:.1f} (figures in {out})")
+    return decisions, mt
+
+
+def dev_figures(mt: Mapping[str, Any]) -> dict[str, Any]:
+    """The dev figures a model's contract carries (`training`)."""
+    return {
+        "dev_mean_f1": mt["mean_f1"],
+        "dev_fa_per_hour": mt["fa_per_hour"],
+        "dev_f1": {c: v["f1"] for c, v in mt["per_class"].items()},
+    }
+
+
+def retune_onnx(args: argparse.Namespace) -> int:
+    """`harken export --checkpoint MODEL.onnx --config RECIPE --data ...`: the same network,
+    its decisions re-tuned on dev by this code's rules, written with the updated contract.
+    A shipped model needs no training checkpoint to take up a new decision rule."""
+    from service.detector import Detector
+
+    cfg = load_config(args.config)
+    detector = Detector.load(args.checkpoint, threads=cfg.opt.threads)
+    if tuple(detector.contract.class_names) != CLASSES:
+        raise ValueError(f"{args.checkpoint}: classes {detector.contract.class_names}, the recipe's are {CLASSES}")
+    decisions, mt = tune_on_dev(detector.scores, cfg, args)
+    model = onnx.load(str(args.checkpoint))
+    contract = detector.contract
+    contract = replace(
+        contract,
+        decision=decisions,
+        training={**contract.training, **dev_figures(mt), "retuned_with": str(args.config)},
+    )
+    contract.verify(str(args.out))
+    for entry in model.metadata_props:
+        if entry.key == CONTRACT_KEY:
+            entry.value = contract.to_json()
+    onnx.checker.check_model(model)
+    onnx.save(model, str(args.out))
+    print(f"wrote {args.out}: {contract.model_name} {contract.model_version}, dev mean F1 {mt['mean_f1']:.3f}")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """`harken export`: a checkpoint (optionally re-tuned on dev) to ONNX with its contract."""
-    from models.cached import prepare_data
-    from models.tuning import dev_scores, evaluate, tune_for_recipe
+    from models.tuning import torch_scorer
 
+    if Path(args.checkpoint).suffix == ".onnx":
+        return retune_onnx(args)
     ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
     cfg = config_from_dict({k: v for k, v in ckpt["config"].items()}, str(args.checkpoint))
     net = build_net(cfg, FeatureParams())
@@ -93,47 +177,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     decisions = {k: DecisionParams.from_dict(v) for k, v in ckpt["tuned"].items()}
     mt = ckpt["metrics_tuned"]
     if getattr(args, "data", None):
-        # Re-tune the decisions on dev with this code's tuning rules (the scenes cache of
-        # the training run is reused when --cache points at it).
         torch.set_num_threads(cfg.opt.threads)
-        cache = Path(args.cache or Path(args.checkpoint).parent / "cache")
-        extra: dict[str, Any] = {}
-        if cfg.live.enabled:
-            from models.negatives import NegativePool
-            from models.trainer import live_dev_set, procedural_alarm_items
-
-            negatives = Path(args.negatives) if getattr(args, "negatives", None) else None
-            dev, _ = live_dev_set(cfg, Path(args.data), negatives, cache)
-        else:
-            _, dev, _ = prepare_data(cfg, Path(args.data), cache, net.receptive_field, cfg.net.lookahead_frames)
-        scores = dev_scores(net, dev, cfg.net.lookahead_frames)
-        decisions = tune_for_recipe(scores, dev, cfg)
-        mt = evaluate(scores, dev, decisions)
-        if cfg.live.enabled and negatives is not None:
-            # Dev holds 3 real alarm recordings: procedural alarms in dev negatives get a
-            # line of their own (not used for selection or tuning).
-            pool = NegativePool.load(negatives, "dev", cache, cfg.data.licences)
-            proc = procedural_alarm_items(pool, FeatureParams())
-            proc_m = evaluate(dev_scores(net, proc, cfg.net.lookahead_frames), proc, decisions)
-            extra["procedural_alarms"] = {
-                "scenes": len(proc), **proc_m["per_class"]["smoke_alarm"],
-                "cross_trigger": proc_m["cross_trigger"]["smoke_alarm"],
-            }
-        report = Path(args.out).with_suffix(".dev.json")
-        report.write_text(
-            json.dumps(
-                {
-                    "dev_tuned": mt,
-                    "tuned_decisions": {k: v.to_dict() for k, v in decisions.items()},
-                    **extra,
-                },
-                indent=1,
-            )
-        )
-        print(
-            f"re-tuned decisions on dev: mean F1 {mt['mean_f1']:.3f}, FA/h "
-            f"{mt['fa_per_hour']:.1f} (figures in {report})"
-        )
+        decisions, mt = tune_on_dev(torch_scorer(net, cfg.net.lookahead_frames), cfg, args)
     training = {
         "command": ckpt.get("command", ""),
         "steps": ckpt["steps"],
@@ -152,9 +197,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         ),
         "data": {k: ckpt["data"].get(k) for k in ("train", "dev", "scene_seconds")},
         **({"weights": [p.name for p in weights]} if weights else {}),
-        "dev_mean_f1": mt["mean_f1"],
-        "dev_fa_per_hour": mt["fa_per_hour"],
-        "dev_f1": {c: v["f1"] for c, v in mt["per_class"].items()},
+        **dev_figures(mt),
     }
     out = Path(args.out)
     export_onnx(

@@ -192,6 +192,7 @@ def tune_decisions(
     max_latency_s: Mapping[str, float] | None = None,
     onset_windows: Sequence[tuple[int, int]] = ((1, 1),),
     fa_cost: float = 0.01,
+    onset_lookbacks_s: Sequence[float] = (0.0,),
 ) -> dict[str, DecisionParams]:
     """Per class, the on-threshold, minimum duration, smoothing and onset window with the best dev F1 among those
     whose false alarms on dev negatives stay within `fa_budget` per hour; when none does,
@@ -201,7 +202,21 @@ def tune_decisions(
     confident on some negatives needs them. `onset_windows` scales the k-of-n onset window
     as (k factor, n factor): (2, 3) asks for twice the confident frames within three times
     the window, evidence gathered over a longer stretch that isolated confident moments on
-    negatives do not reach, without moving the reported onset."""
+    negatives do not reach, without moving the reported onset. Then, on the chosen setting,
+    the onset look-back (`onset_lookbacks_s`): it moves reported onsets only, never what
+    is reported or when, so it is tuned last and alone."""
+    def rank(single: list[np.ndarray], c: str, cand: DecisionParams) -> tuple[float, ...]:
+        pc = event_metrics(dev, run_decisions(single, {c: cand}, (c,)), (c,))["per_class"][c]
+        latency = pc["median_latency_s"]
+        bound = (max_latency_s or {}).get(c)
+        return (
+            0.0 if bound is not None and latency is not None and latency > bound else 1.0,
+            # Within budget only counts for settings that find something:
+            # a threshold nothing reaches has no false alarms, and no use.
+            1.0 if pc["fa_per_hour"] <= fa_budget and pc["tp"] > 0 else 0.0,
+            pc["f1"] - fa_cost * pc["fa_per_hour"],
+        )
+
     tuned = dict(base)
     grid = sorted(set(on_thresholds) | {0.97, 0.99})
     for ci, c in enumerate(CLASSES):
@@ -224,20 +239,15 @@ def tune_decisions(
                     onset_k=b.onset_k * k_scale,
                     onset_n=max(b.onset_n * n_scale, b.onset_k * k_scale),
                 )
-                m = event_metrics(dev, run_decisions(single, {c: cand}, (c,)), (c,))
-                pc = m["per_class"][c]
-                latency = pc["median_latency_s"]
-                bound = (max_latency_s or {}).get(c)
-                key = (
-                    0.0 if bound is not None and latency is not None and latency > bound else 1.0,
-                    # Within budget only counts for settings that find something:
-                    # a threshold nothing reaches has no false alarms, and no use.
-                    1.0 if pc["fa_per_hour"] <= fa_budget and pc["tp"] > 0 else 0.0,
-                    pc["f1"] - fa_cost * pc["fa_per_hour"],
-                )
+                key = rank(single, c, cand)
                 if best is None or key > best[0]:
                     best = (key, cand)
         assert best is not None
+        for lookback in onset_lookbacks_s:
+            cand = replace(best[1], onset_lookback_s=lookback)
+            key = rank(single, c, cand)
+            if key > best[0]:
+                best = (key, cand)
         tuned[c] = best[1]
     return tuned
 
@@ -253,6 +263,6 @@ def tune_for_recipe(
     return tune_decisions(
         scores, dev, cfg.decision, e.on_thresholds, e.fa_per_hour_budget,
         e.min_duration_scales, e.max_min_duration_s, e.max_latency_s, e.onset_windows,
-        e.fa_cost,
+        e.fa_cost, e.onset_lookbacks_s,
     )
 

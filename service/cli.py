@@ -279,6 +279,13 @@ def cmd_export(args: argparse.Namespace) -> int:
         )
     if args.weights and not args.data:
         raise ConfigError("--weights needs --data: the decisions are re-tuned for the exported weights")
+    if args.checkpoint.suffix == ".onnx" and not (args.config and args.data and args.cache):
+        raise ConfigError(
+            f"{args.checkpoint} is a model .onnx: re-tuning its decisions needs --config (the recipe "
+            "it was trained with), --data and --cache (where the dev scenes are kept)"
+        )
+    if args.checkpoint.suffix == ".onnx" and args.weights:
+        raise ConfigError("--weights are training snapshots: give the run's best.pt as --checkpoint")
     missing = [str(w) for w in args.weights or [] if not w.is_file()]
     if missing:
         raise ConfigError(f"--weights: {', '.join(missing)} not found (a run keeps them in evals/)")
@@ -481,7 +488,11 @@ def build_parser() -> argparse.ArgumentParser:
     mine.set_defaults(func=cmd_mine)
 
     export = sub.add_parser("export", help="write a trained checkpoint as ONNX with its contract")
-    export.add_argument("--checkpoint", type=Path, required=True, help="best.pt written by `harken train`")
+    export.add_argument("--checkpoint", type=Path, required=True,
+                        help="best.pt written by `harken train`, or a model .onnx whose decisions "
+                             "are re-tuned (needs --config, --data, --cache)")
+    export.add_argument("--config", type=Path,
+                        help="with a model .onnx: the recipe it was trained with (dev set, tuning rules)")
     export.add_argument("--weights", type=Path, nargs="+",
                         help="network states to export instead of the checkpoint's (a run's evals/step-N.pt); "
                              "several are averaged. Needs --data: the decisions are re-tuned for them")

@@ -58,6 +58,9 @@ class DecisionOverrides(Section):
     min_duration_s: float | None = Field(None, ge=0, description="Minimum duration before an event is published.")
     merge_gap_s: float | None = Field(None, ge=0, description="Gaps shorter than this stay inside one event.")
     cooldown_s: float | None = Field(None, ge=0, description="No new event of the class this long after one ends.")
+    onset_lookback_s: float | None = Field(
+        None, ge=0, description="An event's onset may reach back this far to a burst too short to publish."
+    )
 
 
 class ClassConfig(Section):

@@ -14,7 +14,12 @@ Per class, each frame goes through:
 4. release / merge gap: an active event ends (``EventEnded``) once the smoothed score has
    stayed below the off-threshold (hysteresis low side) for `merge_gap_s`; shorter gaps,
    such as the pauses of a T3 alarm or a baby's breath, are merged into the event;
-5. cooldown: no new event of the class starts within `cooldown_s` of the previous end.
+5. cooldown: no new event of the class starts within `cooldown_s` of the previous end;
+6. onset look-back: a candidate too short to publish (step 3) is remembered; when the
+   next candidate of the class starts within `onset_lookback_s` of its end and becomes
+   an event, the event's start is the earlier candidate's. A cry that opens with a short
+   sob, then a breath, then crying, starts at the sob: what is decided and when does
+   not change, only the onset reported.
 
 Across classes, arbitration stops a class from starting while another target class is
 active or starting with a smoothed score higher by `arbitration_margin` or more: a smoke
@@ -44,6 +49,8 @@ class DecisionParams:
     min_duration_s: float = 0.1
     merge_gap_s: float = 1.0
     cooldown_s: float = 0.0
+    #: How far back a published event's onset may reach to a too-short candidate before it.
+    onset_lookback_s: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.on_threshold <= 1.0:
@@ -56,7 +63,7 @@ class DecisionParams:
             raise ValueError(f"smoothing_frames must be >= 1, got {self.smoothing_frames}")
         if not 1 <= self.onset_k <= self.onset_n:
             raise ValueError(f"need 1 <= onset_k <= onset_n, got k={self.onset_k} n={self.onset_n}")
-        for name in ("min_duration_s", "merge_gap_s", "cooldown_s"):
+        for name in ("min_duration_s", "merge_gap_s", "cooldown_s", "onset_lookback_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
@@ -118,6 +125,11 @@ class _ClassState:
     params: DecisionParams
     phase: int = _IDLE
     start_frame: int = 0
+    #: The onset reported: start_frame, or an earlier dropped candidate's (onset look-back).
+    report_start_frame: int = 0
+    #: First and last frame of the latest too-short candidate (-1: none to look back to).
+    dropped_start_frame: int = -1
+    dropped_end_frame: int = -1
     detected_frame: int = 0
     last_above_off_frame: int = 0
     cooldown_until_frame: int = -1
@@ -253,6 +265,15 @@ class EventDecider:
                 if int(window.sum()) >= p.onset_k:
                     first = int(np.argmax(window))  # first above-on frame in the window
                     state.start_frame = frame - (window.shape[0] - 1 - first)
+                    lookback = round(p.onset_lookback_s / self.hop_s)
+                    reaches_back = (
+                        lookback > 0
+                        and state.dropped_end_frame >= 0
+                        and state.start_frame - state.dropped_end_frame <= lookback
+                    )
+                    state.report_start_frame = (
+                        state.dropped_start_frame if reaches_back else state.start_frame
+                    )
                     state.phase = _PENDING
                     state.score_sum, state.score_peak, state.n_frames = 0.0, 0.0, 0
                     state.flicker, state.was_above_off = 0, True
@@ -272,6 +293,9 @@ class EventDecider:
             if state.phase == _PENDING:
                 if not above_off:
                     state.phase = _IDLE  # too short: a click, not an event
+                    # ...or the first sob of a cry: the next candidate may reach back to it.
+                    state.dropped_start_frame = state.report_start_frame
+                    state.dropped_end_frame = frame - 1
                 elif (frame - state.start_frame + 1) * self.hop_s >= p.min_duration_s:
                     wants_start.append(c)
             elif state.phase == _ACTIVE and (frame - state.last_above_off_frame) * self.hop_s >= max(
@@ -299,10 +323,11 @@ class EventDecider:
             return
         state.phase = _ACTIVE
         state.detected_frame = frame
+        state.dropped_start_frame = state.dropped_end_frame = -1
         out.append(
             EventStarted(
                 class_name=name,
-                start_s=round(self.time_of(state.start_frame), 4),
+                start_s=round(self.time_of(state.report_start_frame), 4),
                 detected_s=round(self.time_of(frame), 4),
                 score=round(float(smoothed[c]), 4),
             )
@@ -316,7 +341,7 @@ class EventDecider:
         out.append(
             EventEnded(
                 class_name=self.class_names[c],
-                start_s=round(self.time_of(state.start_frame), 4),
+                start_s=round(self.time_of(state.report_start_frame), 4),
                 end_s=round(self.time_of(end_frame), 4),
                 detected_s=round(self.time_of(state.detected_frame), 4),
                 peak_score=round(state.score_peak, 4),

@@ -165,3 +165,33 @@ def test_invalid_parameters_name_the_parameter(changes: dict[str, float], messag
         DecisionParams(**{**DecisionParams().to_dict(), **changes})
     with pytest.raises(ValueError, match="unknown decision parameter"):
         DecisionParams.from_dict({"threshold": 0.5})
+
+
+def test_onset_lookback_dates_an_event_at_the_short_burst_before_it() -> None:
+    # A 0.2 s sob (too short for the 0.4 s minimum), a 0.6 s breath, then 1 s of crying.
+    x = scores((0.0, 50), (0.9, 10), (0.0, 30), (0.9, 50), (0.0, 50))
+    plain = run(x, min_duration_s=0.4)
+    assert [e.start_s for e in plain] == [pytest.approx(90 * HOP)]
+    looked_back = run(x, min_duration_s=0.4, onset_lookback_s=1.0)
+    assert [e.start_s for e in looked_back] == [pytest.approx(50 * HOP)]
+    # Only the onset moves: the decision fires on the same frame, the event ends at the same one.
+    assert looked_back[0].detected_s == plain[0].detected_s
+    assert looked_back[0].end_s == plain[0].end_s
+
+
+def test_onset_lookback_does_not_reach_past_its_window_or_make_events() -> None:
+    x = scores((0.0, 50), (0.9, 10), (0.0, 30), (0.9, 50), (0.0, 50))
+    # The sob ended 0.6 s before the crying: a 0.4 s look-back does not reach it.
+    assert run(x, min_duration_s=0.4, onset_lookback_s=0.4)[0].start_s == pytest.approx(90 * HOP)
+    # Short bursts alone never become an event, however far the look-back reaches.
+    bursts = scores(*[(0.9, 10), (0.0, 10)] * 8)
+    assert run(bursts, min_duration_s=0.4, onset_lookback_s=5.0) == []
+    # The first event takes the burst before it; the next event does not reach back to it.
+    two = scores((0.9, 5), (0.0, 5), (0.9, 30), (0.0, 5), (0.9, 30), (0.0, 20))
+    events = run(two, min_duration_s=0.4, onset_lookback_s=1.0)
+    assert [e.start_s for e in events] == [pytest.approx(0.0), pytest.approx(45 * HOP)]
+
+
+def test_onset_lookback_must_not_be_negative() -> None:
+    with pytest.raises(ValueError, match="onset_lookback_s"):
+        DecisionParams(onset_lookback_s=-1.0)

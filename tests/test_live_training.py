@@ -235,6 +235,18 @@ def test_live_training_resumes_exports_and_mines(tiny: dict[str, Path]) -> None:
     assert dev_report["dev_tuned"]["negative_hours"] > 0
     detector = Detector.load(onnx_path)
     assert detector.contract.model_name == "tiny-live"
+    # A model .onnx is re-tuned without its checkpoint: ONNX Runtime scores, the recipe's
+    # dev set and rules, so the same decisions; the network and its name stay, the contract says so.
+    retuned = root / "retuned.onnx"
+    retune = ["export", "--checkpoint", str(onnx_path), "--out", str(retuned), "--config", str(config),
+              "--data", str(tiny["data"]), "--negatives", str(tiny["negatives"]), "--cache", str(root / "cache")]
+    assert cli.main(retune) == 0
+    again = Detector.load(retuned).contract
+    assert dict(again.decision) == dict(detector.contract.decision)
+    assert again.training["retuned_with"] == str(config)
+    assert again.training["steps"] == detector.contract.training["steps"]
+    assert json.loads(retuned.with_suffix(".dev.json").read_text())["dev_tuned"] == dev_report["dev_tuned"]
+    assert cli.main([*retune[:5], "--data", str(tiny["data"])]) != 0  # no --config: one clear error
     # The network at every evaluation is kept; --weights exports one or the average of several.
     evals = sorted((root / "whole" / "evals").glob("step-*.pt"))
     assert [p.name for p in evals] == ["step-4.pt", "step-8.pt"]

@@ -94,3 +94,21 @@ def test_selection_reaches_the_thresholds_tuning_ends_on() -> None:
     worse = selection_f1(inseparable, dev, base)
     f1_at_60_fa = 2 * (10 / 70) * 1.0 / (10 / 70 + 1.0)
     assert worse == pytest.approx((f1_at_60_fa - 0.01 * 60) / 3, abs=1e-3)
+
+
+def test_tuning_picks_an_onset_lookback_when_cries_open_with_a_short_sob() -> None:
+    """Each cry: a 0.2 s sob at the labelled onset, a 0.8 s breath, then crying. With a
+    0.4 s minimum duration the crying is reported 1 s late, outside the 500 ms collar."""
+    items, scores = [], []
+    for i in range(10):
+        s = np.full((500, 3), 0.02, np.float32)
+        s[100:110, 0] = 0.99
+        s[150:300, 0] = 0.99
+        items.append(_item(f"cry{i}", s, [("baby_cry", 100 * HOP_S, 300 * HOP_S)], False))
+        scores.append(s)
+    base = {c: DecisionParams(0.9, 0.5, 1, 1, 1, 0.4, 0.1, 0.0) for c in CLASSES}
+    plain = tune_decisions(scores, items, base, (0.9,), 0.5, dur_scales=(1.0,))
+    assert evaluate(scores, items, plain)["per_class"]["baby_cry"]["f1"] == 0.0
+    tuned = tune_decisions(scores, items, base, (0.9,), 0.5, dur_scales=(1.0,), onset_lookbacks_s=(0.0, 0.5, 1.0))
+    assert tuned["baby_cry"].onset_lookback_s == 1.0
+    assert evaluate(scores, items, tuned)["per_class"]["baby_cry"]["f1"] == 1.0
