@@ -149,6 +149,7 @@ def retune_onnx(args: argparse.Namespace) -> int:
     contract = detector.contract
     contract = replace(
         contract,
+        model_version=getattr(args, "model_version", None) or contract.model_version,
         decision=decisions,
         training={**contract.training, **dev_figures(mt), "retuned_with": str(args.config)},
     )
@@ -201,7 +202,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     }
     out = Path(args.out)
     export_onnx(
-        net, out, CLASSES, cfg.net.lookahead_frames, decisions, cfg.name, cfg.version, training
+        net, out, CLASSES, cfg.net.lookahead_frames, decisions, cfg.name,
+        getattr(args, "model_version", None) or cfg.version, training
     )
     print(
         f"wrote {out} ({out.stat().st_size} bytes): {ckpt['parameters']} parameters, "

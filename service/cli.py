@@ -491,6 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--checkpoint", type=Path, required=True,
                         help="best.pt written by `harken train`, or a model .onnx whose decisions "
                              "are re-tuned (needs --config, --data, --cache)")
+    export.add_argument("--version", dest="model_version",
+                        help="model version in the contract (default: the recipe's version)")
     export.add_argument("--config", type=Path,
                         help="with a model .onnx: the recipe it was trained with (dev set, tuning rules)")
     export.add_argument("--weights", type=Path, nargs="+",

@@ -240,8 +240,9 @@ def test_live_training_resumes_exports_and_mines(tiny: dict[str, Path]) -> None:
     retuned = root / "retuned.onnx"
     retune = ["export", "--checkpoint", str(onnx_path), "--out", str(retuned), "--config", str(config),
               "--data", str(tiny["data"]), "--negatives", str(tiny["negatives"]), "--cache", str(root / "cache")]
-    assert cli.main(retune) == 0
+    assert cli.main([*retune, "--version", "9.9.9"]) == 0
     again = Detector.load(retuned).contract
+    assert again.model_version == "9.9.9"
     assert dict(again.decision) == dict(detector.contract.decision)
     assert again.training["retuned_with"] == str(config)
     assert again.training["steps"] == detector.contract.training["steps"]
