@@ -152,6 +152,19 @@ def evaluate(
     return event_metrics(dev, run_decisions(scores, params))
 
 
+def class_metrics(
+    single: Sequence[np.ndarray], dev: Sequence[D.DevItem], c: str, params: DecisionParams
+) -> dict[str, Any]:
+    """Event metrics of one class `c` from its score column alone (`single`: (T, 1) each)."""
+    return event_metrics(dev, run_decisions(single, {c: params}, (c,)), (c,))["per_class"][c]
+
+
+def at_on_threshold(params: DecisionParams, on: float) -> DecisionParams:
+    """`params` at on-threshold `on`, the off-threshold scaled with it (never above it)."""
+    off = round(min(params.off_threshold / params.on_threshold * on, on), 3)
+    return replace(params, on_threshold=on, off_threshold=off)
+
+
 def selection_f1(
     scores: Sequence[np.ndarray],
     dev: Sequence[D.DevItem],
@@ -169,13 +182,7 @@ def selection_f1(
         single = [s[:, ci : ci + 1] for s in scores]
         best = -np.inf
         for on in thresholds:
-            b = base[c]
-            cand = replace(
-                b,
-                on_threshold=on,
-                off_threshold=round(min(b.off_threshold / b.on_threshold * on, on), 3),
-            )
-            pc = event_metrics(dev, run_decisions(single, {c: cand}, (c,)), (c,))["per_class"][c]
+            pc = class_metrics(single, dev, c, at_on_threshold(base[c], on))
             best = max(best, pc["f1"] - fa_cost * pc["fa_per_hour"])
         f1s.append(best)
     return float(np.mean(f1s))
@@ -206,7 +213,7 @@ def tune_decisions(
     the onset look-back (`onset_lookbacks_s`): it moves reported onsets only, never what
     is reported or when, so it is tuned last and alone."""
     def rank(single: list[np.ndarray], c: str, cand: DecisionParams) -> tuple[float, ...]:
-        pc = event_metrics(dev, run_decisions(single, {c: cand}, (c,)), (c,))["per_class"][c]
+        pc = class_metrics(single, dev, c, cand)
         latency = pc["median_latency_s"]
         bound = (max_latency_s or {}).get(c)
         return (
@@ -228,9 +235,7 @@ def tune_decisions(
             ):
                 b = base[c]
                 cand = replace(
-                    b,
-                    on_threshold=on,
-                    off_threshold=round(min(b.off_threshold / b.on_threshold * on, on), 3),
+                    at_on_threshold(b, on),
                     min_duration_s=round(
                         min(b.min_duration_s * dur_scale, (max_min_duration_s or {}).get(c, 1e9)),
                         3,

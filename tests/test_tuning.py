@@ -21,16 +21,22 @@ def _item(name: str, scores: np.ndarray, truth: list[tuple[str, float, float]], 
     return D.DevItem(name, np.zeros((scores.shape[0], 64), np.float32), truth, scores.shape[0] * HOP_S, negative)
 
 
+def _cries(score: float) -> tuple[list[D.DevItem], list[np.ndarray]]:
+    """Ten 10 s items, each a 2 s cry (frames 200-300) whose score sits at `score`."""
+    items, scores = [], []
+    for i in range(10):
+        s = np.full((500, 3), 0.02, np.float32)
+        s[200:300, 0] = score
+        items.append(_item(f"cry{i}", s, [("baby_cry", 200 * HOP_S, 300 * HOP_S)], False))
+        scores.append(s)
+    return items, scores
+
+
 def _dev() -> tuple[list[D.DevItem], list[np.ndarray]]:
     """Cries that stay confident for 2 s, and an hour of negatives where the cry score
     flickers up for 5 frames every 30 frames, then one confident 4-frame burst a minute."""
     rng = np.random.default_rng(0)
-    items, scores = [], []
-    for i in range(10):
-        s = np.full((500, 3), 0.02, np.float32)
-        s[200:300, 0] = 0.99
-        items.append(_item(f"cry{i}", s, [("baby_cry", 200 * HOP_S, 300 * HOP_S)], False))
-        scores.append(s)
+    items, scores = _cries(0.99)
     neg = np.full((180_000, 3), 0.02, np.float32)
     for start in range(0, neg.shape[0] - 30, 3000):
         neg[start : start + 5, 0] = 0.99  # a short confident burst
@@ -66,12 +72,7 @@ def test_onset_window_never_asks_for_more_frames_than_it_holds() -> None:
 def _confident_dev(negative_peak: float) -> tuple[list[D.DevItem], list[np.ndarray]]:
     """Cries at 0.995 for 2 s; an hour of negatives where the cry score reaches
     `negative_peak` for 2 s once a minute (a confuser the model is fairly sure of)."""
-    items, scores = [], []
-    for i in range(10):
-        s = np.full((500, 3), 0.02, np.float32)
-        s[200:300, 0] = 0.995
-        items.append(_item(f"cry{i}", s, [("baby_cry", 200 * HOP_S, 300 * HOP_S)], False))
-        scores.append(s)
+    items, scores = _cries(0.995)
     neg = np.full((180_000, 3), 0.02, np.float32)
     for start in range(0, neg.shape[0] - 100, 3000):
         neg[start : start + 100, 0] = negative_peak
