@@ -44,6 +44,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     if args.steps:
         cfg = replace(cfg, opt=replace(cfg.opt, steps=args.steps))
+    if args.seed is not None:
+        # Another seed of the same recipe: initial weights and every batch's scenes change,
+        # the dev set (data.seed) does not, so seeds of one recipe are scored alike.
+        cfg = replace(cfg, seed=args.seed)
     torch.set_num_threads(cfg.opt.threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
     out = Path(args.out or f"runs/{cfg.name}")
@@ -133,6 +137,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="run folder (default runs/<config name>)")
     parser.add_argument("--cache", type=Path, help="scene cache folder (default <out>/cache)")
     parser.add_argument("--steps", type=int, help="override opt.steps")
+    parser.add_argument(
+        "--seed", type=int, help="override the recipe's seed (initial weights, training scenes; not dev)"
+    )
     parser.add_argument(
         "--negatives", type=Path, help="built negatives folder (NEGATIVES.csv) for backgrounds and dev FA/h"
     )

@@ -459,6 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, help="run folder (default: runs/<config name>)")
     train.add_argument("--cache", type=Path, help="scene cache folder (default: <out>/cache)")
     train.add_argument("--steps", type=int, help="override opt.steps of the config")
+    train.add_argument("--seed", type=int,
+                       help="override the recipe's seed (initial weights and training scenes; dev stays)")
     train.add_argument("--ablation", action="store_true",
                        help="train every loss variant and write ablation.md")
     train.add_argument("--ablation-steps", type=int,

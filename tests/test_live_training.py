@@ -281,8 +281,11 @@ def test_live_training_resumes_exports_and_mines(tiny: dict[str, Path]) -> None:
     assert "confusers" not in by_torch
     # A fine-tuning round with the mined windows starts from the checkpoint.
     assert cli.main([*base, "--out", str(root / "round2"), "--init", str(root / "whole" / "best.pt"),
-                     "--hard-negatives", str(mined_onnx), "--steps", "4"]) == 0
+                     "--hard-negatives", str(mined_onnx), "--steps", "4", "--seed", "11"]) == 0
     round2 = json.loads((root / "round2" / "report.json").read_text())["data"]
+    # --seed: another seed of the same recipe, recorded with the run.
+    assert torch.load(root / "round2" / "best.pt", weights_only=False)["config"]["seed"] == 11
+    assert torch.load(root / "whole" / "best.pt", weights_only=False)["config"]["seed"] == 3
     assert round2["hard_negative_windows"] == len(by_onnx["windows"])
     assert round2["hard_confuser_clips"] == len(by_onnx["confusers"])
 

@@ -10,7 +10,14 @@ from tests.conftest import require_module
 require_module("torch", "the [train] extra (torch)")  # models.tuning imports the training stack
 
 from models import data as D  # noqa: E402
-from models.tuning import evaluate, selection_f1, tune_decisions  # noqa: E402
+from models.tuning import (  # noqa: E402
+    SHIPPING_MARGIN,
+    evaluate,
+    selection_f1,
+    shipping_score,
+    ships_over,
+    tune_decisions,
+)
 from service.decision import DecisionParams  # noqa: E402
 
 HOP_S = 0.02
@@ -113,3 +120,39 @@ def test_tuning_picks_an_onset_lookback_when_cries_open_with_a_short_sob() -> No
     tuned = tune_decisions(scores, items, base, (0.9,), 0.5, dur_scales=(1.0,), onset_lookbacks_s=(0.0, 0.5, 1.0))
     assert tuned["baby_cry"].onset_lookback_s == 1.0
     assert evaluate(scores, items, tuned)["per_class"]["baby_cry"]["f1"] == 1.0
+
+
+def _dev_report(cry: tuple[float, float], glass: tuple[float, float], alarm: tuple[float, float],
+                procedural_recall: float | None) -> dict:
+    """A dev report as `harken export --data` writes it: (F1 or recall, FA/h) per class."""
+    per_class = {
+        "baby_cry": {"f1": cry[0], "fa_per_hour": cry[1]},
+        "glass_break": {"f1": glass[0], "fa_per_hour": glass[1]},
+        "smoke_alarm": {"f1": alarm[0], "recall": alarm[0], "fa_per_hour": alarm[1]},
+    }
+    report: dict = {"dev_tuned": {"per_class": per_class}}
+    if procedural_recall is not None:
+        report["procedural_alarms"] = {"recall": procedural_recall}
+    return report
+
+
+def test_shipping_score_ranks_cries_and_glass_with_the_alarm_as_a_floor() -> None:
+    shipped = shipping_score(_dev_report((0.4, 10.0), (0.5, 0.0), (0.9, 0.2), 0.9))
+    assert shipped == {"score": pytest.approx(0.4), "alarm_floor_met": True, "alarm_floor_failed": []}
+    # A better alarm does not move the score: 3 recordings cannot carry a third of it.
+    assert shipping_score(_dev_report((0.4, 10.0), (0.5, 0.0), (1.0, 0.0), 1.0))["score"] == shipped["score"]
+    better = shipping_score(_dev_report((0.5, 5.0), (0.5, 0.0), (0.7, 0.5), 0.86))
+    assert better["score"] == pytest.approx(0.475) and ships_over(better, shipped)
+    # Within the margin (one recipe's run-to-run spread) the shipped model stays.
+    close = shipping_score(_dev_report((0.44, 10.0), (0.5, 0.0), (0.9, 0.2), 0.9))
+    assert close["score"] - shipped["score"] < SHIPPING_MARGIN and not ships_over(close, shipped)
+    # Each part of the alarm floor vetoes on its own, and says which.
+    for report, reason in [
+        (_dev_report((0.9, 0.0), (0.9, 0.0), (0.9, 0.2), 0.5), "procedural alarms"),
+        (_dev_report((0.9, 0.0), (0.9, 0.0), (0.5, 0.2), 0.9), "real alarm events"),
+        (_dev_report((0.9, 0.0), (0.9, 0.0), (0.9, 3.0), 0.9), "false smoke alarms"),
+        (_dev_report((0.9, 0.0), (0.9, 0.0), (0.9, 0.2), None), "no procedural-alarm line"),
+    ]:
+        vetoed = shipping_score(report)
+        assert not vetoed["alarm_floor_met"] and not ships_over(vetoed, shipped)
+        assert len(vetoed["alarm_floor_failed"]) == 1 and reason in vetoed["alarm_floor_failed"][0]
