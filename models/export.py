@@ -15,14 +15,14 @@ import onnx
 import torch
 
 from models.config import CLASSES, TrainConfig, build_net, config_from_dict, load_config
-from models.net import CompactTCN, FreqConvTCN, ScoresHead, SeedEnsemble
+from models.net import CompactTCN, FreqConvTCN, ScoresHead
 from service.audio.features import FeatureParams
 from service.contract import CONTRACT_KEY, ModelContract
 from service.decision import DecisionParams
 
 
 def export_onnx(
-    net: CompactTCN | FreqConvTCN | SeedEnsemble,
+    net: CompactTCN | FreqConvTCN,
     out_path: str | Path,
     class_names: tuple[str, ...],
     lookahead_frames: int,
@@ -67,18 +67,6 @@ def export_onnx(
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(out_path))
     return contract
-
-
-def load_member(path: Path, cfg: TrainConfig) -> CompactTCN | FreqConvTCN:
-    """An ensemble member: a run's best.pt or last.pt of the same recipe's network and
-    look-ahead as `cfg` (another seed), with its weights."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    other = config_from_dict(ckpt["config"], str(path))
-    if other.net != cfg.net:
-        raise ValueError(f"{path}: its network {other.net} is not the ensemble's {cfg.net}")
-    net = build_net(other, FeatureParams())
-    net.load_state_dict(ckpt["net"] if "net" in ckpt else ckpt["state"])
-    return net
 
 
 def average_states(files: list[Path]) -> dict[str, torch.Tensor]:
@@ -186,14 +174,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         return retune_onnx(args)
     ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
     cfg = config_from_dict({k: v for k, v in ckpt["config"].items()}, str(args.checkpoint))
-    net: CompactTCN | FreqConvTCN | SeedEnsemble = build_net(cfg, FeatureParams())
+    net = build_net(cfg, FeatureParams())
     weights = list(getattr(args, "weights", None) or [])  # service.cli checks that --data comes with them
     net.load_state_dict(average_states(weights) if weights else ckpt["state"])
-    parameters, macs = ckpt["parameters"], ckpt["macs_per_frame"]
-    members = list(getattr(args, "ensemble", None) or [])  # with --data too
-    if members:
-        net = SeedEnsemble([net, *(load_member(m, cfg) for m in members)])
-        parameters, macs = sum(p.numel() for p in net.parameters()), net.macs_per_frame()
     net.eval()
     decisions = {k: DecisionParams.from_dict(v) for k, v in ckpt["tuned"].items()}
     mt = ckpt["metrics_tuned"]
@@ -205,8 +188,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         "steps": ckpt["steps"],
         "best_step": ckpt["best_step"],
         "train_seconds": ckpt["seconds"],
-        "parameters": parameters,
-        "macs_per_frame": macs,
+        "parameters": ckpt["parameters"],
+        "macs_per_frame": ckpt["macs_per_frame"],
         "loss": cfg.loss.kind,
         "seed": cfg.seed,
         "licences": cfg.data.licences,
@@ -218,7 +201,6 @@ def cmd_export(args: argparse.Namespace) -> int:
         ),
         "data": {k: ckpt["data"].get(k) for k in ("train", "dev", "scene_seconds")},
         **({"weights": [p.name for p in weights]} if weights else {}),
-        **({"ensemble": [str(args.checkpoint), *map(str, members)]} if members else {}),
         **dev_figures(mt),
     }
     out = Path(args.out)
@@ -227,7 +209,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         getattr(args, "model_version", None) or cfg.version, training
     )
     print(
-        f"wrote {out} ({out.stat().st_size} bytes): {parameters} parameters, "
-        f"{macs} MAC/frame, dev mean F1 {mt['mean_f1']:.3f}"
+        f"wrote {out} ({out.stat().st_size} bytes): {ckpt['parameters']} parameters, "
+        f"{ckpt['macs_per_frame']} MAC/frame, dev mean F1 {mt['mean_f1']:.3f}"
     )
     return 0

@@ -148,32 +148,9 @@ class FreqConvTCN(nn.Module):
 class ScoresHead(nn.Module):
     """What gets exported: logits -> sigmoid scores."""
 
-    def __init__(self, net: CompactTCN | FreqConvTCN | SeedEnsemble) -> None:
+    def __init__(self, net: CompactTCN | FreqConvTCN) -> None:
         super().__init__()
         self.net = net
 
     def forward(self, logmel: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.net(logmel))
-
-
-class SeedEnsemble(nn.Module):
-    """Networks of one recipe trained from different seeds, read as one: the mean of their
-    logits. A false alarm needs every member to be confident on the same frames, and seeds
-    are confident on different negatives. Members share the input, the receptive field
-    and the look-ahead (same recipe), so it streams exactly like one of them."""
-
-    def __init__(self, members: list[CompactTCN | FreqConvTCN]) -> None:
-        super().__init__()
-        if len(members) < 2:
-            raise ValueError("an ensemble needs at least two networks")
-        shapes = {(m.receptive_field, m.n_mels, m.n_classes) for m in members}
-        if len(shapes) != 1:
-            raise ValueError(f"ensemble members differ in (receptive field, mels, classes): {sorted(shapes)}")
-        self.members = nn.ModuleList(members)
-        self.receptive_field, self.n_mels, self.n_classes = shapes.pop()
-
-    def forward(self, logmel: torch.Tensor) -> torch.Tensor:
-        return torch.stack([m(logmel) for m in self.members]).mean(dim=0)
-
-    def macs_per_frame(self) -> int:
-        return sum(m.macs_per_frame() for m in self.members)

@@ -13,7 +13,7 @@ import torch
 
 from models import data as D
 from models.config import CLASSES
-from models.net import CompactTCN, FreqConvTCN, SeedEnsemble
+from models.net import CompactTCN, FreqConvTCN
 from service.audio.features import FeatureParams
 from service.decision import DecisionParams, EventEnded, decide
 from service.detector import pad_stream
@@ -24,7 +24,7 @@ ONSET_COLLAR_S = 0.5
 
 
 def torch_scorer(
-    net: CompactTCN | FreqConvTCN | SeedEnsemble, lookahead: int
+    net: CompactTCN | FreqConvTCN, lookahead: int
 ) -> Callable[[np.ndarray], np.ndarray]:
     """Frame scores (T, C) of a training network on log-mel frames (T, n_mels), padded
     exactly as service.detector pads a stream."""

@@ -289,13 +289,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     missing = [str(w) for w in args.weights or [] if not w.is_file()]
     if missing:
         raise ConfigError(f"--weights: {', '.join(missing)} not found (a run keeps them in evals/)")
-    if args.ensemble and not args.data:
-        raise ConfigError("--ensemble needs --data: the decisions are re-tuned for the ensemble")
-    if args.checkpoint.suffix == ".onnx" and args.ensemble:
-        raise ConfigError("--ensemble joins training runs: give a run's best.pt as --checkpoint")
-    missing = [str(m) for m in args.ensemble or [] if not m.is_file()]
-    if missing:
-        raise ConfigError(f"--ensemble: {', '.join(missing)} not found (a run writes best.pt and last.pt)")
     return train.cmd_export(args)
 
 
@@ -507,9 +500,6 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--weights", type=Path, nargs="+",
                         help="network states to export instead of the checkpoint's (a run's evals/step-N.pt); "
                              "several are averaged. Needs --data: the decisions are re-tuned for them")
-    export.add_argument("--ensemble", type=Path, nargs="+",
-                        help="more runs of the same recipe (other seeds: best.pt or last.pt) read with the "
-                             "checkpoint as one network, the mean of their logits. Needs --data")
     export.add_argument("--out", type=Path, default=models_dir / "harken.onnx",
                         help="ONNX file to write (default: the bundled models/harken.onnx)")
     export.add_argument("--data", type=Path,

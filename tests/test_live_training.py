@@ -22,7 +22,7 @@ from models import data as D  # noqa: E402
 from models.live_scenes import LiveSceneConfig, LiveSceneMaker  # noqa: E402
 from models.losses import EventAwareLoss, LossConfig  # noqa: E402
 from models.negatives import NegativePool  # noqa: E402
-from models.net import FreqConvTCN, SeedEnsemble  # noqa: E402
+from models.net import FreqConvTCN  # noqa: E402
 from service import cli  # noqa: E402
 from service.audio.features import FeatureParams, LogMel  # noqa: E402
 from service.detector import Detector  # noqa: E402
@@ -154,32 +154,19 @@ def test_live_scene_edges_label_gaps_negative_and_pad_stream_starts(maker: LiveS
         assert not scene.target[silent].any()
 
 
-def _freqconv_with_running_stats(seed: int) -> FreqConvTCN:
-    torch.manual_seed(seed)
+def test_freqconv_network_streams_like_one_pass_after_export(tmp_path: Path) -> None:
+    from models.export import export_onnx
+    from service.decision import DecisionParams
+
+    torch.manual_seed(0)
     net = FreqConvTCN(freq_channels=(4, 8, 8), channels=12, dilations=(1, 2, 4)).eval()
     with torch.no_grad():
         for m in net.modules():
             if isinstance(m, torch.nn.BatchNorm1d | torch.nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.2, 0.2)
                 m.running_var.uniform_(0.5, 1.5)
-    return net
-
-
-@pytest.mark.parametrize("members", [1, 2])
-def test_freqconv_network_streams_like_one_pass_after_export(tmp_path: Path, members: int) -> None:
-    """One network, or an ensemble of two seeds (the mean of their logits), streams in the
-    daemon exactly as it scores in one pass."""
-    from models.export import export_onnx
-    from service.decision import DecisionParams
-
-    nets = [_freqconv_with_running_stats(seed) for seed in range(members)]
-    net: FreqConvTCN | SeedEnsemble = nets[0] if members == 1 else SeedEnsemble(nets).eval()
     assert net.receptive_field == 2 * 3 + 2 * 7
-    assert net.macs_per_frame() == members * nets[0].macs_per_frame() > 0
-    with pytest.raises(ValueError, match="at least two"):
-        SeedEnsemble(nets[:1])
-    with pytest.raises(ValueError, match="differ in"):
-        SeedEnsemble([nets[0], FreqConvTCN(freq_channels=(4, 8), channels=12, dilations=(1, 2, 4))])
+    assert net.macs_per_frame() > 0
     path = tmp_path / "fc.onnx"
     decisions = {c: DecisionParams() for c in D.CLASSES}
     export_onnx(net, path, D.CLASSES, 3, decisions, "fc", "0.0.1")
@@ -187,10 +174,10 @@ def test_freqconv_network_streams_like_one_pass_after_export(tmp_path: Path, mem
     feats = LogMel().frames(synth.background(6.0, np.random.default_rng(2)).astype(np.float32) * 0.1)
     whole = detector.scores(feats)
     before = np.repeat(feats[:1], net.receptive_field - 3, 0)
-    x = torch.from_numpy(np.concatenate([before, feats, np.repeat(feats[-1:], 3, 0)]))[None]
+    x = np.concatenate([before, feats, np.repeat(feats[-1:], 3, 0)])
     with torch.no_grad():
-        mean_logit = torch.stack([m(x) for m in nets]).mean(dim=0)
-    np.testing.assert_allclose(whole, torch.sigmoid(mean_logit)[0].numpy(), atol=1e-5)
+        torch_scores = torch.sigmoid(net(torch.from_numpy(x)[None]))[0].numpy()
+    np.testing.assert_allclose(whole, torch_scores, atol=1e-5)
     for chunk in (1, 7, 64):
         scorer = detector.stream()
         parts = [scorer.push(feats[i : i + chunk]) for i in range(0, feats.shape[0], chunk)]
@@ -301,16 +288,6 @@ def test_live_training_resumes_exports_and_mines(tiny: dict[str, Path]) -> None:
     assert torch.load(root / "whole" / "best.pt", weights_only=False)["config"]["seed"] == 3
     assert round2["hard_negative_windows"] == len(by_onnx["windows"])
     assert round2["hard_confuser_clips"] == len(by_onnx["confusers"])
-    # Two seeds of one recipe export as one network (--ensemble), tuned for it.
-    pair = root / "pair.onnx"
-    assert cli.main(["export", "--checkpoint", str(root / "whole" / "best.pt"), "--out", str(pair),
-                     "--ensemble", str(root / "round2" / "last.pt"), "--data", str(tiny["data"]),
-                     "--cache", str(root / "cache")]) == 0
-    joined = Detector.load(pair).contract.training
-    assert joined["ensemble"] == [str(root / "whole" / "best.pt"), str(root / "round2" / "last.pt")]
-    assert joined["parameters"] == 2 * report["parameters"]
-    assert cli.main(["export", "--checkpoint", str(root / "whole" / "best.pt"), "--out", str(pair),
-                     "--ensemble", str(root / "round2" / "last.pt")]) != 0  # no --data: one clear error
 
 
 def test_mined_confusers_weigh_more_in_confuser_beds(maker: LiveSceneMaker) -> None:
