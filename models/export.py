@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import io
 import json
-from collections.abc import Callable, Mapping
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -137,18 +138,88 @@ def dev_figures(mt: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def ensemble_onnx(paths: Sequence[Path]) -> tuple[onnx.ModelProto, ModelContract]:
+    """Exported models read as one network: the mean of their logits, then the sigmoid. The
+    models must share classes, features, receptive field and look-ahead (so the ensemble
+    streams exactly like each of them); a false alarm then needs them all confident on the
+    same frames, and runs from different seeds or recipes are confident on different
+    negatives. The contract is the first model's, with the members, their parameters and
+    multiply-accumulates added up; its decisions are to be re-tuned for the ensemble."""
+    models = [onnx.load(str(p)) for p in paths]
+    contracts = [contract_of(m, str(p)) for m, p in zip(models, paths, strict=True)]
+    first = contracts[0]
+    shape = (first.class_names, first.features, first.receptive_field_frames, first.lookahead_frames)
+    for path, c in zip(paths, contracts, strict=True):
+        if (c.class_names, c.features, c.receptive_field_frames, c.lookahead_frames) != shape:
+            raise ValueError(
+                f"{path}: classes, features, receptive field or look-ahead differ from {paths[0]}'s "
+                f"({c.receptive_field_frames} vs {first.receptive_field_frames} frames, look-ahead "
+                f"{c.lookahead_frames} vs {first.lookahead_frames}): it cannot join the ensemble"
+            )
+    nodes, initializers, logits = [], [], []
+    for i, (path, model) in enumerate(zip(paths, models, strict=True)):
+        graph = onnx.compose.add_prefix(model, f"member{i}/").graph
+        last = [n for n in graph.node if graph.output[0].name in n.output]
+        if len(last) != 1 or last[0].op_type != "Sigmoid":
+            raise ValueError(f"{path}: its scores do not come from a final Sigmoid (not a harken export)")
+        for node in graph.node:
+            if node is last[0]:
+                continue
+            node.input[:] = [first.input_name if name == graph.input[0].name else name for name in node.input]
+            nodes.append(node)
+        initializers.extend(graph.initializer)
+        logits.append(last[0].input[0])
+    nodes.append(onnx.helper.make_node("Mean", logits, ["ensemble/mean_logit"]))
+    nodes.append(onnx.helper.make_node("Sigmoid", ["ensemble/mean_logit"], [first.output_name]))
+    graph = onnx.helper.make_graph(
+        nodes, "harken-ensemble", [models[0].graph.input[0]], [models[0].graph.output[0]], initializers
+    )
+    merged = onnx.helper.make_model(graph, opset_imports=models[0].opset_import, producer_name="harken")
+    merged.ir_version = models[0].ir_version
+    members = [f"{c.model_name} {c.model_version}" for c in contracts]
+    merged.doc_string = f"harken ensemble of {', '.join(members)}: the mean of their logits"
+    contract = replace(
+        first,
+        model_name=f"{first.model_name}-x{len(paths)}",
+        training={
+            **first.training,
+            "ensemble": members,
+            "parameters": sum(int(c.training.get("parameters", 0)) for c in contracts),
+            "macs_per_frame": sum(int(c.training.get("macs_per_frame", 0)) for c in contracts),
+        },
+    )
+    entry = merged.metadata_props.add()
+    entry.key, entry.value = CONTRACT_KEY, contract.to_json()
+    onnx.checker.check_model(merged)
+    return merged, contract
+
+
+def contract_of(model: onnx.ModelProto, origin: str) -> ModelContract:
+    for entry in model.metadata_props:
+        if entry.key == CONTRACT_KEY:
+            return ModelContract.from_json(entry.value, origin)
+    raise ValueError(f"{origin}: no harken contract in its metadata (not a harken export)")
+
+
 def retune_onnx(args: argparse.Namespace) -> int:
     """`harken export --checkpoint MODEL.onnx --config RECIPE --data ...`: the same network,
     its decisions re-tuned on dev by this code's rules, written with the updated contract.
-    A shipped model needs no training checkpoint to take up a new decision rule."""
+    A shipped model needs no training checkpoint to take up a new decision rule. With
+    `--ensemble MORE.onnx ...` the models are joined first (`ensemble_onnx`)."""
     from service.detector import Detector
 
     cfg = load_config(args.config)
-    detector = Detector.load(args.checkpoint, threads=cfg.opt.threads)
-    if tuple(detector.contract.class_names) != CLASSES:
-        raise ValueError(f"{args.checkpoint}: classes {detector.contract.class_names}, the recipe's are {CLASSES}")
-    decisions, mt = tune_on_dev(detector.scores, cfg, args)
-    model = onnx.load(str(args.checkpoint))
+    more = [Path(p) for p in getattr(args, "ensemble", None) or []]
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(args.checkpoint)
+        if more:
+            source = Path(tmp) / "ensemble.onnx"
+            onnx.save(ensemble_onnx([Path(args.checkpoint), *more])[0], str(source))
+        detector = Detector.load(source, threads=cfg.opt.threads)
+        if tuple(detector.contract.class_names) != CLASSES:
+            raise ValueError(f"{args.checkpoint}: classes {detector.contract.class_names}, the recipe's are {CLASSES}")
+        decisions, mt = tune_on_dev(detector.scores, cfg, args)
+        model = onnx.load(str(source))
     contract = detector.contract
     contract = replace(
         contract,

@@ -289,6 +289,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     missing = [str(w) for w in args.weights or [] if not w.is_file()]
     if missing:
         raise ConfigError(f"--weights: {', '.join(missing)} not found (a run keeps them in evals/)")
+    if args.ensemble and args.checkpoint.suffix != ".onnx":
+        raise ConfigError("--ensemble joins exported models: give a model .onnx as --checkpoint "
+                          "(export each run first)")
+    missing = [str(m) for m in args.ensemble or [] if not m.is_file()]
+    if missing:
+        raise ConfigError(f"--ensemble: {', '.join(missing)} not found")
     return train.cmd_export(args)
 
 
@@ -500,6 +506,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--weights", type=Path, nargs="+",
                         help="network states to export instead of the checkpoint's (a run's evals/step-N.pt); "
                              "several are averaged. Needs --data: the decisions are re-tuned for them")
+    export.add_argument("--ensemble", type=Path, nargs="+", metavar="MODEL.onnx",
+                        help="with a model .onnx: more exported models (other seeds or recipes, same "
+                             "receptive field and look-ahead) joined with it as one network, the mean "
+                             "of their logits; the decisions are re-tuned for the ensemble")
     export.add_argument("--out", type=Path, default=models_dir / "harken.onnx",
                         help="ONNX file to write (default: the bundled models/harken.onnx)")
     export.add_argument("--data", type=Path,

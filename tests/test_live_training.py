@@ -14,6 +14,8 @@ from tests.conftest import require_module
 torch = require_module("torch", "the [train] extra (torch)")
 require_module("av", "the [train] extra (av, for codec augmentation)")
 
+import onnx  # noqa: E402
+
 from models import (  # noqa: E402
     augment,
     synth,
@@ -154,30 +156,46 @@ def test_live_scene_edges_label_gaps_negative_and_pad_stream_starts(maker: LiveS
         assert not scene.target[silent].any()
 
 
-def test_freqconv_network_streams_like_one_pass_after_export(tmp_path: Path) -> None:
-    from models.export import export_onnx
-    from service.decision import DecisionParams
-
-    torch.manual_seed(0)
-    net = FreqConvTCN(freq_channels=(4, 8, 8), channels=12, dilations=(1, 2, 4)).eval()
+def _freqconv_with_running_stats(seed: int, freq_channels: tuple[int, ...] = (4, 8, 8)) -> FreqConvTCN:
+    torch.manual_seed(seed)
+    net = FreqConvTCN(freq_channels=freq_channels, channels=12, dilations=(1, 2, 4)).eval()
     with torch.no_grad():
         for m in net.modules():
             if isinstance(m, torch.nn.BatchNorm1d | torch.nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.2, 0.2)
                 m.running_var.uniform_(0.5, 1.5)
-    assert net.receptive_field == 2 * 3 + 2 * 7
-    assert net.macs_per_frame() > 0
-    path = tmp_path / "fc.onnx"
+    return net
+
+
+@pytest.mark.parametrize("members", [1, 2])
+def test_freqconv_network_streams_like_one_pass_after_export(tmp_path: Path, members: int) -> None:
+    """One exported network, or two joined as one (`ensemble_onnx`: the mean of their
+    logits), streams in the daemon exactly as it scores in one pass."""
+    from models.export import ensemble_onnx, export_onnx
+    from service.decision import DecisionParams
+
+    nets = [_freqconv_with_running_stats(seed) for seed in range(members)]
+    assert nets[0].receptive_field == 2 * 3 + 2 * 7
+    assert nets[0].macs_per_frame() > 0
     decisions = {c: DecisionParams() for c in D.CLASSES}
-    export_onnx(net, path, D.CLASSES, 3, decisions, "fc", "0.0.1")
+    paths = [tmp_path / f"fc{i}.onnx" for i in range(members)]
+    for i, (net, path) in enumerate(zip(nets, paths, strict=True)):
+        export_onnx(net, path, D.CLASSES, 3, decisions, "fc", f"0.0.{i}", {"parameters": 100, "macs_per_frame": 7})
+    path = paths[0]
+    if members > 1:
+        model, contract = ensemble_onnx(paths)
+        assert contract.model_name == "fc-x2" and contract.training["ensemble"] == ["fc 0.0.0", "fc 0.0.1"]
+        assert contract.training["parameters"] == 200 and contract.training["macs_per_frame"] == 14
+        path = tmp_path / "pair.onnx"
+        onnx.save(model, str(path))
     detector = Detector.load(path)
     feats = LogMel().frames(synth.background(6.0, np.random.default_rng(2)).astype(np.float32) * 0.1)
     whole = detector.scores(feats)
-    before = np.repeat(feats[:1], net.receptive_field - 3, 0)
-    x = np.concatenate([before, feats, np.repeat(feats[-1:], 3, 0)])
+    before = np.repeat(feats[:1], nets[0].receptive_field - 3, 0)
+    x = torch.from_numpy(np.concatenate([before, feats, np.repeat(feats[-1:], 3, 0)]))[None]
     with torch.no_grad():
-        torch_scores = torch.sigmoid(net(torch.from_numpy(x)[None]))[0].numpy()
-    np.testing.assert_allclose(whole, torch_scores, atol=1e-5)
+        mean_logit = torch.stack([net(x) for net in nets]).mean(dim=0)
+    np.testing.assert_allclose(whole, torch.sigmoid(mean_logit)[0].numpy(), atol=1e-5)
     for chunk in (1, 7, 64):
         scorer = detector.stream()
         parts = [scorer.push(feats[i : i + chunk]) for i in range(0, feats.shape[0], chunk)]
@@ -288,6 +306,16 @@ def test_live_training_resumes_exports_and_mines(tiny: dict[str, Path]) -> None:
     assert torch.load(root / "whole" / "best.pt", weights_only=False)["config"]["seed"] == 3
     assert round2["hard_negative_windows"] == len(by_onnx["windows"])
     assert round2["hard_confuser_clips"] == len(by_onnx["confusers"])
+    # Two runs of one recipe, exported, join as one network (--ensemble), tuned for it.
+    other, pair = root / "round2.onnx", root / "pair.onnx"
+    assert cli.main(["export", "--checkpoint", str(root / "round2" / "best.pt"), "--out", str(other)]) == 0
+    assert cli.main([*retune[:5], "--out", str(pair), "--ensemble", str(other)]) != 0  # no --data: clear error
+    assert cli.main([*retune, "--out", str(pair), "--ensemble", str(other)]) == 0
+    joined = Detector.load(pair).contract
+    assert joined.model_name == "tiny-live-x2"
+    assert joined.training["ensemble"] == ["tiny-live 1.0.0", "tiny-live 1.0.0"]
+    assert joined.training["parameters"] == 2 * report["parameters"]
+    assert "shipping" in json.loads(pair.with_suffix(".dev.json").read_text())
 
 
 def test_mined_confusers_weigh_more_in_confuser_beds(maker: LiveSceneMaker) -> None:
