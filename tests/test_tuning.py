@@ -43,12 +43,13 @@ def _dev() -> tuple[list[D.DevItem], list[np.ndarray]]:
     """Cries that stay confident for 2 s, and an hour of negatives where the cry score
     flickers up for 5 frames every 30 frames, then one confident 4-frame burst a minute."""
     rng = np.random.default_rng(0)
-    items, scores = _cries(0.99)
+    # Bursts as confident as the cries: no on-threshold of the grid tells them apart.
+    items, scores = _cries(1.0)
     neg = np.full((180_000, 3), 0.02, np.float32)
-    for start in range(0, neg.shape[0] - 30, 3000):
-        neg[start : start + 5, 0] = 0.99  # a short confident burst
-        neg[start + 10 : start + 14, 0] = 0.99  # and another one, 5 frames later
     neg[:, 0] += rng.uniform(0, 0.01, neg.shape[0]).astype(np.float32)
+    for start in range(0, neg.shape[0] - 30, 3000):
+        neg[start : start + 5, 0] = 1.0  # a short confident burst
+        neg[start + 10 : start + 14, 0] = 1.0  # and another one, 5 frames later
     items.append(_item("negatives", neg, [], True))
     scores.append(neg)
     return items, scores
@@ -76,10 +77,10 @@ def test_onset_window_never_asks_for_more_frames_than_it_holds() -> None:
     assert all((p.onset_k, p.onset_n) == (9, 9) for p in tuned.values())
 
 
-def _confident_dev(negative_peak: float) -> tuple[list[D.DevItem], list[np.ndarray]]:
-    """Cries at 0.995 for 2 s; an hour of negatives where the cry score reaches
+def _confident_dev(negative_peak: float, cry: float = 0.995) -> tuple[list[D.DevItem], list[np.ndarray]]:
+    """Cries at `cry` for 2 s; an hour of negatives where the cry score reaches
     `negative_peak` for 2 s once a minute (a confuser the model is fairly sure of)."""
-    items, scores = _cries(0.995)
+    items, scores = _cries(cry)
     neg = np.full((180_000, 3), 0.02, np.float32)
     for start in range(0, neg.shape[0] - 100, 3000):
         neg[start : start + 100, 0] = negative_peak
@@ -102,6 +103,16 @@ def test_selection_reaches_the_thresholds_tuning_ends_on() -> None:
     worse = selection_f1(inseparable, dev, base)
     f1_at_60_fa = 2 * (10 / 70) * 1.0 / (10 / 70 + 1.0)
     assert worse == pytest.approx((f1_at_60_fa - 0.01 * 60) / 3, abs=1e-3)
+
+
+def test_tuning_reaches_above_099_when_confusers_sit_just_below_the_cries() -> None:
+    """2.1 and 2.2 were tuned to 0.99, the top of the old grid, in every class."""
+    dev, scores = _confident_dev(negative_peak=0.996, cry=0.999)
+    base = {c: DecisionParams(0.5, 0.3, 1, 3, 3, 0.0, 0.1, 0.0) for c in CLASSES}
+    tuned = tune_decisions(scores, dev, base, (0.5,), 0.5, dur_scales=(1.0,))
+    assert tuned["baby_cry"].on_threshold == 0.998
+    m = evaluate(scores, dev, tuned)["per_class"]["baby_cry"]
+    assert m["f1"] == 1.0 and m["fa_per_hour"] == 0
 
 
 def test_tuning_picks_an_onset_lookback_when_cries_open_with_a_short_sob() -> None:
