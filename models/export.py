@@ -178,12 +178,22 @@ def ensemble_onnx(paths: Sequence[Path]) -> tuple[onnx.ModelProto, ModelContract
     merged.ir_version = models[0].ir_version
     members = [f"{c.model_name} {c.model_version}" for c in contracts]
     merged.doc_string = f"harken ensemble of {', '.join(members)}: the mean of their logits"
+    # What differs between members is kept per member; the weights are open only when
+    # every member's are.
+    own = ("command", "seed", "steps", "best_step", "train_seconds", "licences", "weights_licence", "weights")
+    closed = [c.training for c in contracts if c.training.get("licences") != "open"]
     contract = replace(
         first,
         model_name=f"{first.model_name}-x{len(paths)}",
         training={
-            **first.training,
+            **{k: v for k, v in first.training.items() if k not in own},
             "ensemble": members,
+            "members": [
+                {"model": m, **{k: c.training[k] for k in own if k in c.training}}
+                for m, c in zip(members, contracts, strict=True)
+            ],
+            "licences": "all" if closed else "open",
+            "weights_licence": (closed or [first.training])[0].get("weights_licence", ""),
             "parameters": sum(int(c.training.get("parameters", 0)) for c in contracts),
             "macs_per_frame": sum(int(c.training.get("macs_per_frame", 0)) for c in contracts),
         },

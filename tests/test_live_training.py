@@ -315,6 +315,8 @@ def test_live_training_resumes_exports_and_mines(tiny: dict[str, Path]) -> None:
     assert joined.model_name == "tiny-live-x2"
     assert joined.training["ensemble"] == ["tiny-live 1.0.0", "tiny-live 1.0.0"]
     assert joined.training["parameters"] == 2 * report["parameters"]
+    assert [m["seed"] for m in joined.training["members"]] == [3, 11] and "seed" not in joined.training
+    assert joined.training["licences"] == "all" and "non-commercial" in joined.training["weights_licence"]
     assert "shipping" in json.loads(pair.with_suffix(".dev.json").read_text())
 
 
