@@ -287,7 +287,8 @@ SHIPPING_FA_COST = 0.01
 #: dev scenes, false smoke alarms per hour on dev negatives.
 ALARM_FLOOR = {"procedural_recall": 0.85, "real_recall": 0.67, "fa_per_hour": 1.0}
 #: A challenger replaces the shipped model only when its score is higher by more than this
-#: (the run-to-run spread of one recipe, until seeds of a recipe have measured it).
+#: or than the measured run-to-run spread (the range of the score of one recipe's seeds'
+#: in-run best checkpoints), whichever is larger: `ships_over(..., margin=...)`.
 SHIPPING_MARGIN = 0.03
 
 
