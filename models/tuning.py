@@ -188,9 +188,11 @@ def selection_f1(
     return float(np.mean(f1s))
 
 
-#: On-thresholds the tuning always tries. 2.1 and 2.2 were tuned to 0.99 in every class, the
-#: top of the grid then: a bound that binds everywhere is a bound to move.
-HIGH_ON_THRESHOLDS = (0.97, 0.99, 0.995, 0.998)
+#: On-thresholds the tuning always tries. 0.995 and 0.998 were tried (2.2 is tuned to 0.99,
+#: the top, in every class) and taken out: with them the budget-first rule found settings
+#: within 0.5 false alarms an hour that find 6 % of cries (a second seed of 2.2's recipe),
+#: and chose them over every useful setting (model card, experiment log).
+HIGH_ON_THRESHOLDS = (0.97, 0.99)
 
 
 def tune_decisions(
