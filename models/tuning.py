@@ -200,7 +200,7 @@ def tune_decisions(
     dev: Sequence[D.DevItem],
     base: Mapping[str, DecisionParams],
     on_thresholds: Sequence[float],
-    fa_budget: float,
+    fa_budget: float | None,
     dur_scales: Sequence[float] = (1.0, 2.0, 4.0),
     max_min_duration_s: Mapping[str, float] | None = None,
     max_latency_s: Mapping[str, float] | None = None,
@@ -209,8 +209,8 @@ def tune_decisions(
     onset_lookbacks_s: Sequence[float] = (0.0,),
 ) -> dict[str, DecisionParams]:
     """Per class, the on-threshold, minimum duration, smoothing and onset window with the best dev F1 among those
-    whose false alarms on dev negatives stay within `fa_budget` per hour; when none does,
-    the best of F1 - `fa_cost` * FA/h (each false alarm per hour costs that much F1). Settings
+    whose false alarms on dev negatives stay within `fa_budget` per hour; when none does
+    (or `fa_budget` is None), the best of F1 - `fa_cost` * FA/h (each false alarm per hour costs that much F1). Settings
     whose median decision latency exceeds the class's bound in `max_latency_s` rank below
     every setting that keeps it. The threshold grid always reaches `HIGH_ON_THRESHOLDS`: a
     model confident on some negatives needs them. `onset_windows` scales the k-of-n onset window
@@ -227,7 +227,7 @@ def tune_decisions(
             0.0 if bound is not None and latency is not None and latency > bound else 1.0,
             # Within budget only counts for settings that find something:
             # a threshold nothing reaches has no false alarms, and no use.
-            1.0 if pc["fa_per_hour"] <= fa_budget and pc["tp"] > 0 else 0.0,
+            1.0 if fa_budget is not None and pc["fa_per_hour"] <= fa_budget and pc["tp"] > 0 else 0.0,
             pc["f1"] - fa_cost * pc["fa_per_hour"],
         )
 
