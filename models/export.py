@@ -62,8 +62,7 @@ def export_onnx(
     model = onnx.load_from_string(buffer.getvalue())
     model.producer_name = "harken"
     model.doc_string = f"harken {model_name} {model_version}: log-mel -> {', '.join(class_names)} scores"
-    entry = model.metadata_props.add()
-    entry.key, entry.value = CONTRACT_KEY, contract.to_json()
+    write_contract(model, contract)
     onnx.checker.check_model(model)
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(out_path))
@@ -198,10 +197,19 @@ def ensemble_onnx(paths: Sequence[Path]) -> tuple[onnx.ModelProto, ModelContract
             "macs_per_frame": sum(int(c.training.get("macs_per_frame", 0)) for c in contracts),
         },
     )
-    entry = merged.metadata_props.add()
-    entry.key, entry.value = CONTRACT_KEY, contract.to_json()
+    write_contract(merged, contract)
     onnx.checker.check_model(merged)
     return merged, contract
+
+
+def write_contract(model: onnx.ModelProto, contract: ModelContract) -> None:
+    """Put `contract` into the model's metadata, replacing the one it carries if any."""
+    for entry in model.metadata_props:
+        if entry.key == CONTRACT_KEY:
+            entry.value = contract.to_json()
+            return
+    entry = model.metadata_props.add()
+    entry.key, entry.value = CONTRACT_KEY, contract.to_json()
 
 
 def contract_of(model: onnx.ModelProto, origin: str) -> ModelContract:
@@ -220,16 +228,16 @@ def retune_onnx(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     more = [Path(p) for p in getattr(args, "ensemble", None) or []]
+    model = ensemble_onnx([Path(args.checkpoint), *more])[0] if more else onnx.load(str(args.checkpoint))
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(args.checkpoint)
-        if more:
+        if more:  # the detector opens files: the joined model goes through one
             source = Path(tmp) / "ensemble.onnx"
-            onnx.save(ensemble_onnx([Path(args.checkpoint), *more])[0], str(source))
+            onnx.save(model, str(source))
         detector = Detector.load(source, threads=cfg.opt.threads)
-        if tuple(detector.contract.class_names) != CLASSES:
-            raise ValueError(f"{args.checkpoint}: classes {detector.contract.class_names}, the recipe's are {CLASSES}")
-        decisions, mt = tune_on_dev(detector.scores, cfg, args)
-        model = onnx.load(str(source))
+    if tuple(detector.contract.class_names) != CLASSES:
+        raise ValueError(f"{args.checkpoint}: classes {detector.contract.class_names}, the recipe's are {CLASSES}")
+    decisions, mt = tune_on_dev(detector.scores, cfg, args)
     contract = detector.contract
     contract = replace(
         contract,
@@ -238,9 +246,7 @@ def retune_onnx(args: argparse.Namespace) -> int:
         training={**contract.training, **dev_figures(mt), "retuned_with": str(args.config)},
     )
     contract.verify(str(args.out))
-    for entry in model.metadata_props:
-        if entry.key == CONTRACT_KEY:
-            entry.value = contract.to_json()
+    write_contract(model, contract)
     onnx.checker.check_model(model)
     onnx.save(model, str(args.out))
     print(f"wrote {args.out}: {contract.model_name} {contract.model_version}, dev mean F1 {mt['mean_f1']:.3f}")

@@ -279,7 +279,6 @@ def tune_for_recipe(
     )
 
 
-
 #: The shipping rule (model card, "The shipping rule"), fixed on 2026-12-01 before the runs
 #: it judges. Dev holds 104 cry and 16 glass recordings but only 3 real alarms, so the score
 #: ranks by the classes dev can measure and the alarm is a floor instead of a third of it.
