@@ -88,7 +88,7 @@ def tune_on_dev(
     with the dev figures and, for live recipes with negatives, the procedural-alarm line.
     The scenes cache of the training run is reused when --cache points at it."""
     from models.cached import prepare_data
-    from models.tuning import evaluate, shipping_score, tune_for_recipe
+    from models.tuning import cross_validated_score, evaluate, shipping_score, tune_for_recipe
 
     cache = Path(args.cache or Path(args.checkpoint).parent / "cache")
     negatives = Path(args.negatives) if getattr(args, "negatives", None) else None
@@ -119,12 +119,20 @@ def tune_on_dev(
             "cross_trigger": proc_m["cross_trigger"]["smoke_alarm"],
         }
     report["shipping"] = shipping_score(report)
+    if getattr(args, "cross_validate", False):
+        report["shipping"].update(
+            cross_validated_score(scores, dev, lambda s, d: tune_for_recipe(s, d, cfg))
+        )
     out = Path(args.out).with_suffix(".dev.json")
     out.write_text(json.dumps(report, indent=1))
     mt, ship = report["dev_tuned"], report["shipping"]
     print(f"re-tuned decisions on dev: mean F1 {mt['mean_f1']:.3f}, FA/h {mt['fa_per_hour']:.1f} (figures in {out})")
     floor = "met" if ship["alarm_floor_met"] else "NOT met: " + "; ".join(ship["alarm_floor_failed"])
     print(f"shipping score (cry and glass F1 - 0.01 x FA/h) {ship['score']:.3f}; alarm floor {floor}")
+    if "score_cv" in ship:
+        folds = ", ".join(f"{f:.3f}" for f in ship["folds"])
+        print(f"cross-validated shipping score (tuned on one half of dev, scored on the other) "
+              f"{ship['score_cv']:.3f} (folds {folds})")
     return decisions, mt
 
 

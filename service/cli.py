@@ -519,6 +519,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--negatives", type=Path,
                         help="built negatives folder: live recipes tune on dev negatives too, and "
                              "procedural alarms in dev negatives get a line of their own")
+    export.add_argument("--cross-validate", action="store_true",
+                        help="also score the decision tuning itself: tuned on one half of dev (by "
+                             "source recording), scored on the other, both ways (model card, rule 2)")
     export.set_defaults(func=cmd_export)
     return parser
 

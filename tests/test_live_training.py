@@ -318,6 +318,11 @@ def test_live_training_resumes_exports_and_mines(tiny: dict[str, Path]) -> None:
     assert [m["seed"] for m in joined.training["members"]] == [3, 11] and "seed" not in joined.training
     assert joined.training["licences"] == "all" and "non-commercial" in joined.training["weights_licence"]
     assert "shipping" in json.loads(pair.with_suffix(".dev.json").read_text())
+    assert "score_cv" not in json.loads(pair.with_suffix(".dev.json").read_text())["shipping"]
+    # --cross-validate scores the tuning itself: tuned on one half of dev, scored on the other.
+    assert cli.main([*retune, "--out", str(pair), "--ensemble", str(other), "--cross-validate"]) == 0
+    shipping = json.loads(pair.with_suffix(".dev.json").read_text())["shipping"]
+    assert len(shipping["folds"]) == 2 and shipping["score_cv"] == pytest.approx(sum(shipping["folds"]) / 2, abs=1e-4)
 
 
 def test_mined_confusers_weigh_more_in_confuser_beds(maker: LiveSceneMaker) -> None:

@@ -12,6 +12,8 @@ require_module("torch", "the [train] extra (torch)")  # models.tuning imports th
 from models import data as D  # noqa: E402
 from models.tuning import (  # noqa: E402
     SHIPPING_MARGIN,
+    cross_validated_score,
+    dev_fold,
     evaluate,
     selection_f1,
     shipping_score,
@@ -178,3 +180,84 @@ def test_without_a_budget_tier_a_setting_that_finds_little_is_not_chosen() -> No
     m = evaluate(scores, dev, cost_only)["per_class"]["baby_cry"]
     assert cost_only["baby_cry"].on_threshold < 0.998
     assert m["recall"] == 1.0 and m["fa_per_hour"] == pytest.approx(6.0, abs=0.1)
+
+
+def _confuser_dev() -> tuple[list[D.DevItem], list[np.ndarray]]:
+    """The dev of the test above: cries at 0.9975, a confuser at 0.996 every 10 minutes."""
+    items, scores = _cries(0.9975)
+    scores[0][200:300, 0] = 0.999
+    neg = np.full((180_000, 3), 0.02, np.float32)
+    for start in range(0, neg.shape[0] - 100, 30_000):
+        neg[start : start + 100, 0] = 0.996
+    return [*items, _item("negatives", neg, [], True)], [*scores, neg]
+
+
+def test_recipes_tune_within_the_alarm_floor_by_default() -> None:
+    from models.config import EvalConfig
+    from models.tuning import ALARM_FLOOR
+
+    assert EvalConfig().max_fa_per_hour == {"smoke_alarm": ALARM_FLOOR["fa_per_hour"]}
+
+
+def test_a_false_alarm_ceiling_outranks_the_cost() -> None:
+    """F1 - 0.01 x FA/h takes 0.99 (all cries, 6 false alarms an hour); a ceiling of 1 an
+    hour for the class (how the alarm floor is kept) takes the setting within it."""
+    dev, scores = _confuser_dev()
+    base = {c: DecisionParams(0.5, 0.3, 1, 3, 3, 0.0, 0.1, 0.0) for c in CLASSES}
+    free = tune_decisions(scores, dev, base, (0.5, 0.998), None, dur_scales=(1.0,))
+    assert evaluate(scores, dev, free)["per_class"]["baby_cry"]["fa_per_hour"] > 1.0
+    kept = tune_decisions(scores, dev, base, (0.5, 0.998), None, dur_scales=(1.0,),
+                          max_fa_per_hour={"baby_cry": 1.0})
+    m = evaluate(scores, dev, kept)["per_class"]["baby_cry"]
+    assert kept["baby_cry"].on_threshold == 0.998
+    assert m["fa_per_hour"] <= 1.0 and m["tp"] >= 1
+    # A ceiling for another class leaves the cry's choice alone.
+    other = tune_decisions(scores, dev, base, (0.5, 0.998), None, dur_scales=(1.0,),
+                           max_fa_per_hour={"smoke_alarm": 1.0})
+    assert other["baby_cry"] == free["baby_cry"]
+
+
+def _names_in_fold(fold: int, n: int, prefix: str) -> list[str]:
+    names = (f"{prefix}{i}" for i in range(10_000))
+    return [name for name in names if dev_fold(_item(name, np.zeros((1, 3)), [], False), 2) == fold][:n]
+
+
+def test_scenes_of_one_recording_share_a_fold() -> None:
+    scenes = [
+        D.DevItem(f"baby_cry:a.flac:r{r}:ebr{ebr:+.0f}", np.zeros((1, 64), np.float32), [], 1.0, False, "a.flac")
+        for r in range(3) for ebr in (-3, 3, 9)
+    ]
+    assert len({dev_fold(item, 2) for item in scenes}) == 1
+    # and items without a source recording fall in folds by their names, both folds used
+    assert {dev_fold(_item(f"negatives:{i}", np.zeros((1, 3)), [], True), 2) for i in range(20)} == {0, 1}
+
+
+def test_cross_validation_scores_tuning_on_the_half_it_did_not_see() -> None:
+    """Fold 0: five cries at 0.95 and an hour of negatives with a confuser at 0.7 every
+    10 minutes; fold 1: five cries at 0.6. Tuned on fold 0 alone, on-threshold 0.9 is
+    perfect there and finds nothing in fold 1; tuned on fold 1 alone, 0.5 finds fold 0's
+    cries with its 6 false alarms. The held-out folds score what tuning on all of dev
+    (0.5 for both: 0.354) cannot show: the choice does not carry from one half to the other."""
+    items, scores = [], []
+    for fold, level in ((0, 0.95), (1, 0.6)):
+        for name in _names_in_fold(fold, 5, f"cry-fold{fold}-"):
+            s = np.full((500, 3), 0.02, np.float32)
+            s[200:300, 0] = level
+            items.append(_item(name, s, [("baby_cry", 200 * HOP_S, 300 * HOP_S)], False))
+            scores.append(s)
+    neg = np.full((180_000, 3), 0.02, np.float32)
+    for start in range(0, neg.shape[0] - 100, 30_000):
+        neg[start : start + 100, 0] = 0.7
+    items.append(_item(_names_in_fold(0, 1, "negatives-")[0], neg, [], True))
+    scores.append(neg)
+    base = {c: DecisionParams(0.5, 0.3, 1, 3, 3, 0.0, 0.1, 0.0) for c in CLASSES}
+
+    def tune(s: list[np.ndarray], d: list[D.DevItem]) -> dict[str, DecisionParams]:
+        return tune_decisions(s, d, base, (0.5, 0.9), None, dur_scales=(1.0,))
+
+    full = shipping_score({"dev_tuned": evaluate(scores, items, tune(scores, items)), "procedural_alarms": None})
+    assert full["score"] == pytest.approx((0.769 - 0.06) / 2, abs=1e-3)
+    cv = cross_validated_score(scores, items, tune)
+    # held fold 0: cry F1 2*(5/11)/(5/11+1) = 0.625 less 0.06, glass 0; held fold 1: nothing found
+    assert cv["folds"] == [pytest.approx((0.625 - 0.06) / 2, abs=1e-3), 0.0]
+    assert cv["score_cv"] < full["score"] / 2
