@@ -25,6 +25,24 @@ def test_bundled_model_carries_a_complete_contract(detector: Detector) -> None:
     assert bundled_model_path().stat().st_size <= 500_000
 
 
+def test_the_bundled_option_is_an_ensemble_of_two_with_the_same_contract(detector: Detector) -> None:
+    """models/harken-x2.onnx (model card: S+ST, 2.3.0) loads through the same contract,
+    streams like one pass and finds a T3 alarm, so `model:` can point at it."""
+    option = Detector.load(bundled_model_path().with_name("harken-x2.onnx"))
+    c = option.contract
+    assert c.model_name.endswith("-x2") and len(c.training["members"]) == 2
+    assert (c.class_names, c.features, c.lookahead_frames) == (
+        detector.contract.class_names, detector.contract.features, detector.contract.lookahead_frames)
+    assert c.training["parameters"] <= 300_000 and c.training["macs_per_frame"] * 50 <= 15_000_000
+    audio = t3_scene(seconds=6.0, alarm_at_s=1.0)
+    batch = option.scores(LogMel().frames(audio))
+    frontend, scorer = StreamingLogMel(), option.stream()
+    streamed = np.concatenate([scorer.push(frontend.push(audio[i : i + 1023])) for i in range(0, audio.size, 1023)]
+                              + [scorer.flush()])
+    np.testing.assert_allclose(streamed, batch, atol=1e-4)
+    assert batch[:, option.class_names.index("smoke_alarm")].max() > 0.5
+
+
 @pytest.mark.parametrize("chunk", [1, 160, 1023, 16000])
 def test_streaming_scores_equal_one_batch_pass(detector: Detector, chunk: int) -> None:
     audio = t3_scene(seconds=6.0, alarm_at_s=1.0)
