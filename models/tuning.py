@@ -343,10 +343,11 @@ def cross_validated_score(
     scored on the one held out, averaged over folds. Tuning and scoring on the same dev
     rewards any richer tuning whether or not it carries to new audio; held-out folds do
     not, so this is what judges a change of the decision tuning itself (model card, rule 2)."""
+    fold_of = [dev_fold(item, folds) for item in dev]
     per_fold = []
     for k in range(folds):
-        held = [i for i, item in enumerate(dev) if dev_fold(item, folds) == k]
-        rest = [i for i, item in enumerate(dev) if dev_fold(item, folds) != k]
+        held = [i for i, f in enumerate(fold_of) if f == k]
+        rest = [i for i, f in enumerate(fold_of) if f != k]
         decisions = tune([scores[i] for i in rest], [dev[i] for i in rest])
         metrics = evaluate([scores[i] for i in held], [dev[i] for i in held], decisions)
         per_fold.append(round(_scored(metrics["per_class"]), 4))

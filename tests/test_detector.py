@@ -25,6 +25,14 @@ def test_bundled_model_carries_a_complete_contract(detector: Detector) -> None:
     assert bundled_model_path().stat().st_size <= 500_000
 
 
+def _streamed(detector: Detector, audio: np.ndarray, chunk: int) -> np.ndarray:
+    """The detector's scores of `audio` pushed through the streaming front end `chunk` samples at a time."""
+    frontend, scorer = StreamingLogMel(), detector.stream()
+    parts = [scorer.push(frontend.push(audio[i : i + chunk])) for i in range(0, audio.size, chunk)]
+    parts.append(scorer.flush())
+    return np.concatenate(parts)
+
+
 def test_the_bundled_option_is_an_ensemble_of_two_with_the_same_contract(detector: Detector) -> None:
     """models/harken-x2.onnx (model card: S+ST, 2.3.0) loads through the same contract,
     streams like one pass and finds a T3 alarm, so `model:` can point at it."""
@@ -36,10 +44,7 @@ def test_the_bundled_option_is_an_ensemble_of_two_with_the_same_contract(detecto
     assert c.training["parameters"] <= 300_000 and c.training["macs_per_frame"] * 50 <= 15_000_000
     audio = t3_scene(seconds=6.0, alarm_at_s=1.0)
     batch = option.scores(LogMel().frames(audio))
-    frontend, scorer = StreamingLogMel(), option.stream()
-    streamed = np.concatenate([scorer.push(frontend.push(audio[i : i + 1023])) for i in range(0, audio.size, 1023)]
-                              + [scorer.flush()])
-    np.testing.assert_allclose(streamed, batch, atol=1e-4)
+    np.testing.assert_allclose(_streamed(option, audio, 1023), batch, atol=1e-4)
     assert batch[:, option.class_names.index("smoke_alarm")].max() > 0.5
 
 
@@ -47,10 +52,7 @@ def test_the_bundled_option_is_an_ensemble_of_two_with_the_same_contract(detecto
 def test_streaming_scores_equal_one_batch_pass(detector: Detector, chunk: int) -> None:
     audio = t3_scene(seconds=6.0, alarm_at_s=1.0)
     batch = detector.scores(LogMel().frames(audio))
-    frontend, scorer = StreamingLogMel(), detector.stream()
-    parts = [scorer.push(frontend.push(audio[i : i + chunk])) for i in range(0, audio.size, chunk)]
-    parts.append(scorer.flush())
-    streamed = np.concatenate(parts)
+    streamed = _streamed(detector, audio, chunk)
     assert streamed.shape == batch.shape
     np.testing.assert_allclose(streamed, batch, atol=1e-4)
     assert batch[:, detector.class_names.index("smoke_alarm")].max() > 0.5

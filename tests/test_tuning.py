@@ -161,17 +161,22 @@ def test_shipping_score_ranks_cries_and_glass_with_the_alarm_as_a_floor() -> Non
         assert len(vetoed["alarm_floor_failed"]) == 1 and reason in vetoed["alarm_floor_failed"][0]
 
 
-def test_without_a_budget_tier_a_setting_that_finds_little_is_not_chosen() -> None:
-    """Cries at 0.9975 (one at 0.999) and an hour of negatives where a confuser reaches
-    0.996 for 2 s every 10 minutes: at on-threshold 0.998 nine in ten cries are missed with
-    no false alarm, inside a 0.5/h budget. The budget tier takes that; F1 - 0.01 x FA/h
-    alone takes 0.99 (all cries, 6 false alarms an hour)."""
+def _confuser_dev() -> tuple[list[D.DevItem], list[np.ndarray]]:
+    """Cries at 0.9975, a confuser at 0.996 every 10 minutes."""
     items, scores = _cries(0.9975)
     scores[0][200:300, 0] = 0.999
     neg = np.full((180_000, 3), 0.02, np.float32)
     for start in range(0, neg.shape[0] - 100, 30_000):
         neg[start : start + 100, 0] = 0.996
-    dev, scores = [*items, _item("negatives", neg, [], True)], [*scores, neg]
+    return [*items, _item("negatives", neg, [], True)], [*scores, neg]
+
+
+def test_without_a_budget_tier_a_setting_that_finds_little_is_not_chosen() -> None:
+    """Cries at 0.9975 (one at 0.999) and an hour of negatives where a confuser reaches
+    0.996 for 2 s every 10 minutes: at on-threshold 0.998 nine in ten cries are missed with
+    no false alarm, inside a 0.5/h budget. The budget tier takes that; F1 - 0.01 x FA/h
+    alone takes 0.99 (all cries, 6 false alarms an hour)."""
+    dev, scores = _confuser_dev()
     base = {c: DecisionParams(0.5, 0.3, 1, 3, 3, 0.0, 0.1, 0.0) for c in CLASSES}
     budget_first = tune_decisions(scores, dev, base, (0.5, 0.998), 0.5, dur_scales=(1.0,))
     assert budget_first["baby_cry"].on_threshold == 0.998
@@ -180,16 +185,6 @@ def test_without_a_budget_tier_a_setting_that_finds_little_is_not_chosen() -> No
     m = evaluate(scores, dev, cost_only)["per_class"]["baby_cry"]
     assert cost_only["baby_cry"].on_threshold < 0.998
     assert m["recall"] == 1.0 and m["fa_per_hour"] == pytest.approx(6.0, abs=0.1)
-
-
-def _confuser_dev() -> tuple[list[D.DevItem], list[np.ndarray]]:
-    """The dev of the test above: cries at 0.9975, a confuser at 0.996 every 10 minutes."""
-    items, scores = _cries(0.9975)
-    scores[0][200:300, 0] = 0.999
-    neg = np.full((180_000, 3), 0.02, np.float32)
-    for start in range(0, neg.shape[0] - 100, 30_000):
-        neg[start : start + 100, 0] = 0.996
-    return [*items, _item("negatives", neg, [], True)], [*scores, neg]
 
 
 def test_recipes_tune_within_the_alarm_floor_by_default() -> None:
