@@ -163,24 +163,7 @@ def ensemble_onnx(paths: Sequence[Path]) -> tuple[onnx.ModelProto, ModelContract
                 f"({c.receptive_field_frames} vs {first.receptive_field_frames} frames, look-ahead "
                 f"{c.lookahead_frames} vs {first.lookahead_frames}): it cannot join the ensemble"
             )
-    nodes, initializers, logits = [], [], []
-    for i, (path, model) in enumerate(zip(paths, models, strict=True)):
-        graph = onnx.compose.add_prefix(model, f"member{i}/").graph
-        last = [n for n in graph.node if graph.output[0].name in n.output]
-        if len(last) != 1 or last[0].op_type != "Sigmoid":
-            raise ValueError(f"{path}: its scores do not come from a final Sigmoid (not a harken export)")
-        for node in graph.node:
-            if node is last[0]:
-                continue
-            node.input[:] = [first.input_name if name == graph.input[0].name else name for name in node.input]
-            nodes.append(node)
-        initializers.extend(graph.initializer)
-        logits.append(last[0].input[0])
-    nodes.append(onnx.helper.make_node("Mean", logits, ["ensemble/mean_logit"]))
-    nodes.append(onnx.helper.make_node("Sigmoid", ["ensemble/mean_logit"], [first.output_name]))
-    graph = onnx.helper.make_graph(
-        nodes, "harken-ensemble", [models[0].graph.input[0]], [models[0].graph.output[0]], initializers
-    )
+    graph = _joined_or_side_by_side(paths, models, first)
     merged = onnx.helper.make_model(graph, opset_imports=models[0].opset_import, producer_name="harken")
     merged.ir_version = models[0].ir_version
     members = [f"{c.model_name} {c.model_version}" for c in contracts]
@@ -208,6 +191,64 @@ def ensemble_onnx(paths: Sequence[Path]) -> tuple[onnx.ModelProto, ModelContract
     write_contract(merged, contract)
     onnx.checker.check_model(merged)
     return merged, contract
+
+
+def _joined_or_side_by_side(
+    paths: Sequence[Path], models: Sequence[onnx.ModelProto], first: ModelContract
+) -> onnx.GraphProto:
+    """Members of one FreqConvTCN shape joined into one network (models/joined.py: grouped
+    convolutions, faster), checked against the members side by side on a probe; other
+    members side by side, one branch each."""
+    from models.joined import JOIN_TOLERANCE, joined_graph, read_freqconv
+
+    side_by_side = _side_by_side(paths, models, first)
+    try:
+        weights = [read_freqconv(m) for m in models]
+        joined = joined_graph(weights, models[0].graph.input[0], models[0].graph.output[0])
+    except ValueError:
+        return side_by_side
+    rng = np.random.default_rng(0)
+    probe = rng.normal(-6.0, 3.0, (1, first.receptive_field_frames + 200, first.features.n_mels)).astype(np.float32)
+    expected, found = (_run_graph(g, models[0], first, probe) for g in (side_by_side, joined))
+    if not np.allclose(found, expected, atol=JOIN_TOLERANCE, rtol=0.0):
+        raise ValueError(
+            f"joining {', '.join(str(p) for p in paths)} changed their scores by up to "
+            f"{np.abs(found - expected).max():.2g} (a harken bug: export them side by side)"
+        )
+    return joined
+
+
+def _run_graph(
+    graph: onnx.GraphProto, like: onnx.ModelProto, contract: ModelContract, frames: np.ndarray
+) -> np.ndarray:
+    import onnxruntime as ort
+
+    model = onnx.helper.make_model(graph, opset_imports=like.opset_import)
+    model.ir_version = like.ir_version
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return np.asarray(session.run([contract.output_name], {contract.input_name: frames})[0])
+
+
+def _side_by_side(paths: Sequence[Path], models: Sequence[onnx.ModelProto], first: ModelContract) -> onnx.GraphProto:
+    """The members as parallel branches of one graph, their logits averaged."""
+    nodes, initializers, logits = [], [], []
+    for i, (path, model) in enumerate(zip(paths, models, strict=True)):
+        graph = onnx.compose.add_prefix(model, f"member{i}/").graph
+        last = [n for n in graph.node if graph.output[0].name in n.output]
+        if len(last) != 1 or last[0].op_type != "Sigmoid":
+            raise ValueError(f"{path}: its scores do not come from a final Sigmoid (not a harken export)")
+        for node in graph.node:
+            if node is last[0]:
+                continue
+            node.input[:] = [first.input_name if name == graph.input[0].name else name for name in node.input]
+            nodes.append(node)
+        initializers.extend(graph.initializer)
+        logits.append(last[0].input[0])
+    nodes.append(onnx.helper.make_node("Mean", logits, ["ensemble/mean_logit"]))
+    nodes.append(onnx.helper.make_node("Sigmoid", ["ensemble/mean_logit"], [first.output_name]))
+    return onnx.helper.make_graph(
+        nodes, "harken-ensemble", [models[0].graph.input[0]], [models[0].graph.output[0]], initializers
+    )
 
 
 def write_contract(model: onnx.ModelProto, contract: ModelContract) -> None:

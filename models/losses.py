@@ -165,6 +165,10 @@ class LossConfig:
     #: Teacher term (models/teacher.py): a training-only head on the temporal features
     #: learns YAMNet's scores of the background; needs `harken train --teacher`.
     teacher: float = 0.0
+    #: Distillation term: binary cross-entropy of the network's own logits against a
+    #: harken model's scores of the same scenes (an ensemble distilled into one network of
+    #: the ensemble's members' size); needs `harken train --distil-from MODEL.onnx`.
+    distil: float = 0.0
     pooling: str = "genmean"
     pooling_r: float = 3.0
     pooling_tau: float = 1.0
@@ -177,7 +181,7 @@ class LossConfig:
     def __post_init__(self) -> None:
         if self.kind not in ("event", "bce"):
             raise ValueError(f"loss.kind must be 'event' or 'bce', got {self.kind!r}")
-        for name in ("non_target", "pooled", "smooth", "cross", "onset", "teacher"):
+        for name in ("non_target", "pooled", "smooth", "cross", "onset", "teacher", "distil"):
             if getattr(self, name) < 0:
                 raise ValueError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
 
@@ -237,3 +241,9 @@ def teacher_loss(logits: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor
     m = mask.to(logits.dtype)[..., None]
     bce = F.binary_cross_entropy_with_logits(logits, teacher, reduction="none")
     return (bce * m).sum() / (m.sum() * logits.shape[-1]).clamp_min(1.0)
+
+
+def distil_loss(logits: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of the network's logits (B, T, C) against another harken
+    model's scores (B, T, C) of the same frames, over every frame and class."""
+    return F.binary_cross_entropy_with_logits(logits, scores)

@@ -11,6 +11,10 @@ temporal features learns them (binary cross-entropy, `loss.teacher` weight). The
 so learns what music, speech, engines and game sounds are from AudioSet's 521 classes,
 not only that they are "no target". The head is never exported: the ONNX model and its
 contract do not change, and YAMNet is never loaded at run time.
+
+The second teacher is a harken model itself (`harken_scorer`): an ensemble that runs too
+slowly for the pipeline's budget scores every training batch, and a network of one
+member's size learns its scores beside the labels (`loss.distil`).
 """
 
 from __future__ import annotations
@@ -117,3 +121,26 @@ class TeacherTrack:
         (the window whose centre is nearest each frame's): (len(centres), n_classes) float16."""
         idx = np.rint((first_sample + centres - WINDOW_SAMPLES / 2) / HOP_SAMPLES).astype(np.int64)
         return np.asarray(self.scores[np.clip(idx, 0, self.scores.shape[0] - 1)])
+
+
+def harken_scorer(
+    model_path: str | Path, receptive_field: int, lookahead: int
+) -> Callable[[np.ndarray], np.ndarray]:
+    """A function from a batch of input crops (B, T, n_mels) to a harken model's scores of
+    them (B, T - receptive_field, classes), output frame for output frame with the student:
+    the model must have the student's receptive field and look-ahead."""
+    from service.detector import Detector
+
+    detector = Detector.load(model_path, threads=1)
+    c = detector.contract
+    if (c.receptive_field_frames, c.lookahead_frames) != (receptive_field, lookahead):
+        raise ValueError(
+            f"{model_path}: receptive field {c.receptive_field_frames} and look-ahead "
+            f"{c.lookahead_frames} frames, the network trained here has {receptive_field} and "
+            f"{lookahead}: its scores would not line up with the network's frames"
+        )
+
+    def score(batch: np.ndarray) -> np.ndarray:
+        return np.stack([detector.raw_scores(crop) for crop in batch])
+
+    return score

@@ -148,6 +148,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init", type=Path, help="start from this checkpoint's weights (fine-tuning)")
     parser.add_argument("--hard-negatives", type=Path, help="mined hard-negative windows (JSON)")
     parser.add_argument(
+        "--distil-from", type=Path, help="a harken .onnx model whose scores the network learns (loss.distil)"
+    )
+    parser.add_argument(
         "--ablation", action="store_true", help="train every loss variant, write ablation.md"
     )
     parser.add_argument(

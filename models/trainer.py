@@ -28,7 +28,7 @@ from models import data as D
 from models.cached import RunResult
 from models.config import CLASSES, TrainConfig, build_net
 from models.live_scenes import LiveScene, LiveSceneMaker
-from models.losses import EventAwareLoss, EventSpan, teacher_loss
+from models.losses import EventAwareLoss, EventSpan, distil_loss, teacher_loss
 from models.tuning import dev_scores, evaluate, selection_f1, tune_for_recipe
 from service.audio.features import FeatureParams
 
@@ -102,11 +102,15 @@ def train_live(
     config_dict: dict[str, Any] | None = None,
     teacher_head: torch.nn.Module | None = None,
     teacher_weight: float = 0.0,
+    distil_from: Callable[[np.ndarray], np.ndarray] | None = None,
+    distil_weight: float = 0.0,
 ) -> dict[str, Any]:
     """Train (or resume from OUT_DIR/last.pt); returns the run's summary. OUT_DIR/best.pt holds
     the best network state by the `evaluate` selection metric. `teacher_head` (training
     only, models/teacher.py) reads the network's temporal features and learns the teacher's
-    scores with weight `teacher_weight`."""
+    scores with weight `teacher_weight`. `distil_from` (models/teacher.harken_scorer) scores
+    each batch with another harken model, whose scores the network learns with weight
+    `distil_weight`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     last_file, best_file = out_dir / "last.pt", out_dir / "best-state.pt"
     trained = list(net.parameters()) + (list(teacher_head.parameters()) if teacher_head is not None else [])
@@ -156,12 +160,18 @@ def train_live(
         x, y, w, events, onsets, teacher, teacher_mask = next(stream)
         if teacher_head is not None and teacher is not None and teacher_mask is not None:
             features = net.features(x)  # type: ignore[operator]
-            loss, parts = loss_fn(net.head(features).transpose(1, 2), y, w, events, onsets)  # type: ignore[operator]
-            distil = teacher_loss(teacher_head(features).transpose(1, 2), teacher, teacher_mask)
-            loss = loss + teacher_weight * distil
-            parts = {**parts, "teacher": float(distil.item())}
+            logits = net.head(features).transpose(1, 2)  # type: ignore[operator]
+            loss, parts = loss_fn(logits, y, w, events, onsets)
+            learnt = teacher_loss(teacher_head(features).transpose(1, 2), teacher, teacher_mask)
+            loss = loss + teacher_weight * learnt
+            parts = {**parts, "teacher": float(learnt.item())}
         else:
-            loss, parts = loss_fn(net(x), y, w, events, onsets)
+            logits = net(x)
+            loss, parts = loss_fn(logits, y, w, events, onsets)
+        if distil_from is not None:
+            imitated = distil_loss(logits, torch.from_numpy(distil_from(x.numpy())))
+            loss = loss + distil_weight * imitated
+            parts = {**parts, "distil": float(imitated.item())}
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained, 5.0)
@@ -351,6 +361,13 @@ def train_live_command(
         teacher = TeacherTrack.for_pool(pool, args.teacher, cache_dir)
         torch.manual_seed(cfg.seed + 1)
         teacher_head = torch.nn.Conv1d(cfg.net.channels, teacher.n_classes, 1)
+    distil_from = None
+    if cfg.loss.distil > 0:
+        from models.teacher import harken_scorer
+
+        if not getattr(args, "distil_from", None):
+            raise ValueError("config: loss.distil > 0 needs --distil-from (a harken .onnx model)")
+        distil_from = harken_scorer(args.distil_from, net.receptive_field, cfg.net.lookahead_frames)
     maker = LiveSceneMaker(
         bank, pool, cfg.data, cfg.live, cfg.opt.crop_frames, net.receptive_field,
         cfg.net.lookahead_frames, params, hard, confuser_reports, teacher,
@@ -365,6 +382,7 @@ def train_live_command(
         "hard_negative_windows": len(hard),
         "hard_confuser_clips": sum(1 for r in confuser_reports if r > 0),
         "teacher_classes": teacher.n_classes if teacher is not None else 0,
+        "distilled_from": Path(args.distil_from).name if distil_from is not None else "",
     }
     print(f"data ready in {time.monotonic() - t0:.0f}s: dev {info['dev']}")
     init_state = None
@@ -408,6 +426,8 @@ def train_live_command(
         config_dict=cfg.to_dict(),
         teacher_head=teacher_head,
         teacher_weight=cfg.loss.teacher,
+        distil_from=distil_from,
+        distil_weight=cfg.loss.distil,
     )
     scores = dev_scores(net, dev, cfg.net.lookahead_frames)
     metrics_default = evaluate(scores, dev, cfg.decision)

@@ -481,6 +481,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--hard-negatives", type=Path, help="windows mined by `harken mine` (JSON)")
     train.add_argument("--teacher", type=Path,
                        help="YAMNet's yamnet.tflite, for recipes with loss.teacher (training only)")
+    train.add_argument("--distil-from", type=Path,
+                       help="a harken .onnx model (an ensemble) whose scores the network learns, "
+                       "for recipes with loss.distil (training only)")
     train.set_defaults(func=cmd_train, command_line=None)
 
     mine = sub.add_parser("mine", help="score train negatives, collect where a model fires (hard negatives)")

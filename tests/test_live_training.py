@@ -167,14 +167,22 @@ def _freqconv_with_running_stats(seed: int, freq_channels: tuple[int, ...] = (4,
     return net
 
 
-@pytest.mark.parametrize("members", [1, 2])
-def test_freqconv_network_streams_like_one_pass_after_export(tmp_path: Path, members: int) -> None:
+@pytest.mark.parametrize("variant", ["one", "pair", "pair-own-stats", "pair-mixed-sizes"])
+def test_freqconv_network_streams_like_one_pass_after_export(tmp_path: Path, variant: str) -> None:
     """One exported network, or two joined as one (`ensemble_onnx`: the mean of their
-    logits), streams in the daemon exactly as it scores in one pass."""
+    logits), streams in the daemon exactly as it scores in one pass. Members of one shape
+    become one network (models/joined.py), with their own feature statistics if they
+    differ; members of different shapes run side by side."""
     from models.export import ensemble_onnx, export_onnx
     from service.decision import DecisionParams
 
-    nets = [_freqconv_with_running_stats(seed) for seed in range(members)]
+    members = 1 if variant == "one" else 2
+    sizes = [(4, 8, 8), (8, 8, 8) if variant == "pair-mixed-sizes" else (4, 8, 8)]
+    nets = [_freqconv_with_running_stats(seed, sizes[seed]) for seed in range(members)]
+    if variant == "pair-own-stats":
+        with torch.no_grad():
+            nets[1].feature_mean.uniform_(-0.5, 0.5)
+            nets[1].feature_std.uniform_(0.5, 2.0)
     assert nets[0].receptive_field == 2 * 3 + 2 * 7
     assert nets[0].macs_per_frame() > 0
     decisions = {c: DecisionParams() for c in D.CLASSES}
@@ -186,6 +194,11 @@ def test_freqconv_network_streams_like_one_pass_after_export(tmp_path: Path, mem
         model, contract = ensemble_onnx(paths)
         assert contract.model_name == "fc-x2" and contract.training["ensemble"] == ["fc 0.0.0", "fc 0.0.1"]
         assert contract.training["parameters"] == 200 and contract.training["macs_per_frame"] == 14
+        # Joined (models/joined.py): one convolution per layer for both members, not one
+        # each; members of different shapes keep a branch each.
+        convs = sum(n.op_type == "Conv" for n in model.graph.node)
+        one = sum(n.op_type == "Conv" for n in onnx.load(str(paths[0])).graph.node)
+        assert convs == (2 * one if variant == "pair-mixed-sizes" else one)
         path = tmp_path / "pair.onnx"
         onnx.save(model, str(path))
     detector = Detector.load(path)

@@ -116,3 +116,32 @@ def test_teacher_errors_are_clear(tiny: dict[str, Path], capsys: pytest.CaptureF
     assert "needs --teacher" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match=r"nope\.tflite not found"):
         yamnet_scorer(root / "nope.tflite")
+
+
+def test_training_distils_a_harken_model_and_refuses_one_that_does_not_line_up(
+    tiny: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tiny["root"]
+    base = ["--data", str(tiny["data"]), "--negatives", str(tiny["negatives"]), "--cache", str(root / "cache")]
+    plain = root / "plain.yaml"
+    plain.write_text(LIVE_CONFIG)
+    assert cli.main(["train", "--config", str(plain), *base, "--out", str(root / "elder")]) == 0
+    elder = root / "elder.onnx"
+    assert cli.main(["export", "--checkpoint", str(root / "elder" / "best.pt"), "--out", str(elder)]) == 0
+    student = root / "student.yaml"
+    student.write_text(LIVE_CONFIG.replace("loss: {onset: 1.0, onset_frames: 10}",
+                                           "loss: {onset: 1.0, onset_frames: 10, distil: 2.0}"))
+    assert cli.main(["train", "--config", str(student), *base, "--out", str(root / "student"),
+                     "--distil-from", str(elder)]) == 0
+    history = json.loads((root / "student" / "history.json").read_text())["history"]
+    assert history and all(entry["distil"] > 0 for entry in history)
+    assert json.loads((root / "student" / "report.json").read_text())["data"]["distilled_from"] == "elder.onnx"
+    # Its scores must line up with the student's frames: another receptive field is refused.
+    wider = root / "wider.yaml"
+    wider.write_text(student.read_text().replace("dilations: [1, 2]", "dilations: [1, 2, 4]"))
+    capsys.readouterr()
+    assert cli.main(["train", "--config", str(wider), *base, "--out", str(root / "wider"),
+                     "--distil-from", str(elder)]) != 0
+    assert "receptive field 10 and look-ahead 2 frames" in capsys.readouterr().err
+    assert cli.main(["train", "--config", str(student), *base, "--out", str(root / "none")]) != 0
+    assert "loss.distil > 0 needs --distil-from" in capsys.readouterr().err
