@@ -27,6 +27,9 @@ alarm that leaks into the baby-cry score reports one smoke alarm, not both.
 
 Most audio is quiet; frames where every class is idle and no score reaches its
 on-threshold are skipped in bulk with numpy, so deciding costs almost nothing there.
+Inside an event and its gaps, runs of frames that change nothing but the event's running
+sums are taken in bulk too (`_steady_frames`, `_hold`); only frames where something may
+happen (a start, an end, a flicker) go through the per-frame state machine.
 """
 
 from __future__ import annotations
@@ -237,12 +240,70 @@ class EventDecider:
                 if nxt == any_above_on.shape[0]:
                     break
                 i = int(any_above_on[nxt])
+            else:
+                steady = self._steady_frames(self.frames_seen + i, with_tail[n_tail + i :], above_on[n_tail + i :])
+                if steady:
+                    self._hold(self.frames_seen + i, with_tail[n_tail + i : n_tail + i + steady])
+                    i += steady
+                    continue
             self._step(self.frames_seen + i, with_tail[n_tail + i], above_on, n_tail + i, decisions)
             i += 1
         self.frames_seen += n
         keep = max(self._max_onset_n - 1, 0)
         self._smooth_tail = with_tail[-keep:] if keep else with_tail[:0]
         return decisions
+
+    def _steady_frames(self, first_frame: int, smoothed: np.ndarray, above_on: np.ndarray, look: int = 256) -> int:
+        """How many of the next frames change nothing but the running sums of active events:
+        every active class stays on its side of its off-threshold (so it does not flicker),
+        and one below it does not reach the end of its merge gap; no idle class reaches its
+        on-threshold and no class is pending. Inside an event and in its gaps most frames
+        are such; `_hold` takes them in bulk, exactly as `_step` would one by one."""
+        if any(s.phase == _PENDING for s in self._states):
+            return 0
+        active = [c for c, s in enumerate(self._states) if s.phase == _ACTIVE]
+        idle = [c for c, s in enumerate(self._states) if s.phase == _IDLE]
+        off = np.array([self._states[c].params.off_threshold for c in active])
+        side = np.array([self._states[c].was_above_off for c in active])
+        limit = smoothed.shape[0]
+        for c in active:
+            state = self._states[c]
+            if not state.was_above_off:  # the frame that would end the event is stepped
+                limit = min(limit, self._gap_end_frame(state) - first_frame)
+        count = 0
+        while count < limit:
+            window = slice(count, min(count + look, limit))
+            same_side = ((smoothed[window, active] >= off) == side).all(axis=1)
+            quiet = same_side & ~above_on[window, idle].any(axis=1)
+            if quiet.all():
+                count += quiet.shape[0]
+                continue
+            return count + int(np.argmin(quiet))
+        return max(count, 0)
+
+    def _gap_end_frame(self, state: _ClassState) -> int:
+        """The first frame at which an active event below its off-threshold ends (`_step`'s test)."""
+        gap = max(state.params.merge_gap_s, self.hop_s)
+        k = max(1, int(np.ceil(gap / self.hop_s)) - 1)
+        while k * self.hop_s < gap:
+            k += 1
+        return state.last_above_off_frame + k
+
+    def _hold(self, first_frame: int, smoothed: np.ndarray) -> None:
+        """Frames that `_steady_frames` vouched for: what `_step` would do one by one."""
+        last = first_frame + smoothed.shape[0] - 1
+        for c, state in enumerate(self._states):
+            if state.phase != _ACTIVE:
+                continue
+            scores = smoothed[:, c]
+            # np.cumsum adds in order, so the sum is the very float the frame loop makes.
+            state.score_sum = float(np.cumsum(np.concatenate([[state.score_sum], scores]))[-1])
+            state.score_peak = max(state.score_peak, float(scores.max()))
+            state.n_frames += scores.shape[0]
+            if state.was_above_off:
+                state.last_above_off_frame = last
+                state.sum_until_last_above = state.score_sum
+                state.frames_until_last_above = state.n_frames
 
     def _step(
         self,
