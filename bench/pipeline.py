@@ -1,7 +1,11 @@
 """Speed of the whole offline pipeline (decode -> features -> ONNX -> decisions) on one core.
 
 Prints a table of each stage and the whole as multiples of real time, and peak memory.
-Usage: python bench/pipeline.py [--minutes 10] [--format wav|flac]
+Usage: python bench/pipeline.py [--minutes 10] [--format wav|flac] [--model A.onnx --model B.onnx --rounds 5]
+
+On a shared machine a single measurement can be off by a third; several models measured
+in interleaved rounds (`--rounds`) are compared by their median and by their ratio
+within each round.
 """
 
 from __future__ import annotations
@@ -59,42 +63,75 @@ def best_of(fn: Callable[[], object], repeats: int = 5) -> tuple[float, float]:
     return min(walls), min(cpus)
 
 
+def measure(path: Path, detector: Detector, repeats: int) -> dict[str, tuple[float, float]]:
+    """Best wall and CPU seconds of each stage and of the whole pipeline, for one model."""
+    audio = read_audio(path)
+    frames = LogMel().frames(audio)
+    scores = detector.scores(frames)
+    c = detector.contract
+
+    def decisions() -> None:
+        decider = EventDecider(c.class_names, c.decision, c.features.hop_s)
+        decider.update(scores)
+        decider.flush()
+
+    stages: list[tuple[str, Callable[[], object]]] = [
+        ("decode (soundfile, 16 kHz mono)", lambda: read_audio(path)),
+        ("log-mel features", lambda: LogMel().frames(audio)),
+        ("ONNX detector", lambda: detector.scores(frames)),
+        ("event decisions", decisions),
+        (WHOLE, lambda: analyse_file(path, detector)),
+    ]
+    return {name: best_of(fn, repeats) for name, fn in stages}
+
+
+WHOLE = "whole pipeline (harken detect)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--format", choices=["wav", "flac"], default="wav")
-    parser.add_argument("--model", type=Path, help="a .onnx model (default: the bundled one)")
+    parser.add_argument(
+        "--model", type=Path, action="append",
+        help="a .onnx model (default: the bundled one); give it several times to compare models",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1,
+        help="measure every model this many times, interleaved; tables show the median (and the range)",
+    )
     args = parser.parse_args()
-    detector = Detector.load(args.model, threads=1)
+    detectors = [Detector.load(m, threads=1) for m in (args.model or [None])]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"bench.{args.format}"
         make_recording(args.minutes, path)
         audio_s = sf.info(str(path)).duration
-        audio = read_audio(path)
-        frames = LogMel().frames(audio)
-        scores = detector.scores(frames)
-        c = detector.contract
-
-        def decisions() -> None:
-            decider = EventDecider(c.class_names, c.decision, c.features.hop_s)
-            decider.update(scores)
-            decider.flush()
-
-        stages = [
-            ("decode (soundfile, 16 kHz mono)", lambda: read_audio(path)),
-            ("log-mel features", lambda: LogMel().frames(audio)),
-            ("ONNX detector", lambda: detector.scores(frames)),
-            ("event decisions", decisions),
-            ("whole pipeline (harken detect)", lambda: analyse_file(path, detector)),
-        ]
-        print(f"audio: {audio_s / 60:.1f} min {args.format}, model {c.model_name} {c.model_version}, one thread")
-        print(f"{'stage':<34} {'wall s':>8} {'x real time':>12} {'cpu s':>8} {'x real time (cpu)':>18}")
-        for name, fn in stages:
-            wall, cpu = best_of(fn)
-            print(f"{name:<34} {wall:>8.3f} {audio_s / wall:>12.0f} {cpu:>8.3f} {audio_s / max(cpu, 1e-9):>18.0f}")
-        events = analyse_file(path, detector).events
+        # Rounds interleave the models, so a busy moment of a shared machine falls on all of
+        # them alike; the ratio to the first model is taken within each round.
+        rounds = [[measure(path, d, repeats=5) for d in detectors] for _ in range(args.rounds)]
+        for i, detector in enumerate(detectors):
+            c = detector.contract
+            print(f"audio: {audio_s / 60:.1f} min {args.format}, model {c.model_name} {c.model_version} "
+                  f"({detector.path.name}), one thread, median of {args.rounds} round(s)")
+            print(f"{'stage':<34} {'wall s':>8} {'x real time':>12} {'cpu s':>8} {'x real time (cpu)':>18}")
+            for name in rounds[0][i]:
+                wall = float(np.median([r[i][name][0] for r in rounds]))
+                cpu = float(np.median([r[i][name][1] for r in rounds]))
+                print(f"{name:<34} {wall:>8.3f} {audio_s / wall:>12.0f} {cpu:>8.3f} {audio_s / max(cpu, 1e-9):>18.0f}")
+            events = analyse_file(path, detector).events
+            print(f"events found: {len(events)} (3 planted per minute)\n")
+        if len(detectors) > 1 or args.rounds > 1:
+            first = detectors[0].contract
+            print(f"whole pipeline, x real time (wall) over {args.rounds} round(s); ratio to "
+                  f"{first.model_name} {first.model_version} within each round")
+            print(f"{'model':<46} {'median':>8} {'lowest':>8} {'highest':>8} {'ratio':>7}")
+            for i, detector in enumerate(detectors):
+                speeds = [audio_s / r[i][WHOLE][0] for r in rounds]
+                ratio = float(np.median([r[0][WHOLE][0] / r[i][WHOLE][0] for r in rounds]))
+                name = f"{detector.contract.model_name} {detector.contract.model_version} ({detector.path.name})"
+                print(f"{name:<46} {np.median(speeds):>8.0f} {min(speeds):>8.0f} {max(speeds):>8.0f} {ratio:>7.2f}")
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(f"events found: {len(events)} (3 planted per minute); peak memory (max RSS): {peak_mb:.0f} MB")
+        print(f"peak memory (max RSS): {peak_mb:.0f} MB")
 
 
 if __name__ == "__main__":
