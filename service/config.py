@@ -291,7 +291,8 @@ class Settings(Section):
 
     sources: list[SourceConfig] = Field(default_factory=lambda: [SourceConfig()], min_length=1,
                                         description="Audio sources; each has its own decisions.")
-    model: Path | None = Field(None, description="Path to a .onnx model; default: the bundled model.")
+    model: Path | None = Field(None, description="Path to a .onnx model, or the file name of a bundled one "
+                               "(harken-lite.onnx); default: the bundled model.")
     classes: dict[str, ClassConfig] = Field(default_factory=dict, description="Per-class settings.")
     decision: DecisionConfig = Field(default_factory=DecisionConfig, description="Cross-class decision settings.")
     store: StoreConfig = Field(default_factory=StoreConfig, description="Event store.")

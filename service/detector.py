@@ -47,6 +47,23 @@ def bundled_model_path() -> Path:
     return BUNDLED_MODEL
 
 
+def bundled_models() -> list[str]:
+    """File names of the models shipped with harken (the default and its options)."""
+    return sorted(p.name for p in BUNDLED_MODEL.parent.glob("*.onnx"))
+
+
+def resolve_model_path(path: str | Path | None) -> Path:
+    """The model file `path` names: None is the bundled default, and a bare file name that
+    is not a file here but one of the bundled models (`harken-lite.onnx`) is that one, so a
+    config can say `model: harken-lite.onnx` wherever harken is installed."""
+    if path is None:
+        return BUNDLED_MODEL
+    model_path = Path(path)
+    if not model_path.is_file() and model_path.parent == Path(".") and (BUNDLED_MODEL.parent / model_path).is_file():
+        return BUNDLED_MODEL.parent / model_path
+    return model_path
+
+
 class Detector:
     """A loaded model and its contract. Not thread-safe; one per inference thread."""
 
@@ -62,9 +79,12 @@ class Detector:
         """Open a model file; raises ContractError with a clear message when unusable."""
         import onnxruntime as ort  # imported here so that `harken --help` stays fast
 
-        model_path = Path(path) if path is not None else bundled_model_path()
+        model_path = resolve_model_path(path)
         if not model_path.is_file():
-            raise ContractError(f"model file {model_path} does not exist")
+            raise ContractError(
+                f"model file {model_path} does not exist (bundled models, usable by name: "
+                f"{', '.join(bundled_models())})"
+            )
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

@@ -105,8 +105,23 @@ def test_a_model_without_contract_or_not_onnx_is_refused(tmp_path: Path) -> None
     junk.write_bytes(b"not a model")
     with pytest.raises(ContractError, match="not a loadable ONNX model"):
         Detector.load(junk)
-    with pytest.raises(ContractError, match="does not exist"):
+    with pytest.raises(ContractError, match=r"does not exist \(bundled models, usable by name: harken-lite\.onnx, "):
         Detector.load(tmp_path / "missing.onnx")
+
+
+def test_a_bundled_model_can_be_named_by_its_file_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`model: harken-lite.onnx` works wherever harken is installed; a file of that name in
+    the working directory, or a path with a folder, still means that file."""
+    monkeypatch.chdir(tmp_path)
+    lite = Detector.load("harken-lite.onnx")
+    assert lite.path == bundled_model_path().with_name("harken-lite.onnx")
+    assert lite.contract.model_version == "2.2.0"
+    local = tmp_path / "harken-lite.onnx"
+    local.write_bytes(b"not a model")
+    with pytest.raises(ContractError, match="not a loadable ONNX model"):
+        Detector.load("harken-lite.onnx")
+    with pytest.raises(ContractError, match="does not exist"):
+        Detector.load(tmp_path / "sub" / "harken-lite.onnx")
 
 
 def test_contract_json_round_trip(detector: Detector) -> None:
