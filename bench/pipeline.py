@@ -63,10 +63,11 @@ def best_of(fn: Callable[[], object], repeats: int = 5) -> tuple[float, float]:
     return min(walls), min(cpus)
 
 
-def measure(path: Path, detector: Detector, repeats: int) -> dict[str, tuple[float, float]]:
-    """Best wall and CPU seconds of each stage and of the whole pipeline, for one model."""
-    audio = read_audio(path)
-    frames = LogMel().frames(audio)
+def measure(
+    path: Path, audio: np.ndarray, frames: np.ndarray, detector: Detector, repeats: int
+) -> dict[str, tuple[float, float]]:
+    """Best wall and CPU seconds of each stage and of the whole pipeline, for one model
+    (`audio` and `frames`: the file decoded and its features, the input of the later stages)."""
     scores = detector.scores(frames)
     c = detector.contract
 
@@ -108,7 +109,9 @@ def main() -> None:
         audio_s = sf.info(str(path)).duration
         # Rounds interleave the models, so a busy moment of a shared machine falls on all of
         # them alike; the ratio to the first model is taken within each round.
-        rounds = [[measure(path, d, repeats=5) for d in detectors] for _ in range(args.rounds)]
+        audio = read_audio(path)
+        frames = LogMel().frames(audio)
+        rounds = [[measure(path, audio, frames, d, repeats=5) for d in detectors] for _ in range(args.rounds)]
         for i, detector in enumerate(detectors):
             c = detector.contract
             print(f"audio: {audio_s / 60:.1f} min {args.format}, model {c.model_name} {c.model_version} "

@@ -17,7 +17,7 @@ remaining bands, not a reshape.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,9 +90,12 @@ def read_freqconv(model: onnx.ModelProto, prefix: str = "") -> FreqConvWeights:
     )
 
 
-def _block_weights(weights: Sequence[np.ndarray]) -> np.ndarray:
-    """Members' weights stacked along output channels: a grouped convolution's weight."""
-    return np.concatenate(weights, axis=0)
+def _stacked(
+    convs: Sequence[Conv], as_2d: Callable[[np.ndarray], np.ndarray] = lambda w: w
+) -> tuple[np.ndarray, np.ndarray]:
+    """The members' layer as one grouped convolution: weights (reshaped by `as_2d`) stacked
+    along output channels, and their biases."""
+    return np.concatenate([as_2d(c.weight) for c in convs]), np.concatenate([c.bias for c in convs])
 
 
 class _Graph:
@@ -139,28 +142,22 @@ def joined_graph(
         normalised.append(g.node("Unsqueeze", [mel_major, axis_1], f"member{i}.image"))  # (B, 1, F, T)
     image = normalised[0] if len(normalised) == 1 else g.node("Concat", normalised, "images", axis=1)
     freq = {"strides": [2, 1], "pads": [1, 0, 1, 0]}
-    h = g.conv(image, "stem", _block_weights([m.stem.weight for m in members]),
-               np.concatenate([m.stem.bias for m in members]), relu=True, group=len(normalised), **freq)
+    h = g.conv(image, "stem", *_stacked([m.stem for m in members]), relu=True, group=len(normalised), **freq)
     for b in range(len(first.freq_blocks)):
-        depthwise = _block_weights([m.freq_blocks[b][0].weight for m in members])
-        h = g.conv(h, f"freq_blocks.{b}.depthwise", depthwise,
-                   np.concatenate([m.freq_blocks[b][0].bias for m in members]), relu=False,
-                   group=depthwise.shape[0], **freq)
-        h = g.conv(h, f"freq_blocks.{b}.pointwise", _block_weights([m.freq_blocks[b][1].weight for m in members]),
-                   np.concatenate([m.freq_blocks[b][1].bias for m in members]), relu=True, group=n)
+        depthwise = _stacked([m.freq_blocks[b][0] for m in members])
+        h = g.conv(h, f"freq_blocks.{b}.depthwise", *depthwise, relu=False, group=depthwise[0].shape[0], **freq)
+        h = g.conv(h, f"freq_blocks.{b}.pointwise", *_stacked([m.freq_blocks[b][1] for m in members]), relu=True,
+                   group=n)
     # (B, C, bands, T) -> (B, channels, 1, T): the flattening projection as a convolution
     # spanning all bands (its weight's input axis is channels-major, bands-minor).
     c_last = first.freq_blocks[-1][1].weight.shape[0] if first.freq_blocks else first.stem.weight.shape[0]
-    project = [m.project.weight.reshape(m.project.weight.shape[0], c_last, -1, 1) for m in members]
-    h = g.conv(h, "project", _block_weights(project), np.concatenate([m.project.bias for m in members]),
-               relu=True, group=n)
+    project = _stacked([m.project for m in members], lambda w: w.reshape(w.shape[0], c_last, -1, 1))
+    h = g.conv(h, "project", *project, relu=True, group=n)
     time_axis = g.tensor("axis_3", np.array([3], np.int64))
     to_end = g.tensor("to_end", np.array([np.iinfo(np.int64).max], np.int64))
-    for t in range(len(first.temporal)):
-        layer = first.temporal[t]
-        weight = _block_weights([m.temporal[t].weight[:, :, None, :] for m in members])
-        out = g.conv(h, f"blocks.{t}", weight, np.concatenate([m.temporal[t].bias for m in members]), relu=True,
-                     group=n, dilations=[1, layer.dilation])
+    for t, layer in enumerate(first.temporal):
+        temporal = _stacked([m.temporal[t] for m in members], lambda w: w[:, :, None, :])
+        out = g.conv(h, f"blocks.{t}", *temporal, relu=True, group=n, dilations=[1, layer.dilation])
         shrink = (layer.weight.shape[-1] - 1) * layer.dilation
         residual = g.node("Slice", [h, g.tensor(f"blocks.{t}.shrink", np.array([shrink], np.int64)), to_end,
                                     time_axis], f"blocks.{t}.residual")

@@ -141,6 +141,6 @@ def harken_scorer(
         )
 
     def score(batch: np.ndarray) -> np.ndarray:
-        return np.stack([detector.raw_scores(crop) for crop in batch])
+        return np.stack(detector.raw_scores_many(list(batch)))
 
     return score

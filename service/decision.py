@@ -279,15 +279,18 @@ class EventDecider:
                 count += quiet.shape[0]
                 continue
             return count + int(np.argmin(quiet))
-        return max(count, 0)
+        return count
+
+    def _gap_closed(self, state: _ClassState, frame: int) -> bool:
+        """Whether an active event's merge gap is over at `frame`: it then ends."""
+        return (frame - state.last_above_off_frame) * self.hop_s >= max(state.params.merge_gap_s, self.hop_s)
 
     def _gap_end_frame(self, state: _ClassState) -> int:
-        """The first frame at which an active event below its off-threshold ends (`_step`'s test)."""
-        gap = max(state.params.merge_gap_s, self.hop_s)
-        k = max(1, int(np.ceil(gap / self.hop_s)) - 1)
-        while k * self.hop_s < gap:
-            k += 1
-        return state.last_above_off_frame + k
+        """The first frame at which an active event below its off-threshold ends."""
+        frame = state.last_above_off_frame + max(1, int(state.params.merge_gap_s / self.hop_s) - 1)
+        while not self._gap_closed(state, frame):
+            frame += 1
+        return frame
 
     def _hold(self, first_frame: int, smoothed: np.ndarray) -> None:
         """Frames that `_steady_frames` vouched for: what `_step` would do one by one."""
@@ -359,9 +362,7 @@ class EventDecider:
                     state.dropped_end_frame = frame - 1
                 elif (frame - state.start_frame + 1) * self.hop_s >= p.min_duration_s:
                     wants_start.append(c)
-            elif state.phase == _ACTIVE and (frame - state.last_above_off_frame) * self.hop_s >= max(
-                p.merge_gap_s, self.hop_s
-            ):
+            elif state.phase == _ACTIVE and self._gap_closed(state, frame):
                 self._end(c, frame, out)
         for c in wants_start:
             self._maybe_start(c, frame, smoothed, wants_start, out)
