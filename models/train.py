@@ -145,7 +145,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-minutes", type=float, help="stop cleanly after this wall time (resumable)")
     parser.add_argument("--stop-at-step", type=int, help="stop at this step (at an evaluation), resumable")
-    parser.add_argument("--init", type=Path, help="start from this checkpoint's weights (fine-tuning)")
+    parser.add_argument(
+        "--init", type=Path, help="start from these weights (fine-tuning): a checkpoint (.pt) or a model (.onnx)"
+    )
+    parser.add_argument("--init-member", type=int, help="with --init ENSEMBLE.onnx: start from member N")
     parser.add_argument("--hard-negatives", type=Path, help="mined hard-negative windows (JSON)")
     parser.add_argument(
         "--distil-from", type=Path, help="a harken .onnx model whose scores the network learns (loss.distil)"

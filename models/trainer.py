@@ -386,7 +386,14 @@ def train_live_command(
     }
     print(f"data ready in {time.monotonic() - t0:.0f}s: dev {info['dev']}")
     init_state = None
-    if args.init:
+    if args.init and args.init.suffix == ".onnx":
+        from models.unfold import state_from_onnx
+
+        # The batch norms are unfolded around the statistics of training scenes (models/unfold.py).
+        rng = np.random.default_rng(cfg.seed)
+        sample = torch.from_numpy(np.stack([maker.make(rng).features for _ in range(48)]))
+        init_state = state_from_onnx(net, args.init, sample, getattr(args, "init_member", None))
+    elif args.init:
         saved = torch.load(args.init, map_location="cpu", weights_only=False)
         # best.pt keeps the network under "state"; a run's resumable last.pt under "net".
         # best-state.pt (the best network while a run goes on) is the state dict itself.

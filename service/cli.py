@@ -477,7 +477,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="stop cleanly after this wall time; run again to resume")
     train.add_argument("--stop-at-step", type=int,
                        help="stop at this step (checked at evaluations) keeping the schedule; resumable")
-    train.add_argument("--init", type=Path, help="start from this checkpoint's weights (fine-tuning)")
+    train.add_argument("--init", type=Path,
+                       help="start from these weights (fine-tuning): a checkpoint (.pt) or an exported model (.onnx)")
+    train.add_argument("--init-member", type=int,
+                       help="with --init ENSEMBLE.onnx (members side by side): start from member N (0, 1, ...)")
     train.add_argument("--hard-negatives", type=Path, help="windows mined by `harken mine` (JSON)")
     train.add_argument("--teacher", type=Path,
                        help="YAMNet's yamnet.tflite, for recipes with loss.teacher (training only)")

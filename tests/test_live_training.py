@@ -236,6 +236,60 @@ def test_onset_term_wants_confident_first_frames() -> None:
     assert float(none) == 0.0
 
 
+def test_an_exported_network_unfolds_into_a_trainable_one(tmp_path: Path) -> None:
+    """`harken train --init MODEL.onnx` (models/unfold.py): the folded weights go back into
+    a network whose batch norms are unfolded around the statistics of a sample. In
+    evaluation it scores as the exported model; in training, on that sample, the norms
+    pass what they get unchanged (so fine-tuning starts from the model, not a disturbed
+    copy); a side-by-side member is picked by index; a different shape is refused by name."""
+    from models.export import ensemble_onnx, export_onnx
+    from models.unfold import read_member, unfold_into
+    from service.decision import DecisionParams
+
+    decisions = {c: DecisionParams() for c in D.CLASSES}
+    original = _freqconv_with_running_stats(5)
+    with torch.no_grad():
+        for m in original.modules():
+            if isinstance(m, torch.nn.BatchNorm1d | torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.3, 0.3)
+        original.feature_mean.uniform_(-0.5, 0.5)
+    path = tmp_path / "fc.onnx"
+    export_onnx(original, path, D.CLASSES, 3, decisions, "fc", "0.0.0", {"parameters": 100, "macs_per_frame": 7})
+    rng = np.random.default_rng(4)
+    sample = torch.from_numpy(np.stack([
+        LogMel().frames(synth.background(1.0, rng).astype(np.float32) * 0.1) for _ in range(6)
+    ]))
+    fresh = FreqConvTCN(freq_channels=(4, 8, 8), channels=12, dilations=(1, 2, 4))
+    unfold_into(fresh, read_member(path), sample)
+    with torch.no_grad():
+        expected = original.eval()(sample)
+        torch.testing.assert_close(fresh.eval()(sample), expected, atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(fresh.train()(sample), expected, atol=2e-4, rtol=1e-3)
+    assert not torch.allclose(fresh.stem_norm.running_var, torch.ones_like(fresh.stem_norm.running_var))
+    # Members of mixed shapes stay side by side in an ensemble; --init-member picks one.
+    other = _freqconv_with_running_stats(6, (8, 8, 8))
+    other_path = tmp_path / "fc-wide.onnx"
+    export_onnx(other, other_path, D.CLASSES, 3, decisions, "fc", "0.0.1", {"parameters": 100, "macs_per_frame": 7})
+    pair, _ = ensemble_onnx([path, other_path])
+    pair_path = tmp_path / "pair.onnx"
+    onnx.save(pair, str(pair_path))
+    wide = FreqConvTCN(freq_channels=(8, 8, 8), channels=12, dilations=(1, 2, 4))
+    unfold_into(wide, read_member(pair_path, 1), sample)
+    with torch.no_grad():
+        torch.testing.assert_close(wide.eval()(sample), other(sample), atol=2e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="--init-member"):
+        read_member(pair_path)
+    with pytest.raises(ValueError, match="no member 2"):
+        read_member(pair_path, 2)
+    joined, _ = ensemble_onnx([path, path])  # one shape: one joined network, no members to read
+    onnx.save(joined, str(pair_path))
+    with pytest.raises(ValueError, match="joined into one network"):
+        read_member(pair_path)
+    with pytest.raises(ValueError, match=r"layer stem: .*use the recipe the model was trained with"):
+        unfold_into(FreqConvTCN(freq_channels=(8, 8, 8), channels=12, dilations=(1, 2, 4)), read_member(path), sample)
+
+
 def test_live_training_resumes_exports_and_mines(tiny: dict[str, Path]) -> None:
     root = tiny["root"]
     config = root / "live.yaml"

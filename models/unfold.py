@@ -1,0 +1,122 @@
+"""An exported FreqConvTCN back into a trainable network (`harken train --init MODEL.onnx`).
+
+A shipped model's checkpoint may be gone while its `.onnx` is committed; a fine-tuning
+round (a mining round, say) then starts from the ONNX weights. Export folded every batch
+norm into the convolution before it, so the graph holds one affine convolution where the
+network has a convolution and a batch norm. Putting the folded weights into the
+convolution and an identity into the norm reproduces the network in evaluation, but not
+in training: there a batch norm divides by the batch's own statistics, and an identity
+norm whose running statistics are 0 and 1 would rescale every layer at the first step.
+
+So each norm is unfolded around the statistics of what reaches it on real input: running
+mean mu and variance var measured on a sample, scale sqrt(var + eps) and shift mu. In
+evaluation that is still the identity (the scores are the ONNX model's); in training,
+batches like the sample are normalised to nearly what they were, so fine-tuning starts
+where the model is instead of from a disturbed copy of it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from models.joined import Conv, FreqConvWeights, read_freqconv
+from models.net import FreqConvTCN
+
+
+def read_member(path: Path, member: int | None = None) -> FreqConvWeights:
+    """The FreqConvTCN weights of an exported model: the model itself, or member `member`
+    of a side-by-side ensemble (`harken export --ensemble` with members of mixed shapes,
+    or files written before members were joined)."""
+    model = onnx.load(str(path))
+    prefix = "" if member is None else f"member{member}/"
+    if member is not None and not any(n.output[0].startswith(prefix) for n in model.graph.node):
+        raise ValueError(f"{path}: no member {member} (side-by-side members are named member0/, member1/, ...)")
+    try:
+        return read_freqconv(model, prefix)
+    except (ValueError, KeyError) as err:
+        hint = " (an ensemble: pick one network with --init-member)" if member is None else ""
+        if model.graph.name == "harken-joined":  # models/joined.py
+            hint = " (its members are joined into one network; start from a member's own model instead)"
+        raise ValueError(f"{path}: cannot read one FreqConvTCN from it{hint}: {err}") from err
+
+
+def _pairs(net: FreqConvTCN, weights: FreqConvWeights) -> list[tuple[str, nn.Module, nn.Module | None, Conv]]:
+    """(name, convolution, the batch norm folded into it, exported weights) in graph order."""
+    pairs: list[tuple[str, nn.Module, nn.Module | None, Conv]] = [("stem", net.stem, net.stem_norm, weights.stem)]
+    if len(weights.freq_blocks) != len(net.freq_blocks) or len(weights.temporal) != len(net.blocks):
+        raise ValueError(
+            f"the model has {len(weights.freq_blocks)} frequency and {len(weights.temporal)} temporal blocks, "
+            f"the recipe's network {len(net.freq_blocks)} and {len(net.blocks)}"
+        )
+    for i, (block, (depthwise, pointwise)) in enumerate(zip(net.freq_blocks, weights.freq_blocks, strict=True)):
+        pairs.append((f"freq_blocks.{i}.depthwise", block.depthwise, None, depthwise))
+        pairs.append((f"freq_blocks.{i}.pointwise", block.pointwise, block.norm, pointwise))
+    pairs.append(("project", net.project, net.project_norm, weights.project))
+    for i, (block, conv) in enumerate(zip(net.blocks, weights.temporal, strict=True)):
+        pairs.append((f"blocks.{i}.conv", block.conv, block.norm, conv))
+    pairs.append(("head", net.head, None, weights.head))
+    return pairs
+
+
+@torch.no_grad()
+def unfold_into(net: FreqConvTCN, weights: FreqConvWeights, sample: torch.Tensor) -> None:
+    """Load exported `weights` into `net` (same shape) with every batch norm unfolded around
+    the statistics of `sample` (log-mel, (B, T, n_mels)): `net.eval()` then scores exactly
+    as the exported model, and training batches like `sample` pass the norms nearly unchanged."""
+    if weights.feature_mean.shape != tuple(net.feature_mean.shape):
+        raise ValueError(f"the model reads {weights.feature_mean.shape[0]} mel bands, the recipe {net.n_mels}")
+    pairs = _pairs(net, weights)
+    for name, conv, _, exported in pairs:
+        if tuple(conv.weight.shape) != exported.weight.shape or conv.dilation[-1] != exported.dilation:
+            raise ValueError(
+                f"layer {name}: the model has weights {exported.weight.shape} (dilation {exported.dilation}), "
+                f"the recipe's network {tuple(conv.weight.shape)} (dilation {conv.dilation[-1]}): use the "
+                "recipe the model was trained with"
+            )
+        conv.weight.copy_(torch.from_numpy(exported.weight))
+        conv.bias.copy_(torch.from_numpy(exported.bias))
+    net.feature_mean.copy_(torch.from_numpy(weights.feature_mean))
+    net.feature_std.copy_(torch.from_numpy(weights.feature_std))
+    norms = [norm for _, _, norm, _ in pairs if isinstance(norm, nn.modules.batchnorm._BatchNorm)]
+    for norm in norms:  # the identity first, so what reaches each norm is the exported network's
+        norm.running_mean.zero_()
+        norm.running_var.fill_(1.0)
+        norm.weight.fill_(float(np.sqrt(1.0 + norm.eps)))
+        norm.bias.zero_()
+    seen: dict[nn.Module, list[torch.Tensor]] = {norm: [] for norm in norms}
+
+    def record(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        x = inputs[0].transpose(0, 1).reshape(inputs[0].shape[1], -1)  # (channels, everything else)
+        seen[module].append(x)
+
+    hooks = [norm.register_forward_pre_hook(record) for norm in norms]
+    was_training = net.training
+    net.eval()
+    try:
+        net(sample)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        net.train(was_training)
+    for norm in norms:
+        x = torch.cat(seen[norm], dim=1)
+        mean, var = x.mean(dim=1), x.var(dim=1, unbiased=False)
+        norm.running_mean.copy_(mean)
+        norm.running_var.copy_(var)
+        norm.weight.copy_(torch.sqrt(var + norm.eps))
+        norm.bias.copy_(mean)
+
+
+def state_from_onnx(
+    net: FreqConvTCN, path: Path, sample: torch.Tensor, member: int | None = None
+) -> dict[str, torch.Tensor]:
+    """`net`'s state after `unfold_into` with the weights of the exported model at `path`."""
+    if not isinstance(net, FreqConvTCN):
+        raise ValueError("--init MODEL.onnx needs a recipe with net.kind: freqconv")
+    unfold_into(net, read_member(path, member), sample)
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
