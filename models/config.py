@@ -94,6 +94,10 @@ class EvalConfig:
     #: above the ceiling below every setting within it. The smoke alarm's is the shipping
     #: rule's alarm floor (models.tuning.ALARM_FLOOR), so tuning cannot trade it away.
     max_fa_per_hour: dict[str, float] = field(default_factory=lambda: {"smoke_alarm": 1.0})
+    #: On-thresholds offered to one class only, beside the grid every class gets, e.g.
+    #: {smoke_alarm: [0.995, 0.998]}: the alarm alone above 0.99, where the budget tier
+    #: once chose settings that find 6 % of cries (model card, rule 2's fifth round).
+    class_on_thresholds: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
 
 @dataclass

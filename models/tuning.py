@@ -209,6 +209,7 @@ def tune_decisions(
     fa_cost: float = 0.01,
     onset_lookbacks_s: Sequence[float] = (0.0,),
     max_fa_per_hour: Mapping[str, float] | None = None,
+    class_on_thresholds: Mapping[str, Sequence[float]] | None = None,
 ) -> dict[str, DecisionParams]:
     """Per class, the on-threshold, minimum duration, smoothing and onset window with the best dev F1 among those
     whose false alarms on dev negatives stay within `fa_budget` per hour; when none does
@@ -223,7 +224,9 @@ def tune_decisions(
     the window, evidence gathered over a longer stretch that isolated confident moments on
     negatives do not reach, without moving the reported onset. Then, on the chosen setting,
     the onset look-back (`onset_lookbacks_s`): it moves reported onsets only, never what
-    is reported or when, so it is tuned last and alone."""
+    is reported or when, so it is tuned last and alone. `class_on_thresholds` offers more
+    on-thresholds to one class only (the alarm above 0.99: a change that cannot touch
+    cries and glass, model card, rule 2's fifth-round clause)."""
     def rank(single: list[np.ndarray], c: str, cand: DecisionParams) -> tuple[float, ...]:
         pc = class_metrics(single, dev, c, cand)
         latency = pc["median_latency_s"]
@@ -239,11 +242,11 @@ def tune_decisions(
         )
 
     tuned = dict(base)
-    grid = sorted(set(on_thresholds) | set(HIGH_ON_THRESHOLDS))
+    grid = set(on_thresholds) | set(HIGH_ON_THRESHOLDS)
     for ci, c in enumerate(CLASSES):
         single = [s[:, ci : ci + 1] for s in scores]
         best: tuple[tuple[float, ...], DecisionParams] | None = None
-        for on in grid:
+        for on in sorted(grid | set((class_on_thresholds or {}).get(c, ()))):
             for dur_scale, smooth_scale, (k_scale, n_scale) in itertools.product(
                 dur_scales, (1, 2), onset_windows
             ):
@@ -282,7 +285,7 @@ def tune_for_recipe(
     return tune_decisions(
         scores, dev, cfg.decision, e.on_thresholds, e.fa_per_hour_budget,
         e.min_duration_scales, e.max_min_duration_s, e.max_latency_s, e.onset_windows,
-        e.fa_cost, e.onset_lookbacks_s, e.max_fa_per_hour,
+        e.fa_cost, e.onset_lookbacks_s, e.max_fa_per_hour, e.class_on_thresholds,
     )
 
 

@@ -212,6 +212,21 @@ def test_a_false_alarm_ceiling_outranks_the_cost() -> None:
     assert other["baby_cry"] == free["baby_cry"]
 
 
+def test_thresholds_offered_to_one_class_leave_the_others_alone() -> None:
+    """`class_on_thresholds` (the alarm above 0.99, rule 2's fifth-round clause): the class
+    it names may take the extra threshold, every other class is tuned as without it."""
+    dev, scores = _confuser_dev()
+    base = {c: DecisionParams(0.5, 0.3, 1, 3, 3, 0.0, 0.1, 0.0) for c in CLASSES}
+    plain = tune_decisions(scores, dev, base, (0.5,), None, dur_scales=(1.0,), max_fa_per_hour={"baby_cry": 1.0})
+    assert plain["baby_cry"].on_threshold < 0.998
+    for_cries = tune_decisions(scores, dev, base, (0.5,), None, dur_scales=(1.0,),
+                               max_fa_per_hour={"baby_cry": 1.0}, class_on_thresholds={"baby_cry": (0.998,)})
+    assert for_cries["baby_cry"].on_threshold == 0.998
+    elsewhere = tune_decisions(scores, dev, base, (0.5,), None, dur_scales=(1.0,),
+                               max_fa_per_hour={"baby_cry": 1.0}, class_on_thresholds={"smoke_alarm": (0.998,)})
+    assert elsewhere["baby_cry"] == plain["baby_cry"]
+
+
 def _names_in_fold(fold: int, n: int, prefix: str) -> list[str]:
     names = (f"{prefix}{i}" for i in range(10_000))
     return [name for name in names if dev_fold(_item(name, np.zeros((1, 3)), [], False), 2) == fold][:n]
