@@ -105,6 +105,7 @@ def tune_on_dev(
         "dev_tuned": evaluate(scores, dev, decisions),
         "tuned_decisions": {k: v.to_dict() for k, v in decisions.items()},
     }
+    procedural = None
     if cfg.live.enabled and negatives is not None:
         from models.negatives import NegativePool
         from models.trainer import procedural_alarm_items
@@ -113,7 +114,8 @@ def tune_on_dev(
         # line of their own (not used for selection or tuning).
         pool = NegativePool.load(negatives, "dev", cache, cfg.data.licences)
         proc = procedural_alarm_items(pool, FeatureParams())
-        proc_m = evaluate([score(item.features) for item in proc], proc, decisions)
+        procedural = ([score(item.features) for item in proc], proc)
+        proc_m = evaluate(procedural[0], proc, decisions)
         report["procedural_alarms"] = {
             "scenes": len(proc), **proc_m["per_class"]["smoke_alarm"],
             "cross_trigger": proc_m["cross_trigger"]["smoke_alarm"],
@@ -121,7 +123,7 @@ def tune_on_dev(
     report["shipping"] = shipping_score(report)
     if getattr(args, "cross_validate", False):
         report["shipping"].update(
-            cross_validated_score(scores, dev, lambda s, d: tune_for_recipe(s, d, cfg))
+            cross_validated_score(scores, dev, lambda s, d: tune_for_recipe(s, d, cfg), procedural=procedural)
         )
     out = Path(args.out).with_suffix(".dev.json")
     out.write_text(json.dumps(report, indent=1))
@@ -133,6 +135,8 @@ def tune_on_dev(
         folds = ", ".join(f"{f:.3f}" for f in ship["folds"])
         print(f"cross-validated shipping score (tuned on one half of dev, scored on the other) "
               f"{ship['score_cv']:.3f} (folds {folds})")
+        for k, failed in enumerate(ship["floor_folds"]):
+            print(f"alarm floor on held-out half {k}: " + ("met" if not failed else "NOT met: " + "; ".join(failed)))
     return decisions, mt
 
 

@@ -271,3 +271,14 @@ def test_cross_validation_scores_tuning_on_the_half_it_did_not_see() -> None:
     # held fold 0: cry F1 2*(5/11)/(5/11+1) = 0.625 less 0.06, glass 0; held fold 1: nothing found
     assert cv["folds"] == [pytest.approx((0.625 - 0.06) / 2, abs=1e-3), 0.0]
     assert cv["score_cv"] < full["score"] / 2
+    # The alarm floor per held-out half: no procedural line given, so both halves say so;
+    # neither half holds a real alarm, so that line is not judged.
+    assert all(any("procedural" in f for f in failed) for failed in cv["floor_folds"])
+    assert not any("real alarm" in f for failed in cv["floor_folds"] for f in failed)
+    alarm = np.full((500, 3), 0.02, np.float32)
+    alarm[100:400, 1] = 0.97
+    proc_item = _item("procedural-0", alarm, [("smoke_alarm", 100 * HOP_S, 400 * HOP_S)], False)
+    cv = cross_validated_score(scores, items, tune, procedural=([alarm], [proc_item]))
+    assert cv["floor_folds"] == [[], []]
+    missed = cross_validated_score(scores, items, tune, procedural=([alarm * 0.5], [proc_item]))
+    assert all(any("procedural alarms on time 0.00" in f for f in failed) for failed in missed["floor_folds"])
