@@ -169,6 +169,9 @@ class LossConfig:
     #: harken model's scores of the same scenes (an ensemble distilled into one network of
     #: the ensemble's members' size); needs `harken train --distil-from MODEL.onnx`.
     distil: float = 0.0
+    #: The classes whose scores the distillation term learns (None: all). [smoke_alarm]:
+    #: keep an ensemble's alarm while the labels and mined windows move the rest.
+    distil_classes: list[str] | None = None
     pooling: str = "genmean"
     pooling_r: float = 3.0
     pooling_tau: float = 1.0
@@ -243,7 +246,11 @@ def teacher_loss(logits: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor
     return (bce * m).sum() / (m.sum() * logits.shape[-1]).clamp_min(1.0)
 
 
-def distil_loss(logits: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+def distil_loss(logits: torch.Tensor, scores: torch.Tensor, classes: Sequence[int] | None = None) -> torch.Tensor:
     """Binary cross-entropy of the network's logits (B, T, C) against another harken
-    model's scores (B, T, C) of the same frames, over every frame and class."""
+    model's scores (B, T, C) of the same frames, over every frame and the class indices
+    `classes` (None: all)."""
+    if classes is not None:
+        index = torch.as_tensor(list(classes), dtype=torch.long)
+        logits, scores = logits.index_select(-1, index), scores.index_select(-1, index)
     return F.binary_cross_entropy_with_logits(logits, scores)

@@ -104,13 +104,14 @@ def train_live(
     teacher_weight: float = 0.0,
     distil_from: Callable[[np.ndarray], np.ndarray] | None = None,
     distil_weight: float = 0.0,
+    distil_classes: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Train (or resume from OUT_DIR/last.pt); returns the run's summary. OUT_DIR/best.pt holds
     the best network state by the `evaluate` selection metric. `teacher_head` (training
     only, models/teacher.py) reads the network's temporal features and learns the teacher's
     scores with weight `teacher_weight`. `distil_from` (models/teacher.harken_scorer) scores
     each batch with another harken model, whose scores the network learns with weight
-    `distil_weight`."""
+    `distil_weight` (of the class indices `distil_classes`, or all)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     last_file, best_file = out_dir / "last.pt", out_dir / "best-state.pt"
     trained = list(net.parameters()) + (list(teacher_head.parameters()) if teacher_head is not None else [])
@@ -169,7 +170,7 @@ def train_live(
             logits = net(x)
             loss, parts = loss_fn(logits, y, w, events, onsets)
         if distil_from is not None:
-            imitated = distil_loss(logits, torch.from_numpy(distil_from(x.numpy())))
+            imitated = distil_loss(logits, torch.from_numpy(distil_from(x.numpy())), distil_classes)
             loss = loss + distil_weight * imitated
             parts = {**parts, "distil": float(imitated.item())}
         opt.zero_grad()
@@ -368,6 +369,12 @@ def train_live_command(
         if not getattr(args, "distil_from", None):
             raise ValueError("config: loss.distil > 0 needs --distil-from (a harken .onnx model)")
         distil_from = harken_scorer(args.distil_from, net.receptive_field, cfg.net.lookahead_frames)
+    distil_classes = None
+    if cfg.loss.distil_classes is not None:
+        unknown = sorted(set(cfg.loss.distil_classes) - set(CLASSES))
+        if unknown:
+            raise ValueError(f"config: loss.distil_classes names unknown classes {unknown} (classes: {list(CLASSES)})")
+        distil_classes = [CLASSES.index(c) for c in cfg.loss.distil_classes]
     maker = LiveSceneMaker(
         bank, pool, cfg.data, cfg.live, cfg.opt.crop_frames, net.receptive_field,
         cfg.net.lookahead_frames, params, hard, confuser_reports, teacher,
@@ -435,6 +442,7 @@ def train_live_command(
         teacher_weight=cfg.loss.teacher,
         distil_from=distil_from,
         distil_weight=cfg.loss.distil,
+        distil_classes=distil_classes,
     )
     scores = dev_scores(net, dev, cfg.net.lookahead_frames)
     metrics_default = evaluate(scores, dev, cfg.decision)

@@ -145,3 +145,28 @@ def test_training_distils_a_harken_model_and_refuses_one_that_does_not_line_up(
     assert "receptive field 10 and look-ahead 2 frames" in capsys.readouterr().err
     assert cli.main(["train", "--config", str(student), *base, "--out", str(root / "none")]) != 0
     assert "loss.distil > 0 needs --distil-from" in capsys.readouterr().err
+    # loss.distil_classes names the classes learnt from the elder; a name that is no class is refused.
+    typo = root / "typo.yaml"
+    typo.write_text(student.read_text().replace("distil: 2.0}", "distil: 2.0, distil_classes: [smoke_alarms]}"))
+    assert cli.main(["train", "--config", str(typo), *base, "--out", str(root / "typo"),
+                     "--distil-from", str(elder)]) != 0
+    assert "loss.distil_classes names unknown classes ['smoke_alarms']" in capsys.readouterr().err
+
+
+def test_distillation_of_some_classes_ignores_the_others() -> None:
+    """`distil_loss(..., classes)`: only the named classes' scores are learnt, so the elder's
+    scores of the other classes (and the network's logits for them) change nothing."""
+    from models.losses import distil_loss
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 30, 3, generator=gen, requires_grad=True)
+    scores = torch.rand(2, 30, 3, generator=gen)
+    changed = scores.clone()
+    changed[..., 0] = 1.0 - changed[..., 0]
+    changed[..., 2] = 0.5
+    alarm_only = distil_loss(logits, scores, [1])
+    torch.testing.assert_close(alarm_only, distil_loss(logits, changed, [1]))
+    assert not torch.isclose(distil_loss(logits, scores), distil_loss(logits, changed))
+    alarm_only.backward()
+    assert logits.grad is not None
+    assert float(logits.grad[..., [0, 2]].abs().max()) == 0.0 and float(logits.grad[..., 1].abs().max()) > 0
