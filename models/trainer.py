@@ -392,14 +392,18 @@ def train_live_command(
         "distilled_from": Path(args.distil_from).name if distil_from is not None else "",
     }
     print(f"data ready in {time.monotonic() - t0:.0f}s: dev {info['dev']}")
+    def scene_sample() -> np.ndarray:
+        """Log-mel of 48 training scenes, (48, frames, n_mels), the same for a given seed."""
+        rng = np.random.default_rng(cfg.seed)
+        return np.stack([maker.make(rng).features for _ in range(48)])
+
     init_state = None
     if args.init and args.init.suffix == ".onnx":
         from models.unfold import state_from_onnx
 
         # The batch norms are unfolded around the statistics of training scenes (models/unfold.py).
-        rng = np.random.default_rng(cfg.seed)
-        sample = torch.from_numpy(np.stack([maker.make(rng).features for _ in range(48)]))
-        init_state = state_from_onnx(net, args.init, sample, getattr(args, "init_member", None))
+        member = getattr(args, "init_member", None)
+        init_state = state_from_onnx(net, args.init, torch.from_numpy(scene_sample()), member)
     elif args.init:
         saved = torch.load(args.init, map_location="cpu", weights_only=False)
         # best.pt keeps the network under "state"; a run's resumable last.pt under "net".
@@ -407,8 +411,7 @@ def train_live_command(
         init_state = saved.get("net", saved.get("state", saved))
     else:
         # Normalisation statistics (inside the graph) from a sample of training scenes.
-        rng = np.random.default_rng(cfg.seed)
-        sample = np.concatenate([maker.make(rng).features for _ in range(48)])
+        sample = scene_sample().reshape(-1, net.n_mels)
         net.feature_mean.copy_(torch.from_numpy(sample.mean(axis=0)))
         net.feature_std.copy_(torch.from_numpy(sample.std(axis=0)).clamp_min(1e-3))
 
