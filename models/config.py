@@ -82,6 +82,10 @@ class EvalConfig:
     #: Onset look-backs tuning tries once the rest is chosen (service/decision.py, rule 6):
     #: they move reported onsets only, so they are tuned on the chosen setting.
     onset_lookbacks_s: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 3.0)
+    #: Rise dating tuning tries after the look-back, as (rise threshold, reach in seconds)
+    #: pairs (service/decision.py, rule 7); (0, 0) is off, and the only pair by default,
+    #: so recipes written before it tune exactly as they did.
+    onset_rises: tuple[tuple[float, float], ...] = ((0.0, 0.0),)
     dev_reps: dict[str, int] = field(
         default_factory=lambda: {"baby_cry": 1, "smoke_alarm": 6, "glass_break": 3}
     )

@@ -20,6 +20,11 @@ Per class, each frame goes through:
    an event, the event's start is the earlier candidate's. A cry that opens with a short
    sob, then a breath, then crying, starts at the sob: what is decided and when does
    not change, only the onset reported.
+7. rise dating: when a candidate starts, its reported onset reaches back over the frames
+   just before it whose smoothed score stayed at or above `onset_rise_threshold`, at most
+   `onset_rise_s` and never into the class's previous event. A cry's score climbs through
+   0.5-0.97 for a second before it reaches a 0.99 on-threshold; the cry began where the
+   climb began. Like the look-back it moves the onset reported only.
 
 Across classes, arbitration stops a class from starting while another target class is
 active or starting with a smoothed score higher by `arbitration_margin` or more: a smoke
@@ -54,6 +59,10 @@ class DecisionParams:
     cooldown_s: float = 0.0
     #: How far back a published event's onset may reach to a too-short candidate before it.
     onset_lookback_s: float = 0.0
+    #: Rise dating (rule 7): how far back, and above which smoothed score, a candidate's
+    #: reported onset may reach over the frames just before it. 0 s: off.
+    onset_rise_threshold: float = 0.0
+    onset_rise_s: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.on_threshold <= 1.0:
@@ -66,7 +75,9 @@ class DecisionParams:
             raise ValueError(f"smoothing_frames must be >= 1, got {self.smoothing_frames}")
         if not 1 <= self.onset_k <= self.onset_n:
             raise ValueError(f"need 1 <= onset_k <= onset_n, got k={self.onset_k} n={self.onset_n}")
-        for name in ("min_duration_s", "merge_gap_s", "cooldown_s", "onset_lookback_s"):
+        if not 0.0 <= self.onset_rise_threshold <= 1.0:
+            raise ValueError(f"onset_rise_threshold must be in [0, 1], got {self.onset_rise_threshold}")
+        for name in ("min_duration_s", "merge_gap_s", "cooldown_s", "onset_lookback_s", "onset_rise_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
@@ -91,7 +102,8 @@ class DecisionParams:
         exponent = 2.0 * sensitivity
         on = self.on_threshold**exponent
         off = min(on, self.off_threshold**exponent) if self.off_threshold > 0 else 0.0
-        return replace(self, on_threshold=on, off_threshold=off)
+        rise = min(on, self.onset_rise_threshold**exponent) if self.onset_rise_threshold > 0 else 0.0
+        return replace(self, on_threshold=on, off_threshold=off, onset_rise_threshold=rise)
 
 
 @dataclass(frozen=True)
@@ -175,7 +187,7 @@ class EventDecider:
         self.is_allowed = is_allowed or (lambda _name: True)
         self._states = [_ClassState(params[name]) for name in class_names]
         self._max_smooth = max(s.params.smoothing_frames for s in self._states)
-        self._max_onset_n = max(s.params.onset_n for s in self._states)
+        self._keep_smoothed = self._smoothed_history_needed()
         n_classes = len(class_names)
         # Tails of the previous block so that smoothing and k-of-n span block boundaries.
         self._raw_tail = np.zeros((0, n_classes), dtype=np.float64)
@@ -188,7 +200,14 @@ class EventDecider:
         state = self._states[self.class_names.index(class_name)]
         state.params = params
         self._max_smooth = max(s.params.smoothing_frames for s in self._states)
-        self._max_onset_n = max(s.params.onset_n for s in self._states)
+        self._keep_smoothed = self._smoothed_history_needed()
+
+    def _smoothed_history_needed(self) -> int:
+        """Smoothed frames kept across blocks: k-of-n windows and rise dating reach back."""
+        return max(
+            max(s.params.onset_n - 1 + round(s.params.onset_rise_s / self.hop_s), 0)
+            for s in self._states
+        )
 
     def params(self, class_name: str) -> DecisionParams:
         return self._states[self.class_names.index(class_name)].params
@@ -231,6 +250,7 @@ class EventDecider:
         n_tail = self._smooth_tail.shape[0]
         above_on = with_tail >= on  # (tail + frames, classes)
         any_above_on = np.flatnonzero(above_on[n_tail:].any(axis=1))
+        self._history = with_tail  # what rise dating reads (rule 7)
         decisions: list[Decision] = []
         i = 0
         while i < n:
@@ -249,7 +269,7 @@ class EventDecider:
             self._step(self.frames_seen + i, with_tail[n_tail + i], above_on, n_tail + i, decisions)
             i += 1
         self.frames_seen += n
-        keep = max(self._max_onset_n - 1, 0)
+        keep = self._keep_smoothed
         self._smooth_tail = with_tail[-keep:] if keep else with_tail[:0]
         return decisions
 
@@ -335,8 +355,9 @@ class EventDecider:
                         and state.dropped_end_frame >= 0
                         and state.start_frame - state.dropped_end_frame <= lookback
                     )
-                    state.report_start_frame = (
-                        state.dropped_start_frame if reaches_back else state.start_frame
+                    state.report_start_frame = min(
+                        state.dropped_start_frame if reaches_back else state.start_frame,
+                        self._rise_start(state, c, row - (frame - state.start_frame)),
                     )
                     state.phase = _PENDING
                     state.score_sum, state.score_peak, state.n_frames = 0.0, 0.0, 0
@@ -366,6 +387,20 @@ class EventDecider:
                 self._end(c, frame, out)
         for c in wants_start:
             self._maybe_start(c, frame, smoothed, wants_start, out)
+
+    def _rise_start(self, state: _ClassState, c: int, start_row: int) -> int:
+        """Rule 7: the first of the frames just before a candidate's start (row `start_row`
+        of the history) whose smoothed score stayed at or above the rise threshold, at most
+        `onset_rise_s` back and not before the class's previous event ended."""
+        p = state.params
+        reach = min(round(p.onset_rise_s / self.hop_s), start_row)
+        start_frame = state.start_frame
+        if reach <= 0:
+            return start_frame
+        before = self._history[start_row - reach : start_row, c]
+        below = np.flatnonzero(before < p.onset_rise_threshold)
+        risen = reach if below.size == 0 else reach - 1 - int(below[-1])
+        return max(start_frame - risen, state.cooldown_until_frame, 0)
 
     def _maybe_start(
         self, c: int, frame: int, smoothed: np.ndarray, starting: list[int], out: list[Decision]

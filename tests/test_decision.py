@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -97,13 +99,18 @@ def test_arbitration_lets_the_louder_class_own_the_sound() -> None:
     assert len(decide(x, names, params, HOP)) == 2
 
 
-def test_decisions_do_not_depend_on_block_size() -> None:
+@pytest.mark.parametrize("rise", [False, True])
+def test_decisions_do_not_depend_on_block_size(rise: bool) -> None:
     rng = np.random.default_rng(5)
     x = np.clip(np.repeat(rng.random((60, 2)), 10, axis=0) ** 2, 0, 1)
     params = {
         "a": DecisionParams(0.5, 0.3, 3, 3, 5, 0.1, 0.3, 0.5),
         "b": DecisionParams(0.6, 0.2, 5, 2, 4, 0.0, 1.0, 0.0),
     }
+    if rise:  # rise dating reads smoothed scores from earlier blocks
+        without = decide(x, ["a", "b"], params, HOP)
+        params = {k: replace(p, onset_rise_threshold=0.1, onset_rise_s=0.6) for k, p in params.items()}
+        assert decide(x, ["a", "b"], params, HOP) != without
     whole = decide(x, ["a", "b"], params, HOP)
     for block in (1, 7, 64):
         decider = EventDecider(["a", "b"], params, HOP)
@@ -158,7 +165,8 @@ def test_nan_scores_count_as_silence_and_bad_shapes_are_refused() -> None:
 @pytest.mark.parametrize(
     ("changes", "message"),
     [({"on_threshold": 0.0}, "on_threshold"), ({"off_threshold": 0.6}, "off_threshold"),
-     ({"onset_k": 6, "onset_n": 5}, "onset_k"), ({"merge_gap_s": -1}, "merge_gap_s")],
+     ({"onset_k": 6, "onset_n": 5}, "onset_k"), ({"merge_gap_s": -1}, "merge_gap_s"),
+     ({"onset_rise_threshold": 1.5}, "onset_rise_threshold"), ({"onset_rise_s": -0.5}, "onset_rise_s")],
 )
 def test_invalid_parameters_name_the_parameter(changes: dict[str, float], message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -197,6 +205,32 @@ def test_onset_lookback_must_not_be_negative() -> None:
         DecisionParams(onset_lookback_s=-1.0)
 
 
+def test_rise_dating_dates_an_event_where_its_score_began_to_climb() -> None:
+    # 1 s of silence, 1 s climbing through 0.6, then 2 s of crying at 1.0 (on-threshold 0.99).
+    x = scores((0.0, 50), (0.6, 50), (1.0, 100), (0.0, 50))
+    plain = run(x, on_threshold=0.99, off_threshold=0.5)
+    assert [e.start_s for e in plain] == [pytest.approx(100 * HOP)]
+    risen = run(x, on_threshold=0.99, off_threshold=0.5, onset_rise_threshold=0.5, onset_rise_s=2.0)
+    assert [e.start_s for e in risen] == [pytest.approx(50 * HOP)]
+    # Only the onset moves: the decision fires on the same frame, the event ends at the same one.
+    assert (risen[0].detected_s, risen[0].end_s) == (plain[0].detected_s, plain[0].end_s)
+    # The reach bounds it, and a threshold above the climb leaves the onset where it was.
+    short = run(x, on_threshold=0.99, off_threshold=0.5, onset_rise_threshold=0.5, onset_rise_s=0.4)
+    assert short[0].start_s == pytest.approx(80 * HOP)
+    high = run(x, on_threshold=0.99, off_threshold=0.5, onset_rise_threshold=0.7, onset_rise_s=2.0)
+    assert high[0].start_s == pytest.approx(100 * HOP)
+
+
+def test_rise_dating_never_reaches_into_the_previous_event_or_makes_events() -> None:
+    # An event, 0.4 s of a score between the thresholds' rise and off levels, a second event.
+    x = scores((1.0, 50), (0.45, 20), (1.0, 50), (0.0, 50))
+    events = run(x, on_threshold=0.99, off_threshold=0.5, onset_rise_threshold=0.3, onset_rise_s=5.0)
+    assert [e.start_s for e in events] == [pytest.approx(0.0), pytest.approx(50 * HOP)]
+    assert events[1].start_s >= events[0].end_s
+    # A long climb that never reaches the on-threshold reports nothing.
+    assert run(scores((0.9, 300)), on_threshold=0.99, onset_rise_threshold=0.3, onset_rise_s=5.0) == []
+
+
 class _FrameByFrame(EventDecider):
     """The decider without its bulk path: every non-idle frame goes through `_step`."""
 
@@ -230,6 +264,7 @@ def test_frames_taken_in_bulk_decide_exactly_as_frame_by_frame(seed: int) -> Non
                 min_duration_s=float(rng.choice([0.0, 0.1, 0.5])),
                 merge_gap_s=float(rng.choice([0.0, 0.02, 0.05, 0.3, 1.0, 3.0])),
                 cooldown_s=float(rng.choice([0.0, 0.5, 2.0])), onset_lookback_s=float(rng.choice([0.0, 3.0])),
+                onset_rise_threshold=on * float(rng.uniform(0.2, 0.9)), onset_rise_s=float(rng.choice([0.0, 1.0])),
             )
         blocks = [frames] if case % 3 == 0 else [int(b) for b in rng.integers(1, 200, size=frames)]
         found = []

@@ -125,6 +125,32 @@ def test_tuning_picks_an_onset_lookback_when_cries_open_with_a_short_sob() -> No
     assert evaluate(scores, items, tuned)["per_class"]["baby_cry"]["f1"] == 1.0
 
 
+def test_tuning_picks_rise_dating_when_cries_climb_before_they_are_certain() -> None:
+    """Each cry's score climbs at 0.7 for 1.5 s from the labelled onset before it reaches
+    0.99: decided on a 0.99 on-threshold, its onset is 1.5 s late, outside the collar.
+    Music at 0.7 in an event-free item must not make the rise cost a false alarm."""
+    items, scores = [], []
+    for i in range(10):
+        s = np.full((500, 3), 0.02, np.float32)
+        s[100:175, 0] = 0.7
+        s[175:300, 0] = 0.999
+        items.append(_item(f"cry{i}", s, [("baby_cry", 100 * HOP_S, 300 * HOP_S)], False))
+        scores.append(s)
+    music = np.full((3000, 3), 0.02, np.float32)
+    music[500:2500, 0] = 0.7
+    items.append(_item("music", music, [], True))
+    scores.append(music)
+    base = {c: DecisionParams(0.99, 0.5, 1, 1, 1, 0.1, 0.1, 0.0) for c in CLASSES}
+    plain = tune_decisions(scores, items, base, (0.99,), 0.5, dur_scales=(1.0,))
+    assert plain["baby_cry"].onset_rise_s == 0.0
+    assert evaluate(scores, items, plain)["per_class"]["baby_cry"]["f1"] == 0.0
+    rises = ((0.0, 0.0), (0.5, 0.5), (0.5, 2.0), (0.9, 2.0))
+    tuned = tune_decisions(scores, items, base, (0.99,), 0.5, dur_scales=(1.0,), onset_rises=rises)
+    assert (tuned["baby_cry"].onset_rise_threshold, tuned["baby_cry"].onset_rise_s) == (0.5, 2.0)
+    figures = evaluate(scores, items, tuned)["per_class"]["baby_cry"]
+    assert (figures["f1"], figures["fa_per_hour"]) == (1.0, 0.0)
+
+
 def _dev_report(cry: tuple[float, float], glass: tuple[float, float], alarm: tuple[float, float],
                 procedural_recall: float | None) -> dict:
     """A dev report as `harken export --data` writes it: (F1 or recall, FA/h) per class."""
