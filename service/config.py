@@ -62,7 +62,7 @@ class DecisionOverrides(Section):
         None, ge=0, description="An event's onset may reach back this far to a burst too short to publish."
     )
     onset_rise_threshold: float | None = Field(
-        None, ge=0, le=1, description="Rise dating: the smoothed score the frames before an onset keep to date it earlier."
+        None, ge=0, le=1, description="Rise dating: the score the frames before an onset keep to date it earlier.",
     )
     onset_rise_s: float | None = Field(
         None, ge=0, description="Rise dating: how far back an onset may move over the score's rise (0: off)."
