@@ -13,7 +13,7 @@ import csv
 import hashlib
 import json
 import logging
-import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,13 +99,14 @@ class NegativePool:
             pos += mono.shape[0]
         audio = np.concatenate(parts)
         cache.mkdir(parents=True, exist_ok=True)
-        # Names of this process's own: two runs building one cache at once (a training run
+        # Names of this build's own: two runs building one cache at once (a training run
         # and an export) each write whole files and rename them into place atomically, so
         # neither reads the other's half-written array.
-        tmp = array_file.with_suffix(f".{os.getpid()}.tmp.npy")
+        unique = uuid.uuid4().hex
+        tmp = array_file.with_suffix(f".{unique}.tmp.npy")
         np.save(tmp, audio)
         tmp.replace(array_file)
-        tmp_index = index_file.with_suffix(f".{os.getpid()}.tmp.json")
+        tmp_index = index_file.with_suffix(f".{unique}.tmp.json")
         tmp_index.write_text(json.dumps([c.__dict__ for c in chunks]))
         tmp_index.replace(index_file)
         log.info("negatives %s: %.2f h decoded into %s", split, pos / SAMPLE_RATE / 3600, array_file)

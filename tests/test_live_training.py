@@ -63,6 +63,34 @@ def test_negative_pool_is_cached_and_sliced(tiny: dict[str, Path], tmp_path: Pat
     assert excerpt.shape == (16000,) and excerpt.dtype == np.float32 and np.abs(excerpt).max() <= 1.0
 
 
+def test_two_runs_building_one_negatives_cache_at_once_both_get_it(
+    tiny: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A training run and an export started together both decode the negatives into one
+    cache. Here the second build runs whole while the first is between writing its array
+    and moving it into place, the moment that once made both fail."""
+    import models.negatives as negatives_module
+
+    real_save = np.save
+    inner: list[NegativePool] = []
+    builds: list[Path] = []
+
+    def save_then_let_another_run_build(file: Path, array: np.ndarray) -> None:
+        real_save(file, array)
+        builds.append(Path(file))
+        if len(builds) == 1:  # the first build pauses here; the second runs whole
+            inner.append(NegativePool.load(tiny["negatives"], "train", tmp_path))
+
+    monkeypatch.setattr(negatives_module.np, "save", save_then_let_another_run_build)
+    outer = NegativePool.load(tiny["negatives"], "train", tmp_path)
+    monkeypatch.undo()
+    assert len(builds) == 2 and builds[0] != builds[1]  # each build wrote a file of its own
+    np.testing.assert_array_equal(np.asarray(outer.audio), np.asarray(inner[0].audio))
+    assert sorted(p.name for p in tmp_path.iterdir() if "tmp" in p.name) == []  # no leftovers
+    again = NegativePool.load(tiny["negatives"], "train", tmp_path)
+    np.testing.assert_array_equal(np.asarray(again.audio), np.asarray(outer.audio))
+
+
 def test_negative_pool_errors_name_the_folder(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"NEGATIVES\.csv"):
         NegativePool.load(tmp_path, "train")
