@@ -85,6 +85,10 @@ class LiveSceneConfig:
     #: Household confusers on which a mining round saw reports are picked this many times
     #: more often per report (at most 5 reports count) for confuser backgrounds.
     hard_confuser_weight: float = 0.0
+    #: Mined windows of these classes are drawn this many times as often as the others,
+    #: e.g. {smoke_alarm: 8.0}: a class whose false alarms are a small share of what was
+    #: mined (S2s: 111 alarm windows of 1328) is otherwise barely shown to the network.
+    hard_negative_class_weight: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -135,6 +139,7 @@ class LiveSceneMaker:
         hard_negatives: Sequence[tuple[int, int]] = (),
         confuser_reports: Sequence[int] = (),
         teacher: TeacherTrack | None = None,
+        hard_negative_classes: Sequence[str] = (),
     ) -> None:
         self.maker = SceneMaker(bank, scene_cfg, params)
         self.bank, self.negatives = bank, negatives
@@ -145,6 +150,7 @@ class LiveSceneMaker:
         self.n_frames = crop_frames + receptive_field
         self.n_samples = (self.n_frames - 1) * self.params.hop_samples + self.params.win_samples
         self.hard_negatives = list(hard_negatives)  # (start sample, length) in `negatives`
+        self.hard_weights = self._hard_weights(live_cfg.hard_negative_class_weight, hard_negative_classes)
         # Mined confusers (reports per clip of `bank.negatives`) weigh more in confuser beds.
         self.confuser_weights: np.ndarray | None = None
         if len(confuser_reports) and live_cfg.hard_confuser_weight > 0:
@@ -158,6 +164,24 @@ class LiveSceneMaker:
         self.codec_ok = augment.codec_available()
         edges = mel_band_edges_hz(self.params)
         self.mel_centres_hz = edges[1:-1]
+
+    def _hard_weights(self, by_class: dict[str, float], classes: Sequence[str]) -> np.ndarray | None:
+        """Draw probabilities of the mined windows from the class each was reported as."""
+        unknown = sorted(set(by_class) - set(CLASSES))
+        if unknown:
+            raise ValueError(f"live.hard_negative_class_weight: unknown class(es) {unknown} (classes: {list(CLASSES)})")
+        if not by_class or not self.hard_negatives:
+            return None  # uniform draws, exactly as before the option existed
+        if len(classes) != len(self.hard_negatives):
+            raise ValueError(
+                f"live.hard_negative_class_weight needs the class of each mined window: "
+                f"{len(classes)} classes for {len(self.hard_negatives)} windows "
+                "(mine again with this version of `harken mine`)"
+            )
+        w = np.array([by_class.get(c, 1.0) for c in classes], dtype=float)
+        if (w < 0).any() or w.sum() <= 0:
+            raise ValueError(f"live.hard_negative_class_weight must be >= 0 with some > 0, got {by_class}")
+        return w / w.sum()
 
     # ------------------------------------------------------------------ background
     def _bed(self, rng: np.random.Generator) -> tuple[np.ndarray, str, int | None]:
@@ -187,7 +211,12 @@ class LiveSceneMaker:
             parts.append(bed / (_active_rms(bed) + 1e-6) * 0.05 * gain)
         bed = np.sum(parts, axis=0).astype(np.float32)
         if self.hard_negatives and self.negatives is not None and rng.random() < self.cfg.hard_negative_prob:
-            start, length = self.hard_negatives[int(rng.integers(len(self.hard_negatives)))]
+            pick = (
+                int(rng.integers(len(self.hard_negatives)))
+                if self.hard_weights is None
+                else int(rng.choice(len(self.hard_negatives), p=self.hard_weights))
+            )
+            start, length = self.hard_negatives[pick]
             seg = np.asarray(self.negatives.audio[start : start + min(length, n)], dtype=np.float32) / 32768.0
             at = int(rng.integers(0, max(1, n - seg.shape[0])))
             loud = 10 ** (rng.uniform(-6, 10) / 20) * (_active_rms(bed) + 1e-6) / (_active_rms(seg) + 1e-6)

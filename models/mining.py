@@ -94,6 +94,7 @@ def mine(
     loose = _loosen(decisions, mining_threshold)
     n = int(stream_s * SAMPLE_RATE)
     windows: list[list[int]] = []
+    window_classes: list[str] = []  # what each window was reported as
     strict_counts: Counter[str] = Counter()
     loose_counts: Counter[str] = Counter()
     by_kind: Counter[str] = Counter()
@@ -112,6 +113,7 @@ def mine(
             a = start + max(0, int((event.start_s - PRE_S) * SAMPLE_RATE))
             length = int(min(max(event.end_s - event.start_s + PRE_S, MIN_WINDOW_S), MAX_WINDOW_S) * SAMPLE_RATE)
             windows.append([a, length])
+            window_classes.append(event.class_name)
             chunk = pool.chunks[int(np.searchsorted(starts, a, side="right") - 1)]
             by_kind[f"{event.class_name} <- {chunk.kind}"] += 1
     hours = pool.hours
@@ -122,6 +124,7 @@ def mine(
         "mined_per_hour": {c: round(loose_counts[c] / hours, 2) for c in class_names},
         "by_kind": dict(by_kind.most_common()),
         "windows": windows,
+        "window_classes": window_classes,
     }
 
 

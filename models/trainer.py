@@ -339,12 +339,14 @@ def train_live_command(
     torch.manual_seed(cfg.seed)  # the initial weights come from the recipe's seed
     net = build_net(cfg, params)
     hard: list[tuple[int, int]] = []
+    hard_classes: list[str] = []
     confuser_reports: list[int] = []
     if args.hard_negatives:
         from models.mining import confuser_name
 
         mined = json.loads(Path(args.hard_negatives).read_text())
         hard = [tuple(h) for h in mined["windows"]]
+        hard_classes = list(mined.get("window_classes", []))  # older mining runs did not record them
         if "confusers" in mined:  # `harken mine --data`: reports per household confuser clip
             confuser_reports = [
                 int(mined["confusers"].get(confuser_name(c, data_dir), 0)) for c in bank.negative_clips
@@ -377,7 +379,7 @@ def train_live_command(
         distil_classes = [CLASSES.index(c) for c in cfg.loss.distil_classes]
     maker = LiveSceneMaker(
         bank, pool, cfg.data, cfg.live, cfg.opt.crop_frames, net.receptive_field,
-        cfg.net.lookahead_frames, params, hard, confuser_reports, teacher,
+        cfg.net.lookahead_frames, params, hard, confuser_reports, teacher, hard_classes,
     )
     info = {
         "train": bank.summary(),

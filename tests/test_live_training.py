@@ -377,6 +377,9 @@ def test_live_training_resumes_exports_and_mines(tiny: dict[str, Path]) -> None:
     assert result["negative_hours"] == pytest.approx(60 / 3600, abs=1e-3)
     assert set(result["fa_per_hour"]) == set(D.CLASSES)
     assert all(len(w) == 2 and w[1] > 0 for w in result["windows"])
+    # Each window carries the class it was reported as (live.hard_negative_class_weight reads it).
+    assert len(result["window_classes"]) == len(result["windows"])
+    assert set(result["window_classes"]) <= set(D.CLASSES)
     # The exported model mines the same windows (ONNX Runtime scores, the contract's decisions).
     mined_onnx = root / "hard-onnx.json"
     assert cli.main(["mine", "--checkpoint", str(onnx_path), "--negatives", str(tiny["negatives"]),
@@ -435,6 +438,28 @@ def test_mined_confusers_weigh_more_in_confuser_beds(maker: LiveSceneMaker) -> N
     assert mined.confuser_weights[0] == pytest.approx(13 / (13 + n - 1))
     with pytest.raises(ValueError, match="confuser_reports has 1 entries"):
         LiveSceneMaker(maker.bank, maker.negatives, maker.scene_cfg, cfg, 120, 10, 2, confuser_reports=[1])
+
+
+def test_mined_windows_of_a_weighted_class_are_drawn_more_often(maker: LiveSceneMaker) -> None:
+    """`live.hard_negative_class_weight`: the windows a class was reported on (`harken mine`
+    records it per window) are drawn that many times as often as the rest."""
+    windows = [(0, 16000), (16000, 16000), (32000, 16000), (48000, 16000)]
+    classes = ["baby_cry", "baby_cry", "baby_cry", "smoke_alarm"]
+    cfg = LiveSceneConfig(enabled=True, hard_negative_prob=1.0, hard_negative_class_weight={"smoke_alarm": 9.0})
+    weighted = LiveSceneMaker(maker.bank, maker.negatives, maker.scene_cfg, cfg, 120, 10, 2,
+                              hard_negatives=windows, hard_negative_classes=classes)
+    assert weighted.hard_weights is not None
+    np.testing.assert_allclose(weighted.hard_weights, [1 / 12, 1 / 12, 1 / 12, 9 / 12])
+    # Without the option the draws stay uniform (and the random stream as before).
+    plain = LiveSceneMaker(maker.bank, maker.negatives, maker.scene_cfg, LiveSceneConfig(enabled=True), 120, 10, 2,
+                           hard_negatives=windows, hard_negative_classes=classes)
+    assert plain.hard_weights is None
+    with pytest.raises(ValueError, match="mine again"):  # windows mined before classes were recorded
+        LiveSceneMaker(maker.bank, maker.negatives, maker.scene_cfg, cfg, 120, 10, 2, hard_negatives=windows)
+    unknown = LiveSceneConfig(enabled=True, hard_negative_class_weight={"doorbell": 2.0})
+    with pytest.raises(ValueError, match="unknown class"):
+        LiveSceneMaker(maker.bank, maker.negatives, maker.scene_cfg, unknown, 120, 10, 2,
+                       hard_negatives=windows, hard_negative_classes=classes)
 
 
 def test_mine_without_checkpoint_is_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
