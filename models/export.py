@@ -306,10 +306,45 @@ def retune_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
+def write_member(ensemble: Path, member: int, cfg: TrainConfig, out: Path) -> ModelContract:
+    """Member `member` of a side-by-side ensemble (`ensemble`) written as a model of its own,
+    with the ensemble's contract (its decisions until they are re-tuned) under the member's
+    name. `cfg` is the recipe of the member's network shape."""
+    from models.unfold import read_member, unfold_into
+    from service.detector import Detector
+
+    net = build_net(cfg, FeatureParams())
+    if not isinstance(net, FreqConvTCN):
+        raise ValueError("--member needs a recipe with net.kind: freqconv")
+    weights = read_member(ensemble, member)
+    # Log-mel frames with the member's own feature statistics: in evaluation the unfolded
+    # norms score exactly as the exported member whatever the sample (models/unfold.py).
+    rng = np.random.default_rng(0)
+    sample = weights.feature_mean + weights.feature_std * rng.standard_normal((8, 200, net.n_mels))
+    unfold_into(net, weights, torch.from_numpy(sample.astype(np.float32)))
+    net.eval()
+    contract = Detector.load(ensemble, threads=1).contract
+    return export_onnx(
+        net, out, contract.class_names, cfg.net.lookahead_frames, contract.decision,
+        f"{contract.model_name}-member{member}", contract.model_version,
+        {**contract.training, "member_of": f"{contract.model_name} {contract.model_version}", "member": member},
+    )
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """`harken export`: a checkpoint (optionally re-tuned on dev) to ONNX with its contract."""
     from models.tuning import torch_scorer
 
+    if getattr(args, "member", None) is not None:
+        cfg = load_config(args.config)
+        if not getattr(args, "data", None):
+            contract = write_member(Path(args.checkpoint), args.member, cfg, Path(args.out))
+            print(f"wrote {args.out}: {contract.model_name} {contract.model_version} (decisions of the ensemble)")
+            return 0
+        with tempfile.TemporaryDirectory() as tmp:  # the member, then its decisions re-tuned
+            member = Path(tmp) / "member.onnx"
+            write_member(Path(args.checkpoint), args.member, cfg, member)
+            return retune_onnx(argparse.Namespace(**{**vars(args), "checkpoint": member, "member": None}))
     if Path(args.checkpoint).suffix == ".onnx":
         return retune_onnx(args)
     ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)

@@ -279,7 +279,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         )
     if args.weights and not args.data:
         raise ConfigError("--weights needs --data: the decisions are re-tuned for the exported weights")
-    if args.checkpoint.suffix == ".onnx" and not (args.config and args.data and args.cache):
+    if args.checkpoint.suffix == ".onnx" and args.member is None and not (args.config and args.data and args.cache):
         raise ConfigError(
             f"{args.checkpoint} is a model .onnx: re-tuning its decisions needs --config (the recipe "
             "it was trained with), --data and --cache (where the dev scenes are kept)"
@@ -295,6 +295,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     missing = [str(m) for m in args.ensemble or [] if not m.is_file()]
     if missing:
         raise ConfigError(f"--ensemble: {', '.join(missing)} not found")
+    if args.member is not None and (args.checkpoint.suffix != ".onnx" or not args.config or args.ensemble):
+        raise ConfigError("--member N takes one network out of a side-by-side ensemble: give the ensemble "
+                          ".onnx as --checkpoint and the members' recipe as --config, without --ensemble")
     return train.cmd_export(args)
 
 
@@ -516,6 +519,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with a model .onnx: more exported models (other seeds or recipes, same "
                              "receptive field and look-ahead) joined with it as one network, the mean "
                              "of their logits; the decisions are re-tuned for the ensemble")
+    export.add_argument("--member", type=int, metavar="N",
+                        help="with a side-by-side ensemble .onnx: write its member N (0, 1, ...) as a "
+                             "model of its own (needs --config, the member's recipe; --data re-tunes it)")
     export.add_argument("--out", type=Path, default=models_dir / "harken.onnx",
                         help="ONNX file to write (default: the bundled models/harken.onnx)")
     export.add_argument("--data", type=Path,

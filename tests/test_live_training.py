@@ -27,7 +27,7 @@ from models.negatives import NegativePool  # noqa: E402
 from models.net import FreqConvTCN  # noqa: E402
 from service import cli  # noqa: E402
 from service.audio.features import FeatureParams, LogMel  # noqa: E402
-from service.detector import Detector  # noqa: E402
+from service.detector import Detector, pad_stream  # noqa: E402
 from tests.negatives_data import make_negatives  # noqa: E402
 from tests.test_train import make_dataset  # noqa: E402
 
@@ -270,7 +270,8 @@ def test_an_exported_network_unfolds_into_a_trainable_one(tmp_path: Path) -> Non
     evaluation it scores as the exported model; in training, on that sample, the norms
     pass what they get unchanged (so fine-tuning starts from the model, not a disturbed
     copy); a side-by-side member is picked by index; a different shape is refused by name."""
-    from models.export import ensemble_onnx, export_onnx
+    from models.config import load_config
+    from models.export import ensemble_onnx, export_onnx, write_member
     from models.unfold import read_member, unfold_into
     from service.decision import DecisionParams
 
@@ -306,6 +307,23 @@ def test_an_exported_network_unfolds_into_a_trainable_one(tmp_path: Path) -> Non
     unfold_into(wide, read_member(pair_path, 1), sample)
     with torch.no_grad():
         torch.testing.assert_close(wide.eval()(sample), other(sample), atol=2e-5, rtol=1e-4)
+    # `harken export --member 1`: the same member written as a model of its own, scoring as it did.
+    member_path = tmp_path / "member1.onnx"
+    recipe = tmp_path / "wide.yaml"
+    recipe.write_text("net: {kind: freqconv, freq_channels: [8, 8, 8], channels: 12, dilations: [1, 2, 4], "
+                      "lookahead_frames: 3}\n")
+    assert cli.main(["export", "--checkpoint", str(pair_path), "--member", "1", "--config", str(recipe),
+                     "--out", str(member_path)]) == 0
+    member = Detector.load(member_path)
+    assert member.contract.model_name == "fc-x2-member1" and member.contract.training["member"] == 1
+    frames = sample[0].numpy()
+    with torch.no_grad():
+        padded = torch.from_numpy(pad_stream(frames, other.receptive_field - 3, 3))
+        direct = torch.sigmoid(other.eval()(padded[None]))[0].numpy()
+    np.testing.assert_allclose(member.scores(frames), direct, atol=1e-4)
+    assert cli.main(["export", "--checkpoint", str(pair_path), "--member", "1", "--out", str(member_path)]) != 0
+    with pytest.raises(ValueError, match="no member 2"):
+        write_member(pair_path, 2, load_config(recipe), member_path)
     with pytest.raises(ValueError, match="--init-member"):
         read_member(pair_path)
     with pytest.raises(ValueError, match="no member 2"):
