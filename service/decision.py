@@ -192,6 +192,8 @@ class EventDecider:
         # Tails of the previous block so that smoothing and k-of-n span block boundaries.
         self._raw_tail = np.zeros((0, n_classes), dtype=np.float64)
         self._smooth_tail = np.zeros((0, n_classes), dtype=np.float64)
+        #: Smoothed scores of the block being decided, with the kept tail before it (rule 7).
+        self._history = self._smooth_tail
         self.frames_seen = 0
 
     # ----------------------------------------------------------------- parameters
@@ -250,7 +252,7 @@ class EventDecider:
         n_tail = self._smooth_tail.shape[0]
         above_on = with_tail >= on  # (tail + frames, classes)
         any_above_on = np.flatnonzero(above_on[n_tail:].any(axis=1))
-        self._history = with_tail  # what rise dating reads (rule 7)
+        self._history = with_tail
         decisions: list[Decision] = []
         i = 0
         while i < n:

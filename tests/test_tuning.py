@@ -107,16 +107,23 @@ def test_selection_reaches_the_thresholds_tuning_ends_on() -> None:
     assert worse == pytest.approx((f1_at_60_fa - 0.01 * 60) / 3, abs=1e-3)
 
 
-def test_tuning_picks_an_onset_lookback_when_cries_open_with_a_short_sob() -> None:
-    """Each cry: a 0.2 s sob at the labelled onset, a 0.8 s breath, then crying. With a
-    0.4 s minimum duration the crying is reported 1 s late, outside the 500 ms collar."""
+def _shaped_cries(runs: list[tuple[int, int, float]]) -> tuple[list[D.DevItem], list[np.ndarray]]:
+    """Ten 10 s items, each a cry labelled at frames 100-300 whose score is 0.02 but for
+    the `(first, end, score)` runs of frames."""
     items, scores = [], []
     for i in range(10):
         s = np.full((500, 3), 0.02, np.float32)
-        s[100:110, 0] = 0.99
-        s[150:300, 0] = 0.99
+        for first, end, score in runs:
+            s[first:end, 0] = score
         items.append(_item(f"cry{i}", s, [("baby_cry", 100 * HOP_S, 300 * HOP_S)], False))
         scores.append(s)
+    return items, scores
+
+
+def test_tuning_picks_an_onset_lookback_when_cries_open_with_a_short_sob() -> None:
+    """Each cry: a 0.2 s sob at the labelled onset, a 0.8 s breath, then crying. With a
+    0.4 s minimum duration the crying is reported 1 s late, outside the 500 ms collar."""
+    items, scores = _shaped_cries([(100, 110, 0.99), (150, 300, 0.99)])
     base = {c: DecisionParams(0.9, 0.5, 1, 1, 1, 0.4, 0.1, 0.0) for c in CLASSES}
     plain = tune_decisions(scores, items, base, (0.9,), 0.5, dur_scales=(1.0,))
     assert evaluate(scores, items, plain)["per_class"]["baby_cry"]["f1"] == 0.0
@@ -129,13 +136,7 @@ def test_tuning_picks_rise_dating_when_cries_climb_before_they_are_certain() -> 
     """Each cry's score climbs at 0.7 for 1.5 s from the labelled onset before it reaches
     0.99: decided on a 0.99 on-threshold, its onset is 1.5 s late, outside the collar.
     Music at 0.7 in an event-free item must not make the rise cost a false alarm."""
-    items, scores = [], []
-    for i in range(10):
-        s = np.full((500, 3), 0.02, np.float32)
-        s[100:175, 0] = 0.7
-        s[175:300, 0] = 0.999
-        items.append(_item(f"cry{i}", s, [("baby_cry", 100 * HOP_S, 300 * HOP_S)], False))
-        scores.append(s)
+    items, scores = _shaped_cries([(100, 175, 0.7), (175, 300, 0.999)])
     music = np.full((3000, 3), 0.02, np.float32)
     music[500:2500, 0] = 0.7
     items.append(_item("music", music, [], True))
