@@ -149,6 +149,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--init", type=Path, help="start from these weights (fine-tuning): a checkpoint (.pt) or a model (.onnx)"
     )
     parser.add_argument("--init-member", type=int, help="with --init ENSEMBLE.onnx: start from member N")
+    parser.add_argument(
+        "--init-grow", action="store_true",
+        help="the recipe's network has more temporal blocks than the --init weights: the extra (last) "
+             "blocks start near the identity",
+    )
     parser.add_argument("--hard-negatives", type=Path, help="mined hard-negative windows (JSON)")
     parser.add_argument(
         "--distil-from", type=Path, help="a harken .onnx model whose scores the network learns (loss.distil)"

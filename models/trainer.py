@@ -29,6 +29,7 @@ from models.cached import RunResult
 from models.config import CLASSES, TrainConfig, build_net
 from models.live_scenes import LiveScene, LiveSceneMaker
 from models.losses import EventAwareLoss, EventSpan, distil_loss, teacher_loss
+from models.net import FreqConvTCN
 from models.tuning import dev_scores, evaluate, selection_f1, tune_for_recipe
 from service.audio.features import FeatureParams
 
@@ -400,17 +401,26 @@ def train_live_command(
         return np.stack([maker.make(rng).features for _ in range(48)])
 
     init_state = None
+    grow = bool(getattr(args, "init_grow", False))
+    if grow and not args.init:
+        raise ValueError("--init-grow needs --init (the weights the network grows from)")
     if args.init and args.init.suffix == ".onnx":
         from models.unfold import state_from_onnx
 
         # The batch norms are unfolded around the statistics of training scenes (models/unfold.py).
         member = getattr(args, "init_member", None)
-        init_state = state_from_onnx(net, args.init, torch.from_numpy(scene_sample()), member)
+        init_state = state_from_onnx(net, args.init, torch.from_numpy(scene_sample()), member, grow)
     elif args.init:
         saved = torch.load(args.init, map_location="cpu", weights_only=False)
         # best.pt keeps the network under "state"; a run's resumable last.pt under "net".
         # best-state.pt (the best network while a run goes on) is the state dict itself.
         init_state = saved.get("net", saved.get("state", saved))
+        if grow:
+            from models.unfold import grown_state
+
+            if not isinstance(net, FreqConvTCN):
+                raise ValueError("--init-grow needs a recipe with net.kind: freqconv")
+            init_state = grown_state(net, init_state, torch.from_numpy(scene_sample()))
     else:
         # Normalisation statistics (inside the graph) from a sample of training scenes.
         sample = scene_sample().reshape(-1, net.n_mels)

@@ -13,6 +13,12 @@ mean mu and variance var measured on a sample, scale sqrt(var + eps) and shift m
 evaluation that is still the identity (the scores are the ONNX model's); in training,
 batches like the sample are normalised to nearly what they were, so fine-tuning starts
 where the model is instead of from a disturbed copy of it.
+
+A network can also grow while it is fine-tuned (`harken train --init ... --init-grow`):
+a recipe with more temporal blocks than the weights it starts from (one more dilation, a
+longer memory) takes the weights for the blocks they have, and its extra blocks, last in
+the stack, start near the identity (`start_near_identity`), so the grown network first
+scores almost as the one it grew from and learns what the extra context is worth.
 """
 
 from __future__ import annotations
@@ -26,6 +32,11 @@ from torch import nn
 
 from models.joined import Conv, FreqConvWeights, read_freqconv
 from models.net import FreqConvTCN
+
+#: Scale of a new block's batch norm. Small, so the grown network scores almost as the one
+#: it grew from; not zero, because the block's ReLU has no gradient at exactly 0 and a
+#: block that outputs 0 everywhere would never learn.
+NEW_BLOCK_SCALE = 0.01
 
 
 def read_member(path: Path, member: int | None = None) -> FreqConvWeights:
@@ -45,10 +56,15 @@ def read_member(path: Path, member: int | None = None) -> FreqConvWeights:
         raise ValueError(f"{path}: cannot read one FreqConvTCN from it{hint}: {err}") from err
 
 
-def _pairs(net: FreqConvTCN, weights: FreqConvWeights) -> list[tuple[str, nn.Module, nn.Module | None, Conv]]:
-    """(name, convolution, the batch norm folded into it, exported weights) in graph order."""
+def _pairs(
+    net: FreqConvTCN, weights: FreqConvWeights, grow: bool = False
+) -> list[tuple[str, nn.Module, nn.Module | None, Conv]]:
+    """(name, convolution, the batch norm folded into it, exported weights) in graph order;
+    with `grow`, the network may have more temporal blocks than the weights (the extra
+    ones are not in the list)."""
     pairs: list[tuple[str, nn.Module, nn.Module | None, Conv]] = [("stem", net.stem, net.stem_norm, weights.stem)]
-    if len(weights.freq_blocks) != len(net.freq_blocks) or len(weights.temporal) != len(net.blocks):
+    fewer_ok = grow and len(weights.temporal) < len(net.blocks)
+    if len(weights.freq_blocks) != len(net.freq_blocks) or (len(weights.temporal) != len(net.blocks) and not fewer_ok):
         raise ValueError(
             f"the model has {len(weights.freq_blocks)} frequency and {len(weights.temporal)} temporal blocks, "
             f"the recipe's network {len(net.freq_blocks)} and {len(net.blocks)}"
@@ -57,20 +73,22 @@ def _pairs(net: FreqConvTCN, weights: FreqConvWeights) -> list[tuple[str, nn.Mod
         pairs.append((f"freq_blocks.{i}.depthwise", block.depthwise, None, depthwise))
         pairs.append((f"freq_blocks.{i}.pointwise", block.pointwise, block.norm, pointwise))
     pairs.append(("project", net.project, net.project_norm, weights.project))
-    for i, (block, conv) in enumerate(zip(net.blocks, weights.temporal, strict=True)):
+    for i, (block, conv) in enumerate(zip(net.blocks[: len(weights.temporal)], weights.temporal, strict=True)):
         pairs.append((f"blocks.{i}.conv", block.conv, block.norm, conv))
     pairs.append(("head", net.head, None, weights.head))
     return pairs
 
 
 @torch.no_grad()
-def unfold_into(net: FreqConvTCN, weights: FreqConvWeights, sample: torch.Tensor) -> None:
+def unfold_into(net: FreqConvTCN, weights: FreqConvWeights, sample: torch.Tensor, grow: bool = False) -> None:
     """Load exported `weights` into `net` (same shape) with every batch norm unfolded around
     the statistics of `sample` (log-mel, (B, T, n_mels)): `net.eval()` then scores exactly
-    as the exported model, and training batches like `sample` pass the norms nearly unchanged."""
+    as the exported model, and training batches like `sample` pass the norms nearly unchanged.
+    With `grow`, `net` may have more temporal blocks than `weights`: the extra ones start
+    near the identity (`start_near_identity`)."""
     if weights.feature_mean.shape != tuple(net.feature_mean.shape):
         raise ValueError(f"the model reads {weights.feature_mean.shape[0]} mel bands, the recipe {net.n_mels}")
-    pairs = _pairs(net, weights)
+    pairs = _pairs(net, weights, grow)
     for name, conv, _, exported in pairs:
         if tuple(conv.weight.shape) != exported.weight.shape or conv.dilation[-1] != exported.dilation:
             raise ValueError(
@@ -110,13 +128,68 @@ def unfold_into(net: FreqConvTCN, weights: FreqConvWeights, sample: torch.Tensor
         norm.running_var.copy_(var)
         norm.weight.copy_(torch.sqrt(var + norm.eps))
         norm.bias.copy_(mean)
+    if len(weights.temporal) < len(net.blocks):
+        start_near_identity(net, len(weights.temporal), sample)
+
+
+def _check_growth(net: FreqConvTCN, first_new: int) -> None:
+    """Growing adds at least one block after the old ones and keeps at least one old one."""
+    if not 0 < first_new < len(net.blocks):
+        raise ValueError(f"--init-grow: the weights have {first_new} temporal blocks, the recipe's network "
+                         f"{len(net.blocks)}; growing needs fewer (and at least one)")
+
+
+@torch.no_grad()
+def start_near_identity(net: FreqConvTCN, first_new: int, sample: torch.Tensor) -> None:
+    """Temporal blocks `first_new`.. of `net` start near the identity: their batch norms
+    scale by NEW_BLOCK_SCALE around the statistics of `sample`, so each block adds a
+    hundredth of a normalised signal to its residual path, in training as in evaluation."""
+    _check_growth(net, first_new)
+    norms = [block.norm for block in net.blocks[first_new:]]
+    for norm in norms:
+        norm.running_mean.zero_()
+        norm.running_var.fill_(1.0)
+        norm.weight.fill_(NEW_BLOCK_SCALE)
+        norm.bias.zero_()
+    seen: dict[nn.Module, torch.Tensor] = {}
+
+    def record(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        seen[module] = inputs[0].transpose(0, 1).reshape(inputs[0].shape[1], -1)
+
+    hooks = [norm.register_forward_pre_hook(record) for norm in norms]
+    was_training = net.training
+    net.eval()
+    try:
+        net(sample)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        net.train(was_training)
+    for norm in norms:
+        norm.running_mean.copy_(seen[norm].mean(dim=1))
+        norm.running_var.copy_(seen[norm].var(dim=1, unbiased=False))
+
+
+def grown_state(net: FreqConvTCN, state: dict[str, torch.Tensor], sample: torch.Tensor) -> dict[str, torch.Tensor]:
+    """`net`'s state with a checkpoint's `state` (of fewer temporal blocks) loaded and the
+    extra blocks started near the identity (`harken train --init RUN/best.pt --init-grow`)."""
+    result = net.load_state_dict(state, strict=False)
+    have = {int(k.split(".")[1]) for k in state if k.startswith("blocks.")}
+    first_new = max(have) + 1 if have else 0
+    _check_growth(net, first_new)
+    stray = [k for k in result.missing_keys if not (k.startswith("blocks.") and int(k.split(".")[1]) >= first_new)]
+    if stray or result.unexpected_keys:
+        raise ValueError(f"--init-grow: the checkpoint does not fit the recipe's network "
+                         f"(missing {stray[:4]}, unexpected {result.unexpected_keys[:4]})")
+    start_near_identity(net, first_new, sample)
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
 
 
 def state_from_onnx(
-    net: FreqConvTCN, path: Path, sample: torch.Tensor, member: int | None = None
+    net: FreqConvTCN, path: Path, sample: torch.Tensor, member: int | None = None, grow: bool = False
 ) -> dict[str, torch.Tensor]:
     """`net`'s state after `unfold_into` with the weights of the exported model at `path`."""
     if not isinstance(net, FreqConvTCN):
         raise ValueError("--init MODEL.onnx needs a recipe with net.kind: freqconv")
-    unfold_into(net, read_member(path, member), sample)
+    unfold_into(net, read_member(path, member), sample, grow)
     return {k: v.detach().clone() for k, v in net.state_dict().items()}

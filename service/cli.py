@@ -484,6 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="start from these weights (fine-tuning): a checkpoint (.pt) or an exported model (.onnx)")
     train.add_argument("--init-member", type=int,
                        help="with --init ENSEMBLE.onnx (members side by side): start from member N (0, 1, ...)")
+    train.add_argument("--init-grow", action="store_true",
+                       help="the recipe's network has more temporal blocks (dilations) than the --init "
+                       "weights: the extra, last blocks start near the identity")
     train.add_argument("--hard-negatives", type=Path, help="windows mined by `harken mine` (JSON)")
     train.add_argument("--teacher", type=Path,
                        help="YAMNet's yamnet.tflite, for recipes with loss.teacher (training only)")

@@ -336,6 +336,53 @@ def test_an_exported_network_unfolds_into_a_trainable_one(tmp_path: Path) -> Non
         unfold_into(FreqConvTCN(freq_channels=(8, 8, 8), channels=12, dilations=(1, 2, 4)), read_member(path), sample)
 
 
+def test_a_network_grows_a_longer_memory_from_exported_or_saved_weights(tmp_path: Path) -> None:
+    """`harken train --init ... --init-grow` (models/unfold.py): a recipe with one more
+    dilated block than the weights takes the weights for the blocks they have; the new last
+    block starts near the identity, so the grown network scores almost as the one it grew
+    from (its receptive field longer by the new block's reach, into the past), and the new
+    block learns (it has a gradient). A recipe that does not grow is refused by name."""
+    from models.export import export_onnx
+    from models.unfold import NEW_BLOCK_SCALE, grown_state, read_member, unfold_into
+    from service.decision import DecisionParams
+
+    original = _freqconv_with_running_stats(8)
+    path = tmp_path / "fc.onnx"
+    export_onnx(original, path, D.CLASSES, 3, {c: DecisionParams() for c in D.CLASSES}, "fc", "0.0.0",
+                {"parameters": 100, "macs_per_frame": 7})
+    rng = np.random.default_rng(5)
+    sample = torch.from_numpy(np.stack([
+        LogMel().frames(synth.background(1.0, rng).astype(np.float32) * 0.1) for _ in range(6)
+    ]))
+    reach = 2 * 8  # the new block's kernel 3 at dilation 8: 16 more frames of the past
+    with torch.no_grad():
+        expected = original.eval()(sample)[:, reach:]
+    for source in ("onnx", "checkpoint"):
+        grown = FreqConvTCN(freq_channels=(4, 8, 8), channels=12, dilations=(1, 2, 4, 8))
+        assert grown.receptive_field == original.receptive_field + reach
+        if source == "onnx":
+            unfold_into(grown, read_member(path), sample, grow=True)
+        else:
+            grown.load_state_dict(grown_state(grown, original.state_dict(), sample))
+        assert torch.allclose(grown.blocks[3].norm.weight, torch.full((12,), NEW_BLOCK_SCALE))
+        with torch.no_grad():
+            scores = grown.eval()(sample)
+        assert scores.shape == expected.shape
+        difference = float((scores - expected).abs().max())
+        assert 0.0 < difference < 0.05 * float(expected.abs().max()), (source, difference)
+        grown.train()
+        grown(sample).square().mean().backward()
+        assert grown.blocks[3].conv.weight.grad is not None
+        assert float(grown.blocks[3].conv.weight.grad.abs().sum()) > 0.0
+        assert float(grown.blocks[3].norm.weight.grad.abs().sum()) > 0.0
+    same = FreqConvTCN(freq_channels=(4, 8, 8), channels=12, dilations=(1, 2, 4))
+    with pytest.raises(ValueError, match="growing needs fewer"):
+        grown_state(same, original.state_dict(), sample)
+    with pytest.raises(ValueError, match="3 temporal blocks, the recipe's network 2 and 2"):
+        unfold_into(FreqConvTCN(freq_channels=(4, 8, 8), channels=12, dilations=(1, 2)), read_member(path),
+                    sample, grow=True)
+
+
 def test_live_training_resumes_exports_and_mines(tiny: dict[str, Path]) -> None:
     root = tiny["root"]
     config = root / "live.yaml"
@@ -422,6 +469,14 @@ def test_live_training_resumes_exports_and_mines(tiny: dict[str, Path]) -> None:
     assert torch.load(root / "whole" / "best.pt", weights_only=False)["config"]["seed"] == 3
     assert round2["hard_negative_windows"] == len(by_onnx["windows"])
     assert round2["hard_confuser_clips"] == len(by_onnx["confusers"])
+    # --init-grow: a recipe with one more dilated block starts from the exported model.
+    grown_recipe = root / "grown.yaml"
+    grown_recipe.write_text(LIVE_CONFIG.replace("dilations: [1, 2]", "dilations: [1, 2, 4]"))
+    grow = ["train", "--config", str(grown_recipe), *base[3:], "--steps", "4"]
+    assert cli.main([*grow, "--out", str(root / "grown"), "--init", str(onnx_path), "--init-grow"]) == 0
+    assert torch.load(root / "grown" / "best.pt", weights_only=False)["config"]["net"]["dilations"] == (1, 2, 4)
+    assert cli.main([*grow, "--out", str(root / "grown-bare"), "--init-grow"]) != 0  # nothing to grow from
+    assert cli.main([*grow, "--out", str(root / "grown-not"), "--init", str(onnx_path)]) != 0  # shape refused
     # Two runs of one recipe, exported, join as one network (--ensemble), tuned for it.
     other, pair = root / "round2.onnx", root / "pair.onnx"
     assert cli.main(["export", "--checkpoint", str(root / "round2" / "best.pt"), "--out", str(other)]) == 0
