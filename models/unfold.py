@@ -79,6 +79,25 @@ def _pairs(
     return pairs
 
 
+def _norm_inputs(net: nn.Module, norms: list[nn.Module], sample: torch.Tensor) -> dict[nn.Module, torch.Tensor]:
+    """What reaches each of `norms` when `net` scores `sample` in evaluation, (channels, everything else)."""
+    seen: dict[nn.Module, torch.Tensor] = {}
+
+    def record(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        seen[module] = inputs[0].transpose(0, 1).reshape(inputs[0].shape[1], -1)
+
+    hooks = [norm.register_forward_pre_hook(record) for norm in norms]
+    was_training = net.training
+    net.eval()
+    try:
+        net(sample)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        net.train(was_training)
+    return seen
+
+
 @torch.no_grad()
 def unfold_into(net: FreqConvTCN, weights: FreqConvWeights, sample: torch.Tensor, grow: bool = False) -> None:
     """Load exported `weights` into `net` (same shape) with every batch norm unfolded around
@@ -106,23 +125,9 @@ def unfold_into(net: FreqConvTCN, weights: FreqConvWeights, sample: torch.Tensor
         norm.running_var.fill_(1.0)
         norm.weight.fill_(float(np.sqrt(1.0 + norm.eps)))
         norm.bias.zero_()
-    seen: dict[nn.Module, list[torch.Tensor]] = {norm: [] for norm in norms}
-
-    def record(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-        x = inputs[0].transpose(0, 1).reshape(inputs[0].shape[1], -1)  # (channels, everything else)
-        seen[module].append(x)
-
-    hooks = [norm.register_forward_pre_hook(record) for norm in norms]
-    was_training = net.training
-    net.eval()
-    try:
-        net(sample)
-    finally:
-        for hook in hooks:
-            hook.remove()
-        net.train(was_training)
+    seen = _norm_inputs(net, norms, sample)
     for norm in norms:
-        x = torch.cat(seen[norm], dim=1)
+        x = seen[norm]
         mean, var = x.mean(dim=1), x.var(dim=1, unbiased=False)
         norm.running_mean.copy_(mean)
         norm.running_var.copy_(var)
@@ -151,20 +156,7 @@ def start_near_identity(net: FreqConvTCN, first_new: int, sample: torch.Tensor) 
         norm.running_var.fill_(1.0)
         norm.weight.fill_(NEW_BLOCK_SCALE)
         norm.bias.zero_()
-    seen: dict[nn.Module, torch.Tensor] = {}
-
-    def record(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-        seen[module] = inputs[0].transpose(0, 1).reshape(inputs[0].shape[1], -1)
-
-    hooks = [norm.register_forward_pre_hook(record) for norm in norms]
-    was_training = net.training
-    net.eval()
-    try:
-        net(sample)
-    finally:
-        for hook in hooks:
-            hook.remove()
-        net.train(was_training)
+    seen = _norm_inputs(net, norms, sample)
     for norm in norms:
         norm.running_mean.copy_(seen[norm].mean(dim=1))
         norm.running_var.copy_(seen[norm].var(dim=1, unbiased=False))
