@@ -151,23 +151,26 @@ def dev_figures(mt: Mapping[str, Any]) -> dict[str, Any]:
 
 def ensemble_onnx(paths: Sequence[Path]) -> tuple[onnx.ModelProto, ModelContract]:
     """Exported models read as one network: the mean of their logits, then the sigmoid. The
-    models must share classes, features, receptive field and look-ahead (so the ensemble
-    streams exactly like each of them); a false alarm then needs them all confident on the
-    same frames, and runs from different seeds or recipes are confident on different
-    negatives. The contract is the first model's, with the members, their parameters and
-    multiply-accumulates added up; its decisions are to be re-tuned for the ensemble."""
+    models must share classes, features and look-ahead (so the ensemble streams exactly
+    like each of them); a false alarm then needs them all confident on the same frames, and
+    runs from different seeds or recipes are confident on different negatives. Members may
+    remember different lengths of the past: the ensemble's receptive field is the longest,
+    and a member with a shorter one has its first frames dropped so every member's frame j
+    belongs to the same input frame. The contract is the first model's, with that receptive
+    field, the members, their parameters and multiply-accumulates added up; its decisions
+    are to be re-tuned for the ensemble."""
     models = [onnx.load(str(p)) for p in paths]
     contracts = [contract_of(m, str(p)) for m, p in zip(models, paths, strict=True)]
     first = contracts[0]
-    shape = (first.class_names, first.features, first.receptive_field_frames, first.lookahead_frames)
+    shape = (first.class_names, first.features, first.lookahead_frames)
     for path, c in zip(paths, contracts, strict=True):
-        if (c.class_names, c.features, c.receptive_field_frames, c.lookahead_frames) != shape:
+        if (c.class_names, c.features, c.lookahead_frames) != shape:
             raise ValueError(
-                f"{path}: classes, features, receptive field or look-ahead differ from {paths[0]}'s "
-                f"({c.receptive_field_frames} vs {first.receptive_field_frames} frames, look-ahead "
-                f"{c.lookahead_frames} vs {first.lookahead_frames}): it cannot join the ensemble"
+                f"{path}: classes, features or look-ahead differ from {paths[0]}'s (look-ahead "
+                f"{c.lookahead_frames} vs {first.lookahead_frames} frames): it cannot join the ensemble"
             )
-    graph = _joined_or_side_by_side(paths, models, first)
+    first = replace(first, receptive_field_frames=max(c.receptive_field_frames for c in contracts))
+    graph = _joined_or_side_by_side(paths, models, first, [c.receptive_field_frames for c in contracts])
     merged = onnx.helper.make_model(graph, opset_imports=models[0].opset_import, producer_name="harken")
     merged.ir_version = models[0].ir_version
     members = [f"{c.model_name} {c.model_version}" for c in contracts]
@@ -198,14 +201,16 @@ def ensemble_onnx(paths: Sequence[Path]) -> tuple[onnx.ModelProto, ModelContract
 
 
 def _joined_or_side_by_side(
-    paths: Sequence[Path], models: Sequence[onnx.ModelProto], first: ModelContract
+    paths: Sequence[Path], models: Sequence[onnx.ModelProto], first: ModelContract, fields: Sequence[int]
 ) -> onnx.GraphProto:
     """Members of one FreqConvTCN shape joined into one network (models/joined.py: grouped
     convolutions, faster), checked against the members side by side on a probe; other
-    members side by side, one branch each."""
+    members (and members of different receptive fields `fields`) side by side, one branch each."""
     from models.joined import JOIN_TOLERANCE, joined_graph, read_freqconv
 
-    side_by_side = _side_by_side(paths, models, first)
+    side_by_side = _side_by_side(paths, models, first, fields)
+    if len(set(fields)) > 1:
+        return side_by_side
     try:
         weights = [read_freqconv(m) for m in models]
         joined = joined_graph(weights, models[0].graph.input[0], models[0].graph.output[0])
@@ -233,10 +238,14 @@ def _run_graph(
     return np.asarray(session.run([contract.output_name], {contract.input_name: frames})[0])
 
 
-def _side_by_side(paths: Sequence[Path], models: Sequence[onnx.ModelProto], first: ModelContract) -> onnx.GraphProto:
-    """The members as parallel branches of one graph, their logits averaged."""
+def _side_by_side(
+    paths: Sequence[Path], models: Sequence[onnx.ModelProto], first: ModelContract, fields: Sequence[int]
+) -> onnx.GraphProto:
+    """The members as parallel branches of one graph, their logits averaged; a member whose
+    receptive field is shorter than the ensemble's (`first`) loses its first frames, which
+    belong to input frames the longest member has no output for."""
     nodes, initializers, logits = [], [], []
-    for i, (path, model) in enumerate(zip(paths, models, strict=True)):
+    for i, (path, model, field) in enumerate(zip(paths, models, fields, strict=True)):
         graph = onnx.compose.add_prefix(model, f"member{i}/").graph
         last = [n for n in graph.node if graph.output[0].name in n.output]
         if len(last) != 1 or last[0].op_type != "Sigmoid":
@@ -247,7 +256,15 @@ def _side_by_side(paths: Sequence[Path], models: Sequence[onnx.ModelProto], firs
             node.input[:] = [first.input_name if name == graph.input[0].name else name for name in node.input]
             nodes.append(node)
         initializers.extend(graph.initializer)
-        logits.append(last[0].input[0])
+        logit = last[0].input[0]
+        if field < first.receptive_field_frames:  # (1, T - field, classes) -> (1, T - longest, classes)
+            names = [f"member{i}/align/{n}" for n in ("starts", "ends", "axes")]
+            big = np.iinfo(np.int64).max
+            for name, value in zip(names, (first.receptive_field_frames - field, big, 1), strict=True):
+                initializers.append(onnx.numpy_helper.from_array(np.array([value], dtype=np.int64), name))
+            nodes.append(onnx.helper.make_node("Slice", [logit, *names], [f"member{i}/aligned_logit"]))
+            logit = f"member{i}/aligned_logit"
+        logits.append(logit)
     nodes.append(onnx.helper.make_node("Mean", logits, ["ensemble/mean_logit"]))
     nodes.append(onnx.helper.make_node("Sigmoid", ["ensemble/mean_logit"], [first.output_name]))
     return onnx.helper.make_graph(

@@ -520,8 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "several are averaged. Needs --data: the decisions are re-tuned for them")
     export.add_argument("--ensemble", type=Path, nargs="+", metavar="MODEL.onnx",
                         help="with a model .onnx: more exported models (other seeds or recipes, same "
-                             "receptive field and look-ahead) joined with it as one network, the mean "
-                             "of their logits; the decisions are re-tuned for the ensemble")
+                             "look-ahead; the longest memory sets the receptive field) joined with it as "
+                             "one network, the mean of their logits; the decisions are re-tuned for the ensemble")
     export.add_argument("--member", type=int, metavar="N",
                         help="with a side-by-side ensemble .onnx: write its member N (0, 1, ...) as a "
                              "model of its own (needs --config, the member's recipe; --data re-tunes it)")

@@ -184,9 +184,11 @@ def test_live_scene_edges_label_gaps_negative_and_pad_stream_starts(maker: LiveS
         assert not scene.target[silent].any()
 
 
-def _freqconv_with_running_stats(seed: int, freq_channels: tuple[int, ...] = (4, 8, 8)) -> FreqConvTCN:
+def _freqconv_with_running_stats(
+    seed: int, freq_channels: tuple[int, ...] = (4, 8, 8), dilations: tuple[int, ...] = (1, 2, 4)
+) -> FreqConvTCN:
     torch.manual_seed(seed)
-    net = FreqConvTCN(freq_channels=freq_channels, channels=12, dilations=(1, 2, 4)).eval()
+    net = FreqConvTCN(freq_channels=freq_channels, channels=12, dilations=dilations).eval()
     with torch.no_grad():
         for m in net.modules():
             if isinstance(m, torch.nn.BatchNorm1d | torch.nn.BatchNorm2d):
@@ -195,18 +197,20 @@ def _freqconv_with_running_stats(seed: int, freq_channels: tuple[int, ...] = (4,
     return net
 
 
-@pytest.mark.parametrize("variant", ["one", "pair", "pair-own-stats", "pair-mixed-sizes"])
+@pytest.mark.parametrize("variant", ["one", "pair", "pair-own-stats", "pair-mixed-sizes", "pair-longer-memory"])
 def test_freqconv_network_streams_like_one_pass_after_export(tmp_path: Path, variant: str) -> None:
     """One exported network, or two joined as one (`ensemble_onnx`: the mean of their
     logits), streams in the daemon exactly as it scores in one pass. Members of one shape
     become one network (models/joined.py), with their own feature statistics if they
-    differ; members of different shapes run side by side."""
+    differ; members of different shapes run side by side, and a member with a shorter
+    memory (receptive field) is aligned with the longer one on the same input frames."""
     from models.export import ensemble_onnx, export_onnx
     from service.decision import DecisionParams
 
     members = 1 if variant == "one" else 2
     sizes = [(4, 8, 8), (8, 8, 8) if variant == "pair-mixed-sizes" else (4, 8, 8)]
-    nets = [_freqconv_with_running_stats(seed, sizes[seed]) for seed in range(members)]
+    dilations = [(1, 2, 4), (1, 2, 4, 8) if variant == "pair-longer-memory" else (1, 2, 4)]
+    nets = [_freqconv_with_running_stats(seed, sizes[seed], dilations[seed]) for seed in range(members)]
     if variant == "pair-own-stats":
         with torch.no_grad():
             nets[1].feature_mean.uniform_(-0.5, 0.5)
@@ -226,16 +230,19 @@ def test_freqconv_network_streams_like_one_pass_after_export(tmp_path: Path, var
         # each; members of different shapes keep a branch each.
         convs = sum(n.op_type == "Conv" for n in model.graph.node)
         one = sum(n.op_type == "Conv" for n in onnx.load(str(paths[0])).graph.node)
-        assert convs == (2 * one if variant == "pair-mixed-sizes" else one)
+        own = sum(sum(n.op_type == "Conv" for n in onnx.load(str(p)).graph.node) for p in paths)
+        assert convs == (own if variant in ("pair-mixed-sizes", "pair-longer-memory") else one)
+        assert contract.receptive_field_frames == max(net.receptive_field for net in nets)
         path = tmp_path / "pair.onnx"
         onnx.save(model, str(path))
     detector = Detector.load(path)
     feats = LogMel().frames(synth.background(6.0, np.random.default_rng(2)).astype(np.float32) * 0.1)
     whole = detector.scores(feats)
-    before = np.repeat(feats[:1], nets[0].receptive_field - 3, 0)
+    field = max(net.receptive_field for net in nets)
+    before = np.repeat(feats[:1], field - 3, 0)
     x = torch.from_numpy(np.concatenate([before, feats, np.repeat(feats[-1:], 3, 0)]))[None]
     with torch.no_grad():
-        mean_logit = torch.stack([net(x) for net in nets]).mean(dim=0)
+        mean_logit = torch.stack([net(x)[:, field - net.receptive_field :] for net in nets]).mean(dim=0)
     np.testing.assert_allclose(whole, torch.sigmoid(mean_logit)[0].numpy(), atol=1e-5)
     for chunk in (1, 7, 64):
         scorer = detector.stream()
