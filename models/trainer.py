@@ -29,7 +29,6 @@ from models.cached import RunResult
 from models.config import CLASSES, TrainConfig, build_net
 from models.live_scenes import LiveScene, LiveSceneMaker
 from models.losses import EventAwareLoss, EventSpan, distil_loss, teacher_loss
-from models.net import FreqConvTCN
 from models.tuning import dev_scores, evaluate, selection_f1, tune_for_recipe
 from service.audio.features import FeatureParams
 
@@ -418,8 +417,6 @@ def train_live_command(
         if grow:
             from models.unfold import grown_state
 
-            if not isinstance(net, FreqConvTCN):
-                raise ValueError("--init-grow needs a recipe with net.kind: freqconv")
             init_state = grown_state(net, init_state, torch.from_numpy(scene_sample()))
     else:
         # Normalisation statistics (inside the graph) from a sample of training scenes.

@@ -165,6 +165,8 @@ def start_near_identity(net: FreqConvTCN, first_new: int, sample: torch.Tensor) 
 def grown_state(net: FreqConvTCN, state: dict[str, torch.Tensor], sample: torch.Tensor) -> dict[str, torch.Tensor]:
     """`net`'s state with a checkpoint's `state` (of fewer temporal blocks) loaded and the
     extra blocks started near the identity (`harken train --init RUN/best.pt --init-grow`)."""
+    if not isinstance(net, FreqConvTCN):
+        raise ValueError("--init-grow needs a recipe with net.kind: freqconv")
     result = net.load_state_dict(state, strict=False)
     have = {int(k.split(".")[1]) for k in state if k.startswith("blocks.")}
     first_new = max(have) + 1 if have else 0
