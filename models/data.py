@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -519,6 +519,11 @@ class DevItem:
     source_clip: str = ""
 
 
+# Audio -> the rows a dev item carries: log-mel frames, or a reference scorer's scores
+# frame for frame (models/reference.py).
+FramesOf = Callable[[np.ndarray], np.ndarray]
+
+
 def build_dev(
     bank: ClipBank,
     seed: int = 99,
@@ -526,15 +531,19 @@ def build_dev(
     reps: dict[str, int] | None = None,
     ebrs_db: Sequence[float] = (-3.0, 3.0, 9.0),
     stream_s: float = 60.0,
+    frames: FramesOf | None = None,
 ) -> list[DevItem]:
     """Dev scenes: each real dev target placed into dev negatives at several EBRs, plus
     negative-only streams of all dev negatives (for false alarms per hour).
+
+    `frames` turns each scene's audio into the item's rows (default: the log-mel frames);
+    a reference scorer (models/reference.py) gives its scores, frame for frame, instead.
 
     Long recordings (the dev alarms) are cut into excerpts of at most 15 s at different
     offsets, so each repetition is a different stretch of the same real alarm.
     """
     params = params or FeatureParams()
-    logmel = LogMel(params)
+    frames = frames or LogMel(params).frames
     rng = np.random.default_rng(seed)
     reps = reps or {"baby_cry": 1, "smoke_alarm": 6, "glass_break": 3}
     items: list[DevItem] = []
@@ -574,7 +583,7 @@ def build_dev(
                 items.append(
                     DevItem(
                         f"{name}:{clip.path.name}:r{r}:ebr{ebr:+.0f}",
-                        logmel.frames(bed),
+                        frames(bed),
                         truth,
                         total_s,
                         False,
@@ -599,7 +608,7 @@ def build_dev(
             items.append(
                 DevItem(
                     f"negatives:{len(items)}",
-                    logmel.frames(audio),
+                    frames(audio),
                     [],
                     audio.shape[0] / SAMPLE_RATE,
                     True,

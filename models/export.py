@@ -16,6 +16,7 @@ import onnx
 import torch
 
 from models.config import CLASSES, TrainConfig, build_net, config_from_dict, load_config
+from models.data import FramesOf
 from models.net import CompactTCN, FreqConvTCN, ScoresHead
 from service.audio.features import FeatureParams
 from service.contract import CONTRACT_KEY, ModelContract
@@ -82,28 +83,43 @@ def average_states(files: list[Path]) -> dict[str, torch.Tensor]:
 
 
 def tune_on_dev(
-    score: Callable[[np.ndarray], np.ndarray], cfg: TrainConfig, args: argparse.Namespace
+    score: Callable[[np.ndarray], np.ndarray], cfg: TrainConfig, args: argparse.Namespace,
+    frames: FramesOf | None = None, frames_key: str | None = None,
 ) -> tuple[dict[str, DecisionParams], dict[str, Any]]:
     """Decisions tuned on dev by this code's rules for a scorer (log-mel frames -> scores),
     with the dev figures and, for live recipes with negatives, the procedural-alarm line.
-    The scenes cache of the training run is reused when --cache points at it."""
+    The scenes cache of the training run is reused when --cache points at it. With
+    `frames` (audio -> rows, named `frames_key` in the cache) the same scenes carry those
+    rows instead of log-mel frames and `score` takes them (a reference scorer)."""
     from models.cached import prepare_data
-    from models.tuning import cross_validated_score, evaluate, shipping_score, tune_for_recipe
+    from models.tuning import (
+        cross_validated_score,
+        evaluate,
+        event_metrics,
+        recall_by_ebr,
+        run_decisions,
+        shipping_score,
+        tune_for_recipe,
+    )
 
     cache = Path(args.cache or Path(args.checkpoint).parent / "cache")
     negatives = Path(args.negatives) if getattr(args, "negatives", None) else None
     if cfg.live.enabled:
         from models.trainer import live_dev_set
 
-        dev, _ = live_dev_set(cfg, Path(args.data), negatives, cache)
+        dev, _ = live_dev_set(cfg, Path(args.data), negatives, cache, frames, frames_key)
     else:
+        if frames is not None:
+            raise ValueError(f"{args.config}: a reference scorer needs a live recipe (live.enabled)")
         receptive_field = build_net(cfg, FeatureParams()).receptive_field
         _, dev, _ = prepare_data(cfg, Path(args.data), cache, receptive_field, cfg.net.lookahead_frames)
     scores = [score(item.features) for item in dev]
     decisions = tune_for_recipe(scores, dev, cfg)
+    detections = run_decisions(scores, decisions)
     report: dict[str, Any] = {
-        "dev_tuned": evaluate(scores, dev, decisions),
+        "dev_tuned": event_metrics(dev, detections),
         "tuned_decisions": {k: v.to_dict() for k, v in decisions.items()},
+        "found_by_ebr": recall_by_ebr(dev, detections),
     }
     procedural = None
     if cfg.live.enabled and negatives is not None:
@@ -113,7 +129,7 @@ def tune_on_dev(
         # Dev holds 3 real alarm recordings: procedural alarms in dev negatives get a
         # line of their own (not used for selection or tuning).
         pool = NegativePool.load(negatives, "dev", cache, cfg.data.licences)
-        proc = procedural_alarm_items(pool, FeatureParams())
+        proc = procedural_alarm_items(pool, FeatureParams(), frames=frames)
         procedural = ([score(item.features) for item in proc], proc)
         proc_m = evaluate(procedural[0], proc, decisions)
         report["procedural_alarms"] = {
@@ -131,6 +147,11 @@ def tune_on_dev(
     print(f"re-tuned decisions on dev: mean F1 {mt['mean_f1']:.3f}, FA/h {mt['fa_per_hour']:.1f} (figures in {out})")
     floor = "met" if ship["alarm_floor_met"] else "NOT met: " + "; ".join(ship["alarm_floor_failed"])
     print(f"shipping score (cry and glass F1 - 0.01 x FA/h) {ship['score']:.3f}; alarm floor {floor}")
+    found = "; ".join(
+        f"{c} " + ", ".join(f"{ebr} {v['found']}/{v['events']}" for ebr, v in by.items())
+        for c, by in report["found_by_ebr"].items() if by
+    )
+    print(f"found on time by event-to-background ratio: {found}")
     if "score_cv" in ship:
         folds = ", ".join(f"{f:.3f}" for f in ship["folds"])
         print(f"cross-validated shipping score (tuned on one half of dev, scored on the other) "

@@ -45,8 +45,11 @@ def yamnet_scorer(model_path: str | Path) -> Callable[[np.ndarray], np.ndarray]:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise RuntimeError("the teacher needs ai-edge-litert: pip install -e '.[train]'") from exc
-    interpreter = Interpreter(model_path=str(path), num_threads=1)
-    interpreter.allocate_tensors()
+    try:
+        interpreter = Interpreter(model_path=str(path), num_threads=1)
+        interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as exc:  # LiteRT's message does not name the file
+        raise ValueError(f"{path}: not a TFLite model YAMNet's wrapper can load ({exc})") from None
     (inp,) = interpreter.get_input_details()
     if list(inp["shape"]) != [1, WINDOW_SAMPLES]:
         raise ValueError(f"{path}: input shape {list(inp['shape'])}, expected [1, {WINDOW_SAMPLES}] (YAMNet)")

@@ -232,12 +232,13 @@ def train_live(
 
 
 def dev_negative_items(
-    pool: Any, params: Any, stream_s: float = 600.0
+    pool: Any, params: Any, stream_s: float = 600.0, frames: D.FramesOf | None = None
 ) -> list[D.DevItem]:
-    """The dev negatives as 10-minute streams (negative-only dev items, for false alarms per hour)."""
+    """The dev negatives as 10-minute streams (negative-only dev items, for false alarms
+    per hour); `frames` as in `models.data.build_dev` (default: log-mel)."""
     from service.audio.features import LogMel
 
-    logmel = LogMel(params)
+    frames = frames or LogMel(params).frames
     n = int(stream_s * D.SAMPLE_RATE)
     total = pool.audio.shape[0]
     items = []
@@ -245,7 +246,7 @@ def dev_negative_items(
         audio = np.asarray(pool.audio[start : min(start + n, total)], dtype=np.float32) / 32768.0
         if audio.shape[0] < D.SAMPLE_RATE:
             continue
-        feats = logmel.frames(audio).astype(np.float16)  # half the memory of 4 h of frames
+        feats = frames(audio).astype(np.float16)  # half the memory of 4 h of frames
         items.append(D.DevItem(f"debian-negatives:{i}", feats, [], audio.shape[0] / D.SAMPLE_RATE, True))
     return items
 
@@ -274,9 +275,12 @@ def save_checkpoint(
 
 
 def live_dev_set(
-    cfg: TrainConfig, data_dir: Path, negatives_dir: Path | None, cache_dir: Path
+    cfg: TrainConfig, data_dir: Path, negatives_dir: Path | None, cache_dir: Path,
+    frames: D.FramesOf | None = None, frames_key: str | None = None,
 ) -> tuple[list[D.DevItem], dict[str, Any]]:
-    """Dev scenes from the shared data's dev split plus every dev negative stream (cached)."""
+    """Dev scenes from the shared data's dev split plus every dev negative stream (cached).
+    With `frames` (and `frames_key`, naming it in the cache) the same scenes carry that
+    function's rows instead of log-mel frames (a reference scorer's scores)."""
     import pickle
 
     from models.negatives import NegativePool
@@ -294,6 +298,7 @@ def live_dev_set(
         stat.st_mtime,
         str(negatives_dir.resolve()) if negatives_dir else None,
         params.to_dict(),
+        *([frames_key] if frames is not None else []),
     )
     path = cache_dir / f"dev-{key}.pkl"
     if path.is_file():
@@ -301,12 +306,12 @@ def live_dev_set(
             return pickle.load(fh)
     clips = D.read_clips(data_dir)
     dev_bank = D.ClipBank(D.select(clips, "dev", cfg.data.licences))
-    dev = D.build_dev(dev_bank, seed=cfg.data.seed + 1, params=params, reps=cfg.eval.dev_reps)
+    dev = D.build_dev(dev_bank, seed=cfg.data.seed + 1, params=params, reps=cfg.eval.dev_reps, frames=frames)
     info: dict[str, Any] = {"dev_bank": dev_bank.summary()}
-    dev += quiet_room_items(params)
+    dev += quiet_room_items(params, frames=frames)
     if negatives_dir is not None:
         pool = NegativePool.load(negatives_dir, "dev", cache_dir, cfg.data.licences)
-        dev += dev_negative_items(pool, params)
+        dev += dev_negative_items(pool, params, frames=frames)
         info["dev_negatives_hours"] = round(pool.hours, 3)
         info["dev_negatives_by_kind"] = pool.hours_by_kind()
     info["dev"] = D.dev_summary(dev)
@@ -485,7 +490,8 @@ def train_live_command(
 
 
 def procedural_alarm_items(
-    pool: Any, params: FeatureParams, n: int = 36, seed: int = 4242, ebrs_db: Sequence[float] = (-3.0, 3.0, 9.0)
+    pool: Any, params: FeatureParams, n: int = 36, seed: int = 4242, ebrs_db: Sequence[float] = (-3.0, 3.0, 9.0),
+    frames: D.FramesOf | None = None,
 ) -> list[D.DevItem]:
     """Dev scenes with procedural alarms (T3, T4/CO, 520 Hz T3, building sounders) in dev
     negatives: dev holds only 3 real alarm recordings, so the card reports these on a
@@ -495,7 +501,7 @@ def procedural_alarm_items(
     from service.audio.features import LogMel
 
     rng = np.random.default_rng(seed)
-    logmel = LogMel(params)
+    frames = frames or LogMel(params).frames
     rirs = simulated_rirs(8, seed)
     patterns = ("t3", "t4", "low", "sounder")
     items = []
@@ -520,13 +526,15 @@ def procedural_alarm_items(
         bed = bed / (np.abs(bed).max() + 1e-9) * 10 ** (rng.uniform(-20, -3) / 20)
         truth = [("smoke_alarm", round(pre_s + spans[0][0], 3), round(pre_s + spans[-1][1], 3))]
         items.append(
-            D.DevItem(f"procedural-alarm:{pattern}:{i}:ebr{ebr:+.0f}", logmel.frames(bed), truth,
+            D.DevItem(f"procedural-alarm:{pattern}:{i}:ebr{ebr:+.0f}", frames(bed), truth,
                       total / D.SAMPLE_RATE, False, f"procedural-{pattern}")
         )
     return items
 
 
-def quiet_room_items(params: FeatureParams, minutes: float = 10.0, seed: int = 777) -> list[D.DevItem]:
+def quiet_room_items(
+    params: FeatureParams, minutes: float = 10.0, seed: int = 777, frames: D.FramesOf | None = None
+) -> list[D.DevItem]:
     """Negative-only dev streams of quiet rooms: room noise at -75..-45 dBFS, white noise,
     and both with dropouts to digital zeros. A detector that fires here fires in every
     quiet nursery at night (and did: run B of the model card)."""
@@ -534,7 +542,7 @@ def quiet_room_items(params: FeatureParams, minutes: float = 10.0, seed: int = 7
     from service.audio.features import LogMel
 
     rng = np.random.default_rng(seed)
-    logmel = LogMel(params)
+    frames = frames or LogMel(params).frames
     items = []
     n_items = max(1, int(minutes * 60 / 30))
     for i in range(n_items):
@@ -548,6 +556,6 @@ def quiet_room_items(params: FeatureParams, minutes: float = 10.0, seed: int = 7
             for _ in range(3):
                 a = int(rng.integers(0, n - D.SAMPLE_RATE))
                 audio[a : a + int(rng.uniform(0.3, 3.0) * D.SAMPLE_RATE)] = 0.0
-        items.append(D.DevItem(f"quiet-room:{i}", logmel.frames(audio.astype(np.float32)), [], 30.0, True))
+        items.append(D.DevItem(f"quiet-room:{i}", frames(audio.astype(np.float32)), [], 30.0, True))
     return items
 

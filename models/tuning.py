@@ -137,6 +137,28 @@ def event_metrics(
     }
 
 
+def recall_by_ebr(
+    dev: Sequence[D.DevItem],
+    detections: Sequence[Sequence[EventEnded]],
+    class_names: Sequence[str] = CLASSES,
+) -> dict[str, dict[str, dict[str, int]]]:
+    """Events found on time (500 ms onset collar) per class and per event-to-background
+    ratio of the dev scenes (the `:ebr+N` tag of their names): which loudness loses them."""
+    by_tag: dict[str, list[int]] = {}
+    for i, item in enumerate(dev):
+        tag = item.name.rpartition(":")[2]
+        if not item.negative_only and tag.startswith("ebr"):
+            by_tag.setdefault(tag[3:], []).append(i)
+    out: dict[str, dict[str, dict[str, int]]] = {c: {} for c in class_names}
+    for tag in sorted(by_tag, key=float):
+        idx = by_tag[tag]
+        per_class = event_metrics([dev[i] for i in idx], [detections[i] for i in idx], class_names)["per_class"]
+        for c, m in per_class.items():
+            if m["tp"] + m["fn"]:
+                out[c][f"{float(tag):+.0f} dB"] = {"found": m["tp"], "events": m["tp"] + m["fn"]}
+    return out
+
+
 def run_decisions(
     scores: Sequence[np.ndarray],
     params: Mapping[str, DecisionParams],

@@ -271,6 +271,18 @@ def cmd_mine(args: argparse.Namespace) -> int:
         raise ConfigError(str(exc)) from None
 
 
+def cmd_reference(args: argparse.Namespace) -> int:
+    _training_module("reference")
+    from models.reference import cmd_reference as reference_command
+
+    if not args.yamnet.is_file():
+        raise ConfigError(f"--yamnet {args.yamnet} not found (../shared/models/yamnet/yamnet.tflite)")
+    try:
+        return reference_command(args)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     train = _training_module("export")
     if not args.checkpoint.is_file():
@@ -538,6 +550,22 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also score the decision tuning itself: tuned on one half of dev (by "
                              "source recording), scored on the other, both ways (model card, rule 2)")
     export.set_defaults(func=cmd_export)
+
+    reference = sub.add_parser(
+        "reference", help="score YAMNet zero-shot on the dev scenes, tuned as harken's networks (evaluation only)")
+    reference.add_argument("--yamnet", type=Path, required=True, help="YAMNet's yamnet.tflite")
+    reference.add_argument("--config", type=Path, required=True,
+                           help="a live recipe: its dev scenes and tuning rules "
+                                "(e.g. models/configs/live-long-small.yaml)")
+    reference.add_argument("--data", type=Path, required=True, help="data folder (MANIFEST.csv): its dev split")
+    reference.add_argument("--negatives", type=Path, help="built negatives folder: dev negatives and procedural alarms")
+    reference.add_argument("--cache", type=Path, help="cache folder for the scored dev scenes")
+    reference.add_argument("--out", type=Path, required=True, help="figures are written to OUT.dev.json")
+    reference.add_argument("--hop-frames", type=int, default=5,
+                           help="one YAMNet window every N log-mel frames of 20 ms (default 5: 100 ms)")
+    reference.add_argument("--cross-validate", action="store_true",
+                           help="also the tuning's cross-validated score (as `harken export --cross-validate`)")
+    reference.set_defaults(func=cmd_reference)
     return parser
 
 

@@ -15,6 +15,8 @@ from models.tuning import (  # noqa: E402
     cross_validated_score,
     dev_fold,
     evaluate,
+    recall_by_ebr,
+    run_decisions,
     selection_f1,
     shipping_score,
     ships_over,
@@ -309,3 +311,22 @@ def test_cross_validation_scores_tuning_on_the_half_it_did_not_see() -> None:
     assert cv["floor_folds"] == [[], []]
     missed = cross_validated_score(scores, items, tune, procedural=([alarm * 0.5], [proc_item]))
     assert all(any("procedural alarms on time 0.00" in f for f in failed) for failed in missed["floor_folds"])
+
+
+def test_found_events_are_counted_per_event_to_background_ratio() -> None:
+    """Cries at three ratios, the loud ones confident and the quiet ones not: the count per
+    ratio says which loudness loses them; negatives and untagged items are left out."""
+    items, scores = [], []
+    for i, (ebr, level) in enumerate([(-3, 0.3), (-3, 0.9), (3, 0.9), (9, 0.9), (9, 0.9)]):
+        s = np.full((500, 3), 0.02, np.float32)
+        s[200:300, 0] = level
+        items.append(_item(f"baby_cry:c{i}.flac:r0:ebr{ebr:+d}", s, [("baby_cry", 4.0, 6.0)], False))
+        scores.append(s)
+    items.append(_item("negatives:0", np.full((500, 3), 0.02, np.float32), [], True))
+    scores.append(np.full((500, 3), 0.02, np.float32))
+    params = {c: DecisionParams(0.5, 0.3, 1, 3, 3, 0.0, 0.1, 0.0) for c in CLASSES}
+    found = recall_by_ebr(items, run_decisions(scores, params))
+    assert found["baby_cry"] == {
+        "-3 dB": {"found": 1, "events": 2}, "+3 dB": {"found": 1, "events": 1}, "+9 dB": {"found": 2, "events": 2},
+    }
+    assert found["smoke_alarm"] == {} and found["glass_break"] == {}
