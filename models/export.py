@@ -148,10 +148,10 @@ def tune_on_dev(
     floor = "met" if ship["alarm_floor_met"] else "NOT met: " + "; ".join(ship["alarm_floor_failed"])
     print(f"shipping score (cry and glass F1 - 0.01 x FA/h) {ship['score']:.3f}; alarm floor {floor}")
     found = "; ".join(
-        f"{c} " + ", ".join(f"{ebr} {v['found']}/{v['events']}" for ebr, v in by.items())
+        f"{c} " + ", ".join(f"{ebr} {v['found']}/{v['events']} ({v['heard']} heard)" for ebr, v in by.items())
         for c, by in report["found_by_ebr"].items() if by
     )
-    print(f"found on time by event-to-background ratio: {found}")
+    print(f"found on time by event-to-background ratio (heard: reported anywhere inside): {found}")
     if "score_cv" in ship:
         folds = ", ".join(f"{f:.3f}" for f in ship["folds"])
         print(f"cross-validated shipping score (tuned on one half of dev, scored on the other) "

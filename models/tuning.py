@@ -143,7 +143,8 @@ def recall_by_ebr(
     class_names: Sequence[str] = CLASSES,
 ) -> dict[str, dict[str, dict[str, int]]]:
     """Events found on time (500 ms onset collar) per class and per event-to-background
-    ratio of the dev scenes (the `:ebr+N` tag of their names): which loudness loses them."""
+    ratio of the dev scenes (the `:ebr+N` tag of their names): which loudness loses them.
+    `heard`: events with a report of their class anywhere inside them, on time or not."""
     by_tag: dict[str, list[int]] = {}
     for i, item in enumerate(dev):
         tag = item.name.rpartition(":")[2]
@@ -155,7 +156,13 @@ def recall_by_ebr(
         per_class = event_metrics([dev[i] for i in idx], [detections[i] for i in idx], class_names)["per_class"]
         for c, m in per_class.items():
             if m["tp"] + m["fn"]:
-                out[c][f"{float(tag):+.0f} dB"] = {"found": m["tp"], "events": m["tp"] + m["fn"]}
+                heard = sum(
+                    any(d.class_name == c and d.start_s < off and d.end_s > on for d in detections[i])
+                    for i in idx
+                    for name, on, off in dev[i].truth
+                    if name == c
+                )
+                out[c][f"{float(tag):+.0f} dB"] = {"found": m["tp"], "heard": heard, "events": m["tp"] + m["fn"]}
     return out
 
 
