@@ -165,6 +165,12 @@ class LossConfig:
     #: Teacher term (models/teacher.py): a training-only head on the temporal features
     #: learns YAMNet's scores of the background; needs `harken train --teacher`.
     teacher: float = 0.0
+    #: What the teacher head learns: "scores" (YAMNet's AudioSet class scores present in
+    #: the negatives, binary cross-entropy) or "embedding" (its 1024-d embedding reduced to
+    #: the `teacher_dims` leading principal components of the negatives, each standardised,
+    #: mean squared error): a denser description of what the background is.
+    teacher_kind: str = "scores"
+    teacher_dims: int = 64
     #: Distillation term: binary cross-entropy of the network's own logits against a
     #: harken model's scores of the same scenes (an ensemble distilled into one network of
     #: the ensemble's members' size); needs `harken train --distil-from MODEL.onnx`.
@@ -184,6 +190,10 @@ class LossConfig:
     def __post_init__(self) -> None:
         if self.kind not in ("event", "bce"):
             raise ValueError(f"loss.kind must be 'event' or 'bce', got {self.kind!r}")
+        if self.teacher_kind not in ("scores", "embedding"):
+            raise ValueError(f"loss.teacher_kind must be 'scores' or 'embedding', got {self.teacher_kind!r}")
+        if self.teacher_dims < 1:
+            raise ValueError(f"loss.teacher_dims must be >= 1, got {self.teacher_dims}")
         for name in ("non_target", "pooled", "smooth", "cross", "onset", "teacher", "distil"):
             if getattr(self, name) < 0:
                 raise ValueError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
@@ -244,6 +254,13 @@ def teacher_loss(logits: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor
     m = mask.to(logits.dtype)[..., None]
     bce = F.binary_cross_entropy_with_logits(logits, teacher, reduction="none")
     return (bce * m).sum() / (m.sum() * logits.shape[-1]).clamp_min(1.0)
+
+
+def teacher_embedding_loss(pred: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of a teacher head's output (B, T, K) against the teacher's
+    standardised embedding components (B, T, K), over the frames `mask` (B, T) marks."""
+    m = mask.to(pred.dtype)[..., None]
+    return (((pred - teacher) ** 2) * m).sum() / (m.sum() * pred.shape[-1]).clamp_min(1.0)
 
 
 def distil_loss(logits: torch.Tensor, scores: torch.Tensor, classes: Sequence[int] | None = None) -> torch.Tensor:

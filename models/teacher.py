@@ -24,6 +24,7 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -36,9 +37,11 @@ HOP_SAMPLES = 7680  # 0.48 s, YAMNet's usual framing
 MIN_PRESENT = 0.1
 
 
-def yamnet_scorer(model_path: str | Path) -> Callable[[np.ndarray], np.ndarray]:
-    """A function from one 15600-sample float window to YAMNet's 521 class scores."""
-    path = Path(model_path)
+EMBEDDING_TENSOR = "yamnet_frames/global_average_pooling2d/Mean"  # (1, 1024), see the YAMNet README
+
+
+def _yamnet_interpreter(path: Path, preserve_all: bool = False) -> tuple[Any, dict[str, Any]]:
+    """YAMNet's LiteRT interpreter and its input, with errors that name the file."""
     if not path.is_file():
         raise FileNotFoundError(f"teacher model {path} not found (give yamnet.tflite)")
     try:
@@ -46,13 +49,22 @@ def yamnet_scorer(model_path: str | Path) -> Callable[[np.ndarray], np.ndarray]:
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise RuntimeError("the teacher needs ai-edge-litert: pip install -e '.[train]'") from exc
     try:
-        interpreter = Interpreter(model_path=str(path), num_threads=1)
+        interpreter = Interpreter(
+            model_path=str(path), num_threads=1, experimental_preserve_all_tensors=preserve_all
+        )
         interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as exc:  # LiteRT's message does not name the file
         raise ValueError(f"{path}: not a TFLite model YAMNet's wrapper can load ({exc})") from None
     (inp,) = interpreter.get_input_details()
     if list(inp["shape"]) != [1, WINDOW_SAMPLES]:
         raise ValueError(f"{path}: input shape {list(inp['shape'])}, expected [1, {WINDOW_SAMPLES}] (YAMNet)")
+    return interpreter, inp
+
+
+def yamnet_scorer(model_path: str | Path) -> Callable[[np.ndarray], np.ndarray]:
+    """A function from one 15600-sample float window to YAMNet's 521 class scores."""
+    path = Path(model_path)
+    interpreter, inp = _yamnet_interpreter(path)
     scores_out = [o for o in interpreter.get_output_details() if list(o["shape"]) == [1, 521]]
     if not scores_out:
         raise ValueError(f"{path}: no [1, 521] output (YAMNet's class scores)")
@@ -65,8 +77,40 @@ def yamnet_scorer(model_path: str | Path) -> Callable[[np.ndarray], np.ndarray]:
     return score
 
 
+def yamnet_embedder(model_path: str | Path) -> Callable[[np.ndarray], np.ndarray]:
+    """A function from one 15600-sample float window to YAMNet's 1024-d embedding."""
+    path = Path(model_path)
+    interpreter, inp = _yamnet_interpreter(path, preserve_all=True)
+    found = [t for t in interpreter.get_tensor_details() if t["name"] == EMBEDDING_TENSOR]
+    if not found:
+        raise ValueError(f"{path}: no tensor {EMBEDDING_TENSOR} (YAMNet's embedding)")
+    index = found[0]["index"]
+
+    def embed(window: np.ndarray) -> np.ndarray:
+        interpreter.set_tensor(inp["index"], window[None].astype(np.float32))
+        interpreter.invoke()
+        return np.array(interpreter.get_tensor(index), dtype=np.float32).reshape(-1)
+
+    return embed
+
+
+def principal_components(rows: np.ndarray, dims: int) -> np.ndarray:
+    """`rows` (N, D) projected on their `dims` leading principal components, each scaled to
+    unit variance: (N, dims) float32. Components are signed so that their largest loading
+    is positive (the same rows give the same components)."""
+    x = rows.astype(np.float64)
+    x -= x.mean(axis=0)
+    dims = min(dims, x.shape[1])
+    values, vectors = np.linalg.eigh(x.T @ x / max(x.shape[0] - 1, 1))
+    order = np.argsort(values)[::-1][:dims]
+    vectors = vectors[:, order]
+    vectors *= np.sign(vectors[np.abs(vectors).argmax(axis=0), np.arange(dims)])
+    projected = x @ vectors
+    return (projected / (projected.std(axis=0) + 1e-8)).astype(np.float32)
+
+
 def score_track(audio: np.ndarray, score: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-    """Teacher scores of int16 audio, one row per HOP_SAMPLES: (frames, classes) float16."""
+    """Teacher rows (scores or embeddings) of int16 audio, one per HOP_SAMPLES: (frames, K) float16."""
     n = max(1, 1 + (audio.shape[0] - WINDOW_SAMPLES) // HOP_SAMPLES)
     rows = []
     for i in range(n):
@@ -95,20 +139,32 @@ class TeacherTrack:
         model_path: str | Path,
         cache_dir: str | Path,
         score: Callable[[np.ndarray], np.ndarray] | None = None,
+        kind: str = "scores",
+        dims: int = 64,
     ) -> TeacherTrack:
         """Score `pool` with the teacher at `model_path` (or `score`, a stand-in for it), or
-        read the cached scores, and keep the classes present in it."""
+        read the cached rows. `kind` "scores": the classes present in the pool are kept;
+        "embedding": the embedding's `dims` leading principal components over the pool,
+        standardised (`classes` then numbers the components)."""
         path = Path(model_path)
         if not path.is_file():
             raise FileNotFoundError(f"teacher model {path} not found (give yamnet.tflite)")
+        if kind not in ("scores", "embedding"):
+            raise ValueError(f"teacher kind must be 'scores' or 'embedding', got {kind!r}")
         model_key = hashlib.sha1(f"{path.name}:{path.stat().st_size}".encode()).hexdigest()[:10]
-        array_file = Path(cache_dir) / f"teacher-{pool.key}-{model_key}.npy"
+        suffix = "" if kind == "scores" else f"-embedding{dims}"
+        array_file = Path(cache_dir) / f"teacher-{pool.key}-{model_key}{suffix}.npy"
         index_file = array_file.with_suffix(".json")
         if array_file.is_file() and index_file.is_file():
             return cls(np.load(array_file, mmap_mode="r"), json.loads(index_file.read_text())["classes"])
-        full = score_track(pool.audio, score or yamnet_scorer(path))
-        present = np.quantile(full.astype(np.float32), 0.999, axis=0) >= MIN_PRESENT
-        classes = [int(i) for i in np.flatnonzero(present)]
+        if kind == "embedding":
+            rows = score_track(pool.audio, score or yamnet_embedder(path)).astype(np.float32)
+            full = principal_components(rows, dims).astype(np.float16)
+            classes = list(range(full.shape[1]))
+        else:
+            full = score_track(pool.audio, score or yamnet_scorer(path))
+            present = np.quantile(full.astype(np.float32), 0.999, axis=0) >= MIN_PRESENT
+            classes = [int(i) for i in np.flatnonzero(present)]
         if not classes:
             raise ValueError("the teacher found no class present in the negatives (is the pool silent?)")
         array_file.parent.mkdir(parents=True, exist_ok=True)

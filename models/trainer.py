@@ -28,7 +28,7 @@ from models import data as D
 from models.cached import RunResult
 from models.config import CLASSES, TrainConfig, build_net
 from models.live_scenes import LiveScene, LiveSceneMaker
-from models.losses import EventAwareLoss, EventSpan, distil_loss, teacher_loss
+from models.losses import EventAwareLoss, EventSpan, distil_loss, teacher_embedding_loss, teacher_loss
 from models.tuning import dev_scores, evaluate, selection_f1, tune_for_recipe
 from service.audio.features import FeatureParams
 
@@ -102,6 +102,7 @@ def train_live(
     config_dict: dict[str, Any] | None = None,
     teacher_head: torch.nn.Module | None = None,
     teacher_weight: float = 0.0,
+    teacher_kind: str = "scores",
     distil_from: Callable[[np.ndarray], np.ndarray] | None = None,
     distil_weight: float = 0.0,
     distil_classes: Sequence[int] | None = None,
@@ -109,9 +110,10 @@ def train_live(
     """Train (or resume from OUT_DIR/last.pt); returns the run's summary. OUT_DIR/best.pt holds
     the best network state by the `evaluate` selection metric. `teacher_head` (training
     only, models/teacher.py) reads the network's temporal features and learns the teacher's
-    scores with weight `teacher_weight`. `distil_from` (models/teacher.harken_scorer) scores
-    each batch with another harken model, whose scores the network learns with weight
-    `distil_weight` (of the class indices `distil_classes`, or all)."""
+    scores (or embedding, `teacher_kind`) with weight `teacher_weight`. `distil_from`
+    (models/teacher.harken_scorer) scores each batch with another harken model, whose scores
+    the network learns with weight `distil_weight` (of the class indices `distil_classes`,
+    or all)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     last_file, best_file = out_dir / "last.pt", out_dir / "best-state.pt"
     trained = list(net.parameters()) + (list(teacher_head.parameters()) if teacher_head is not None else [])
@@ -163,7 +165,8 @@ def train_live(
             features = net.features(x)  # type: ignore[operator]
             logits = net.head(features).transpose(1, 2)  # type: ignore[operator]
             loss, parts = loss_fn(logits, y, w, events, onsets)
-            learnt = teacher_loss(teacher_head(features).transpose(1, 2), teacher, teacher_mask)
+            learn = teacher_embedding_loss if teacher_kind == "embedding" else teacher_loss
+            learnt = learn(teacher_head(features).transpose(1, 2), teacher, teacher_mask)
             loss = loss + teacher_weight * learnt
             parts = {**parts, "teacher": float(learnt.item())}
         else:
@@ -366,7 +369,9 @@ def train_live_command(
             raise ValueError("the teacher scores the train negatives: give --negatives")
         if cfg.net.kind != "freqconv":
             raise ValueError("loss.teacher needs net.kind: freqconv")
-        teacher = TeacherTrack.for_pool(pool, args.teacher, cache_dir)
+        teacher = TeacherTrack.for_pool(
+            pool, args.teacher, cache_dir, kind=cfg.loss.teacher_kind, dims=cfg.loss.teacher_dims
+        )
         torch.manual_seed(cfg.seed + 1)
         teacher_head = torch.nn.Conv1d(cfg.net.channels, teacher.n_classes, 1)
     distil_from = None
@@ -457,6 +462,7 @@ def train_live_command(
         config_dict=cfg.to_dict(),
         teacher_head=teacher_head,
         teacher_weight=cfg.loss.teacher,
+        teacher_kind=cfg.loss.teacher_kind,
         distil_from=distil_from,
         distil_weight=cfg.loss.distil,
         distil_classes=distil_classes,

@@ -17,7 +17,14 @@ torch = require_module("torch", "the [train] extra (torch)")
 from models import data as D  # noqa: E402
 from models.live_scenes import LiveSceneConfig, LiveSceneMaker  # noqa: E402
 from models.negatives import NegativePool  # noqa: E402
-from models.teacher import HOP_SAMPLES, WINDOW_SAMPLES, TeacherTrack, yamnet_scorer  # noqa: E402
+from models.teacher import (  # noqa: E402
+    HOP_SAMPLES,
+    WINDOW_SAMPLES,
+    TeacherTrack,
+    principal_components,
+    yamnet_embedder,
+    yamnet_scorer,
+)
 from service import cli  # noqa: E402
 from tests.negatives_data import make_negatives  # noqa: E402
 from tests.test_live_training import LIVE_CONFIG  # noqa: E402
@@ -58,6 +65,47 @@ def test_teacher_scores_are_cached_and_keep_present_classes(tiny: dict[str, Path
     np.testing.assert_array_equal(track.frames(0, centres), np.asarray(track.scores)[[0, 1, 5]])
     np.testing.assert_array_equal(track.frames(HOP_SAMPLES, centres), np.asarray(track.scores)[[1, 2, 6]])
     assert np.array_equal(track.frames(-10**6, centres[:1]), np.asarray(track.scores)[:1])
+
+
+def stand_in_embedding(window: np.ndarray) -> np.ndarray:
+    """A 1024-d 'embedding': the window's level in a few bands of its spectrum, repeated."""
+    spectrum = np.abs(np.fft.rfft(window))[:1024]
+    bands = np.log1p(spectrum.reshape(16, -1).mean(axis=1))
+    return np.tile(bands, 64).astype(np.float32)
+
+
+def test_embedding_teacher_keeps_standardised_leading_components(tiny: dict[str, Path]) -> None:
+    cache = tiny["root"] / "cache-embedding"
+    pool = NegativePool.load(tiny["negatives"], "train", cache)
+    track = TeacherTrack.for_pool(pool, tiny["model"], cache, score=stand_in_embedding, kind="embedding", dims=4)
+    rows = np.asarray(track.scores, dtype=np.float32)
+    assert track.classes == [0, 1, 2, 3]
+    assert rows.shape == (1 + (pool.audio.shape[0] - WINDOW_SAMPLES) // HOP_SAMPLES, 4)
+    np.testing.assert_allclose(rows.mean(axis=0), 0.0, atol=0.01)
+    np.testing.assert_allclose(rows.std(axis=0), 1.0, atol=0.01)
+
+    def never(_window: np.ndarray) -> np.ndarray:
+        raise AssertionError("the cached rows must be read, not recomputed")
+
+    again = TeacherTrack.for_pool(pool, tiny["model"], cache, score=never, kind="embedding", dims=4)
+    np.testing.assert_array_equal(np.asarray(again.scores), np.asarray(track.scores))
+    # The class scores are cached apart: asking for them computes them.
+    scores = TeacherTrack.for_pool(pool, tiny["model"], cache, score=stand_in)
+    assert scores.classes == [3, 7]
+    with pytest.raises(ValueError, match="teacher kind"):
+        TeacherTrack.for_pool(pool, tiny["model"], cache, score=stand_in, kind="logits")
+
+
+def test_principal_components_are_the_directions_of_most_variance() -> None:
+    rng = np.random.default_rng(0)
+    x = np.zeros((2000, 5))
+    x[:, 2] = 10 * rng.standard_normal(2000)  # most variance
+    x[:, 4] = 3 * rng.standard_normal(2000)
+    x += 0.01 * rng.standard_normal(x.shape)
+    pc = principal_components(x, 2)
+    assert abs(np.corrcoef(pc[:, 0], x[:, 2])[0, 1]) > 0.999
+    assert abs(np.corrcoef(pc[:, 1], x[:, 4])[0, 1]) > 0.999
+    np.testing.assert_array_equal(pc, principal_components(x, 2))
 
 
 def test_scenes_carry_teacher_scores_only_over_plain_negatives(tiny: dict[str, Path]) -> None:
@@ -107,6 +155,25 @@ def test_training_with_the_teacher_learns_its_head_and_resumes(tiny: dict[str, P
     assert onnx_path.stat().st_size > 0
 
 
+def test_training_learns_the_teachers_embedding(tiny: dict[str, Path]) -> None:
+    root = tiny["root"]
+    cache = root / "cache"
+    pool = NegativePool.load(tiny["negatives"], "train", cache)
+    TeacherTrack.for_pool(pool, tiny["model"], cache, score=stand_in_embedding, kind="embedding", dims=4)
+    config = root / "teacher-embedding.yaml"
+    config.write_text(LIVE_CONFIG.replace(
+        "loss: {onset: 1.0, onset_frames: 10}",
+        "loss: {onset: 1.0, onset_frames: 10, teacher: 1.0, teacher_kind: embedding, teacher_dims: 4}"))
+    assert cli.main(["train", "--config", str(config), "--data", str(tiny["data"]), "--negatives",
+                     str(tiny["negatives"]), "--cache", str(cache), "--teacher", str(tiny["model"]),
+                     "--out", str(root / "embedding")]) == 0
+    last = torch.load(root / "embedding" / "last.pt", weights_only=False)
+    assert last["teacher_head"]["weight"].shape == (4, 8, 1)
+    history = json.loads((root / "embedding" / "history.json").read_text())["history"]
+    # mean squared error against unit-variance components: positive, and not a BCE's ~0.02
+    assert any(entry["teacher"] > 0.1 for entry in history)
+
+
 def test_teacher_errors_are_clear(tiny: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     root = tiny["root"]
     config = root / "teacher-missing.yaml"
@@ -116,6 +183,16 @@ def test_teacher_errors_are_clear(tiny: dict[str, Path], capsys: pytest.CaptureF
     assert "needs --teacher" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match=r"nope\.tflite not found"):
         yamnet_scorer(root / "nope.tflite")
+    with pytest.raises(FileNotFoundError, match=r"nope\.tflite not found"):
+        yamnet_embedder(root / "nope.tflite")
+    with pytest.raises(ValueError, match=r"yamnet\.tflite: not a TFLite model"):
+        yamnet_embedder(tiny["model"])
+    bad = root / "teacher-kind.yaml"
+    bad.write_text(LIVE_CONFIG.replace("loss: {onset: 1.0, onset_frames: 10}",
+                                       "loss: {teacher: 1.0, teacher_kind: logits}"))
+    assert cli.main(["train", "--config", str(bad), "--data", str(tiny["data"]), "--negatives",
+                     str(tiny["negatives"]), "--cache", str(root / "cache"), "--out", str(root / "x")]) != 0
+    assert "teacher_kind" in capsys.readouterr().err
 
 
 def test_training_distils_a_harken_model_and_refuses_one_that_does_not_line_up(
