@@ -68,13 +68,18 @@ def yamnet_scorer(model_path: str | Path) -> Callable[[np.ndarray], np.ndarray]:
     scores_out = [o for o in interpreter.get_output_details() if list(o["shape"]) == [1, 521]]
     if not scores_out:
         raise ValueError(f"{path}: no [1, 521] output (YAMNet's class scores)")
+    return _window_reader(interpreter, inp, scores_out[0]["index"])
 
-    def score(window: np.ndarray) -> np.ndarray:
+
+def _window_reader(interpreter: Any, inp: dict[str, Any], index: int) -> Callable[[np.ndarray], np.ndarray]:
+    """A function from one window to the flattened tensor `index` of YAMNet's graph."""
+
+    def read(window: np.ndarray) -> np.ndarray:
         interpreter.set_tensor(inp["index"], window[None].astype(np.float32))
         interpreter.invoke()
-        return np.array(interpreter.get_tensor(scores_out[0]["index"])[0], dtype=np.float32)
+        return np.array(interpreter.get_tensor(index), dtype=np.float32).reshape(-1)
 
-    return score
+    return read
 
 
 def yamnet_embedder(model_path: str | Path) -> Callable[[np.ndarray], np.ndarray]:
@@ -84,14 +89,7 @@ def yamnet_embedder(model_path: str | Path) -> Callable[[np.ndarray], np.ndarray
     found = [t for t in interpreter.get_tensor_details() if t["name"] == EMBEDDING_TENSOR]
     if not found:
         raise ValueError(f"{path}: no tensor {EMBEDDING_TENSOR} (YAMNet's embedding)")
-    index = found[0]["index"]
-
-    def embed(window: np.ndarray) -> np.ndarray:
-        interpreter.set_tensor(inp["index"], window[None].astype(np.float32))
-        interpreter.invoke()
-        return np.array(interpreter.get_tensor(index), dtype=np.float32).reshape(-1)
-
-    return embed
+    return _window_reader(interpreter, inp, found[0]["index"])
 
 
 def principal_components(rows: np.ndarray, dims: int) -> np.ndarray:

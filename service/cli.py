@@ -251,12 +251,21 @@ def _training_module(command: str):
     return train
 
 
+def _bad_input_as_config_error(
+    command: Callable[[argparse.Namespace], int],
+    args: argparse.Namespace,
+    errors: tuple[type[Exception], ...] = (FileNotFoundError, ValueError),
+) -> int:
+    """Run a training-side command; a missing file or bad value becomes one clear error."""
+    try:
+        return command(args)
+    except errors as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     train = _training_module("train")
-    try:
-        return train.cmd_train(args)
-    except (FileNotFoundError, ValueError) as exc:
-        raise ConfigError(str(exc)) from None
+    return _bad_input_as_config_error(train.cmd_train, args)
 
 
 def cmd_mine(args: argparse.Namespace) -> int:
@@ -265,22 +274,15 @@ def cmd_mine(args: argparse.Namespace) -> int:
 
     if not args.checkpoint.is_file():
         raise ConfigError(f"checkpoint {args.checkpoint} not found (write one with `harken train`)")
-    try:
-        return mine_command(args)
-    except (FileNotFoundError, ValueError) as exc:
-        raise ConfigError(str(exc)) from None
+    return _bad_input_as_config_error(mine_command, args)
 
 
 def cmd_reference(args: argparse.Namespace) -> int:
     _training_module("reference")
     from models.reference import cmd_reference as reference_command
 
-    if not args.yamnet.is_file():
-        raise ConfigError(f"--yamnet {args.yamnet} not found (../shared/models/yamnet/yamnet.tflite)")
-    try:
-        return reference_command(args)
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
-        raise ConfigError(str(exc)) from None
+    # RuntimeError: the teacher's runtime (ai-edge-litert) is not installed
+    return _bad_input_as_config_error(reference_command, args, (FileNotFoundError, ValueError, RuntimeError))
 
 
 def cmd_export(args: argparse.Namespace) -> int:
