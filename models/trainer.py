@@ -106,6 +106,7 @@ def train_live(
     distil_from: Callable[[np.ndarray], np.ndarray] | None = None,
     distil_weight: float = 0.0,
     distil_classes: Sequence[int] | None = None,
+    distil_positive: float = 1.0,
 ) -> dict[str, Any]:
     """Train (or resume from OUT_DIR/last.pt); returns the run's summary. OUT_DIR/best.pt holds
     the best network state by the `evaluate` selection metric. `teacher_head` (training
@@ -113,7 +114,7 @@ def train_live(
     scores (or embedding, `teacher_kind`) with weight `teacher_weight`. `distil_from`
     (models/teacher.harken_scorer) scores each batch with another harken model, whose scores
     the network learns with weight `distil_weight` (of the class indices `distil_classes`,
-    or all)."""
+    or all), frames it scores above 0.5 weighing `distil_positive`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     last_file, best_file = out_dir / "last.pt", out_dir / "best-state.pt"
     trained = list(net.parameters()) + (list(teacher_head.parameters()) if teacher_head is not None else [])
@@ -173,7 +174,9 @@ def train_live(
             logits = net(x)
             loss, parts = loss_fn(logits, y, w, events, onsets)
         if distil_from is not None:
-            imitated = distil_loss(logits, torch.from_numpy(distil_from(x.numpy())), distil_classes)
+            imitated = distil_loss(
+                logits, torch.from_numpy(distil_from(x.numpy())), distil_classes, distil_positive
+            )
             loss = loss + distil_weight * imitated
             parts = {**parts, "distil": float(imitated.item())}
         opt.zero_grad()
@@ -466,6 +469,7 @@ def train_live_command(
         distil_from=distil_from,
         distil_weight=cfg.loss.distil,
         distil_classes=distil_classes,
+        distil_positive=cfg.loss.distil_positive,
     )
     scores = dev_scores(net, dev, cfg.net.lookahead_frames)
     metrics_default = evaluate(scores, dev, cfg.decision)

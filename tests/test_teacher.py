@@ -247,3 +247,30 @@ def test_distillation_of_some_classes_ignores_the_others() -> None:
     alarm_only.backward()
     assert logits.grad is not None
     assert float(logits.grad[..., [0, 2]].abs().max()) == 0.0 and float(logits.grad[..., 1].abs().max()) > 0
+
+
+def test_distillation_weighs_the_elders_positive_frames_up() -> None:
+    """`positive_weight`: frames the elder scores above 0.5 count that many times, every
+    other frame once, and the sum is over as many terms as a plain mean: the frames the
+    elder calls negative keep exactly their weight."""
+    from models.losses import LossConfig, distil_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 40, 3)
+    scores = torch.full((2, 40, 3), 0.1)
+    scores[:, 10:14, 1] = 0.95
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, scores, reduction="none")
+    positive = scores > 0.5
+    expected = (bce.sum() + 7.0 * bce[positive].sum()) / bce.numel()
+    torch.testing.assert_close(distil_loss(logits, scores, positive_weight=8.0), expected)
+    torch.testing.assert_close(distil_loss(logits, scores, positive_weight=1.0), bce.mean())
+    # Only the positive frames' weight moves: a change on a negative frame costs the same.
+    quiet = scores.clone()
+    quiet[0, 0, 0] = 0.3
+    plain_change = distil_loss(logits, quiet) - distil_loss(logits, scores)
+    weighted_change = (
+        distil_loss(logits, quiet, positive_weight=8.0) - distil_loss(logits, scores, positive_weight=8.0)
+    )
+    torch.testing.assert_close(plain_change, weighted_change)
+    with pytest.raises(ValueError, match=r"loss\.distil_positive must be >= 1"):
+        LossConfig(distil_positive=0.5)
