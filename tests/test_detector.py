@@ -34,8 +34,8 @@ def _streamed(detector: Detector, audio: np.ndarray, chunk: int) -> np.ndarray:
 
 
 def test_the_bundled_model_is_a_joined_pair_and_the_lite_option_keeps_its_contract(detector: Detector) -> None:
-    """models/harken.onnx (model card: S+ST, 2.3.0) is two members joined into one
-    network; models/harken-lite.onnx (2.2.0, one member, half the compute) loads through
+    """models/harken.onnx (model card: S4DP+ST, 2.4.0) is two members joined into one
+    network; models/harken-lite.onnx (S3DP, one network, half the compute) loads through
     the same contract, streams like one pass and finds a T3 alarm, so `model:` can point
     at it on a slow machine."""
     c = detector.contract
@@ -115,7 +115,7 @@ def test_a_bundled_model_can_be_named_by_its_file_name(tmp_path: Path, monkeypat
     monkeypatch.chdir(tmp_path)
     lite = Detector.load("harken-lite.onnx")
     assert lite.path == bundled_model_path().with_name("harken-lite.onnx")
-    assert lite.contract.model_version == "2.2.0"
+    assert (lite.contract.model_name, lite.contract.model_version) == ("harken-fcnn-small", "2.4.0")
     local = tmp_path / "harken-lite.onnx"
     local.write_bytes(b"not a model")
     with pytest.raises(ContractError, match="not a loadable ONNX model"):
