@@ -115,7 +115,7 @@ def test_a_bundled_model_can_be_named_by_its_file_name(tmp_path: Path, monkeypat
     monkeypatch.chdir(tmp_path)
     lite = Detector.load("harken-lite.onnx")
     assert lite.path == bundled_model_path().with_name("harken-lite.onnx")
-    assert (lite.contract.model_name, lite.contract.model_version) == ("harken-fcnn-small", "2.4.0")
+    assert (lite.contract.model_name, lite.contract.model_version) == ("harken-fcnn-small", "2.4.1")
     local = tmp_path / "harken-lite.onnx"
     local.write_bytes(b"not a model")
     with pytest.raises(ContractError, match="not a loadable ONNX model"):
