@@ -173,7 +173,30 @@ def dev_figures(mt: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def ensemble_onnx(paths: Sequence[Path]) -> tuple[onnx.ModelProto, ModelContract]:
+def member_weight_matrix(
+    class_names: Sequence[str], members: int, member_weights: Mapping[str, Sequence[float]] | None
+) -> np.ndarray | None:
+    """(members, classes) weights of each member's logit per class: 1/members unless
+    `member_weights` names a class, whose weights (one per member, at least 0, summing to
+    1) replace the mean for that class. None when every class keeps the plain mean."""
+    if not member_weights:
+        return None
+    weights = np.full((members, len(class_names)), 1.0 / members)
+    for name, given in member_weights.items():
+        if name not in class_names:
+            raise ValueError(f"member weights: the models have no class {name!r} (classes: {', '.join(class_names)})")
+        values = np.asarray(given, dtype=np.float64)
+        if values.shape != (members,):
+            raise ValueError(f"member weights of {name}: {len(values)} given for {members} members (one per model)")
+        if (values < 0).any() or abs(values.sum() - 1.0) > 1e-6:
+            raise ValueError(f"member weights of {name}: each at least 0 and together 1, got {list(given)}")
+        weights[:, list(class_names).index(name)] = values
+    return weights
+
+
+def ensemble_onnx(
+    paths: Sequence[Path], member_weights: Mapping[str, Sequence[float]] | None = None
+) -> tuple[onnx.ModelProto, ModelContract]:
     """Exported models read as one network: the mean of their logits, then the sigmoid. The
     models must share classes, features and look-ahead (so the ensemble streams exactly
     like each of them); a false alarm then needs them all confident on the same frames, and
@@ -182,7 +205,9 @@ def ensemble_onnx(paths: Sequence[Path]) -> tuple[onnx.ModelProto, ModelContract
     and a member with a shorter one has its first frames dropped so every member's frame j
     belongs to the same input frame. The contract is the first model's, with that receptive
     field, the members, their parameters and multiply-accumulates added up; its decisions
-    are to be re-tuned for the ensemble."""
+    are to be re-tuned for the ensemble. `member_weights` ({class: [weight per member]})
+    weighs the members' logits of a class instead of the plain mean, e.g. {"smoke_alarm":
+    [1, 0]} takes the alarm from the first model alone (`member_weight_matrix`)."""
     models = [onnx.load(str(p)) for p in paths]
     contracts = [contract_of(m, str(p)) for m, p in zip(models, paths, strict=True)]
     first = contracts[0]
@@ -193,12 +218,15 @@ def ensemble_onnx(paths: Sequence[Path]) -> tuple[onnx.ModelProto, ModelContract
                 f"{path}: classes, features or look-ahead differ from {paths[0]}'s (look-ahead "
                 f"{c.lookahead_frames} vs {first.lookahead_frames} frames): it cannot join the ensemble"
             )
+    weights = member_weight_matrix(first.class_names, len(paths), member_weights)
     first = replace(first, receptive_field_frames=max(c.receptive_field_frames for c in contracts))
-    graph = _joined_or_side_by_side(paths, models, first, [c.receptive_field_frames for c in contracts])
+    graph = _joined_or_side_by_side(paths, models, first, [c.receptive_field_frames for c in contracts], weights)
     merged = onnx.helper.make_model(graph, opset_imports=models[0].opset_import, producer_name="harken")
     merged.ir_version = models[0].ir_version
     members = [f"{c.model_name} {c.model_version}" for c in contracts]
-    merged.doc_string = f"harken ensemble of {', '.join(members)}: the mean of their logits"
+    merged.doc_string = f"harken ensemble of {', '.join(members)}: the mean of their logits" + (
+        "" if weights is None else f", weighted per class {dict(member_weights or {})}"
+    )
     # What differs between members is kept per member; the weights are open only when
     # every member's are.
     own = ("command", "seed", "steps", "best_step", "train_seconds", "licences", "weights_licence", "weights")
@@ -209,6 +237,8 @@ def ensemble_onnx(paths: Sequence[Path]) -> tuple[onnx.ModelProto, ModelContract
         training={
             **{k: v for k, v in first.training.items() if k not in own},
             "ensemble": members,
+            **({"member_weights": {k: [float(v) for v in w] for k, w in (member_weights or {}).items()}}
+               if weights is not None else {}),
             "members": [
                 {"model": m, **{k: c.training[k] for k in own if k in c.training}}
                 for m, c in zip(members, contracts, strict=True)
@@ -225,19 +255,23 @@ def ensemble_onnx(paths: Sequence[Path]) -> tuple[onnx.ModelProto, ModelContract
 
 
 def _joined_or_side_by_side(
-    paths: Sequence[Path], models: Sequence[onnx.ModelProto], first: ModelContract, fields: Sequence[int]
+    paths: Sequence[Path],
+    models: Sequence[onnx.ModelProto],
+    first: ModelContract,
+    fields: Sequence[int],
+    weights: np.ndarray | None = None,
 ) -> onnx.GraphProto:
     """Members of one FreqConvTCN shape joined into one network (models/joined.py: grouped
     convolutions, faster), checked against the members side by side on a probe; other
     members (and members of different receptive fields `fields`) side by side, one branch each."""
     from models.joined import JOIN_TOLERANCE, joined_graph, read_freqconv
 
-    side_by_side = _side_by_side(paths, models, first, fields)
+    side_by_side = _side_by_side(paths, models, first, fields, weights)
     if len(set(fields)) > 1:
         return side_by_side
     try:
-        weights = [read_freqconv(m) for m in models]
-        joined = joined_graph(weights, models[0].graph.input[0], models[0].graph.output[0])
+        members = [read_freqconv(m) for m in models]
+        joined = joined_graph(members, models[0].graph.input[0], models[0].graph.output[0], weights)
     except ValueError:
         return side_by_side
     rng = np.random.default_rng(0)
@@ -263,9 +297,14 @@ def _run_graph(
 
 
 def _side_by_side(
-    paths: Sequence[Path], models: Sequence[onnx.ModelProto], first: ModelContract, fields: Sequence[int]
+    paths: Sequence[Path],
+    models: Sequence[onnx.ModelProto],
+    first: ModelContract,
+    fields: Sequence[int],
+    weights: np.ndarray | None = None,
 ) -> onnx.GraphProto:
-    """The members as parallel branches of one graph, their logits averaged; a member whose
+    """The members as parallel branches of one graph, their logits averaged (or weighed per
+    class by `weights`, (members, classes)); a member whose
     receptive field is shorter than the ensemble's (`first`) loses its first frames, which
     belong to input frames the longest member has no output for."""
     nodes, initializers, logits = [], [], []
@@ -289,7 +328,16 @@ def _side_by_side(
             nodes.append(onnx.helper.make_node("Slice", [logit, *names], [f"member{i}/aligned_logit"]))
             logit = f"member{i}/aligned_logit"
         logits.append(logit)
-    nodes.append(onnx.helper.make_node("Mean", logits, ["ensemble/mean_logit"]))
+    if weights is not None:  # each member's logits (1, T, classes) times its weight per class, summed
+        scaled = []
+        for i, logit in enumerate(logits):
+            weight, weighted = f"member{i}/class_weight", f"member{i}/weighted_logit"
+            initializers.append(onnx.numpy_helper.from_array(weights[i].astype(np.float32), weight))
+            nodes.append(onnx.helper.make_node("Mul", [logit, weight], [weighted]))
+            scaled.append(weighted)
+        nodes.append(onnx.helper.make_node("Sum", scaled, ["ensemble/mean_logit"]))
+    else:
+        nodes.append(onnx.helper.make_node("Mean", logits, ["ensemble/mean_logit"]))
     nodes.append(onnx.helper.make_node("Sigmoid", ["ensemble/mean_logit"], [first.output_name]))
     return onnx.helper.make_graph(
         nodes, "harken-ensemble", [models[0].graph.input[0]], [models[0].graph.output[0]], initializers
@@ -322,7 +370,8 @@ def retune_onnx(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     more = [Path(p) for p in getattr(args, "ensemble", None) or []]
-    model = ensemble_onnx([Path(args.checkpoint), *more])[0] if more else onnx.load(str(args.checkpoint))
+    weights = getattr(args, "member_weights", None)
+    model = ensemble_onnx([Path(args.checkpoint), *more], weights)[0] if more else onnx.load(str(args.checkpoint))
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(args.checkpoint)
         if more:  # the detector opens files: the joined model goes through one

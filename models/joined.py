@@ -120,9 +120,14 @@ class _Graph:
 
 
 def joined_graph(
-    members: Sequence[FreqConvWeights], input_info: onnx.ValueInfoProto, output_info: onnx.ValueInfoProto
+    members: Sequence[FreqConvWeights],
+    input_info: onnx.ValueInfoProto,
+    output_info: onnx.ValueInfoProto,
+    member_weights: np.ndarray | None = None,
 ) -> onnx.GraphProto:
-    """One graph computing sigmoid(mean of the members' logits): (B, T, n_mels) -> (B, T', classes)."""
+    """One graph computing sigmoid(mean of the members' logits): (B, T, n_mels) -> (B, T', classes).
+    `member_weights` (members, classes), each column summing to 1, weighs each member's logit
+    per class instead of the plain mean (say one class taken from one member alone)."""
     first = members[0]
     if any(m.shapes != first.shapes for m in members):
         raise ValueError("the members' layers differ in shape or dilation: they cannot be joined")
@@ -162,9 +167,14 @@ def joined_graph(
         residual = g.node("Slice", [h, g.tensor(f"blocks.{t}.shrink", np.array([shrink], np.int64)), to_end,
                                     time_axis], f"blocks.{t}.residual")
         h = g.node("Add", [out, residual], f"blocks.{t}.out")
-    # The mean of the members' heads is one head over all members' channels.
-    head = (np.concatenate([m.head.weight[:, :, None, :] for m in members], axis=1) / n).astype(np.float32)
-    logits = g.conv(h, "head", head, np.mean([m.head.bias for m in members], axis=0).astype(np.float32), relu=False)
+    # The (weighted) mean of the members' heads is one head over all members' channels:
+    # member i's rows of class c scaled by its weight for c.
+    weights = np.full((n, first.head.weight.shape[0]), 1.0 / n) if member_weights is None else member_weights
+    head = np.concatenate(
+        [m.head.weight[:, :, None, :] * weights[i][:, None, None, None] for i, m in enumerate(members)], axis=1
+    ).astype(np.float32)
+    bias = np.sum([m.head.bias * weights[i] for i, m in enumerate(members)], axis=0).astype(np.float32)
+    logits = g.conv(h, "head", head, bias, relu=False)
     squeezed = g.node("Squeeze", [logits, g.tensor("axis_2", np.array([2], np.int64))], "head.frames")  # (B, C, T')
     time_major = g.node("Transpose", [squeezed], "logits", perm=[0, 2, 1])
     g.node("Sigmoid", [time_major], output_info.name)

@@ -291,6 +291,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"checkpoint {args.checkpoint} not found (write one with `harken train`)"
         )
+    if args.member_weights is not None:
+        args.member_weights = _member_weights(args.member_weights, 1 + len(args.ensemble or []))
     if args.weights and not args.data:
         raise ConfigError("--weights needs --data: the decisions are re-tuned for the exported weights")
     if args.checkpoint.suffix == ".onnx" and args.member is None and not (args.config and args.data and args.cache):
@@ -312,7 +314,26 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.member is not None and (args.checkpoint.suffix != ".onnx" or not args.config or args.ensemble):
         raise ConfigError("--member N takes one network out of a side-by-side ensemble: give the ensemble "
                           ".onnx as --checkpoint and the members' recipe as --config, without --ensemble")
-    return train.cmd_export(args)
+    return _bad_input_as_config_error(train.cmd_export, args)
+
+
+def _member_weights(items: list[str], models: int) -> dict[str, list[float]]:
+    """`--member-weights smoke_alarm=1,0 ...` as {class: [weight per model]}; whether the
+    class exists and the weights add up is checked where the models are read
+    (models.export.member_weight_matrix)."""
+    if models < 2:
+        raise ConfigError("--member-weights weighs the models of an ensemble: give --ensemble MORE.onnx too")
+    weights: dict[str, list[float]] = {}
+    for item in items:
+        name, sep, values = item.partition("=")
+        try:
+            if not sep or not name:
+                raise ValueError
+            weights[name] = [float(v) for v in values.split(",")]
+        except ValueError:
+            raise ConfigError(f"--member-weights {item!r}: write CLASS=W,W (one weight per model), "
+                              "e.g. smoke_alarm=1,0") from None
+    return weights
 
 
 def _eval_command(args: argparse.Namespace) -> str:
@@ -536,6 +557,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with a model .onnx: more exported models (other seeds or recipes, same "
                              "look-ahead; the longest memory sets the receptive field) joined with it as "
                              "one network, the mean of their logits; the decisions are re-tuned for the ensemble")
+    export.add_argument("--member-weights", nargs="+", metavar="CLASS=W,W", default=None,
+                        help="with --ensemble: one class's logit as a weighted mean of the models' (one "
+                             "weight per model, --checkpoint first, summing to 1), e.g. smoke_alarm=1,0 takes "
+                             "the alarm from the first model alone; other classes keep the plain mean")
     export.add_argument("--member", type=int, metavar="N",
                         help="with a side-by-side ensemble .onnx: write its member N (0, 1, ...) as a "
                              "model of its own (needs --config, the member's recipe; --data re-tunes it)")

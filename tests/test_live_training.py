@@ -251,6 +251,59 @@ def test_freqconv_network_streams_like_one_pass_after_export(tmp_path: Path, var
         np.testing.assert_allclose(np.concatenate(parts), whole, atol=1e-5)
 
 
+@pytest.mark.parametrize("second", [(4, 8, 8), (8, 8, 8)], ids=["joined", "side-by-side"])
+def test_an_ensemble_can_take_a_class_from_one_member(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], second: tuple[int, ...]
+) -> None:
+    """`harken export ... --ensemble B.onnx --member-weights smoke_alarm=1,0`: the alarm's
+    logit is the first model's alone and the other classes keep the mean of both, whether
+    the members are joined into one network or run side by side; the contract says so, and
+    weights that name no class, miss a model or do not add up are refused by name."""
+    from models.export import ensemble_onnx, export_onnx
+    from service.decision import DecisionParams
+
+    nets = [_freqconv_with_running_stats(10), _freqconv_with_running_stats(11, second)]
+    decisions = {c: DecisionParams() for c in D.CLASSES}
+    paths = [tmp_path / f"m{i}.onnx" for i in range(2)]
+    for i, (net, path) in enumerate(zip(nets, paths, strict=True)):
+        export_onnx(net, path, D.CLASSES, 3, decisions, "fc", f"0.0.{i}", {"parameters": 100, "macs_per_frame": 7})
+    model, contract = ensemble_onnx(paths, {"smoke_alarm": [1.0, 0.0]})
+    assert contract.training["member_weights"] == {"smoke_alarm": [1.0, 0.0]}
+    convs = sum(n.op_type == "Conv" for n in model.graph.node)
+    one = sum(n.op_type == "Conv" for n in onnx.load(str(paths[0])).graph.node)
+    assert convs == (one if second == (4, 8, 8) else 2 * one)
+    pair = tmp_path / "pair.onnx"
+    onnx.save(model, str(pair))
+    feats = LogMel().frames(synth.background(4.0, np.random.default_rng(3)).astype(np.float32) * 0.1)
+    scores = Detector.load(pair).scores(feats)
+    field = nets[0].receptive_field
+    x = torch.from_numpy(pad_stream(feats, field - 3, 3))[None]
+    with torch.no_grad():
+        logits = [net(x)[0].numpy() for net in nets]
+    alarm = D.CLASSES.index("smoke_alarm")
+    weights = np.full((2, len(D.CLASSES)), 0.5)
+    weights[:, alarm] = (1.0, 0.0)
+    expected = 1.0 / (1.0 + np.exp(-(weights[0] * logits[0] + weights[1] * logits[1])))
+    np.testing.assert_allclose(scores, expected, atol=1e-5)
+    np.testing.assert_allclose(scores[:, alarm], Detector.load(paths[0]).scores(feats)[:, alarm], atol=1e-5)
+    assert not np.allclose(scores[:, 0], Detector.load(paths[0]).scores(feats)[:, 0], atol=1e-3)
+    for weights_given, reason in [
+        ({"smoke_alarms": [1.0, 0.0]}, "no class 'smoke_alarms'"),
+        ({"smoke_alarm": [1.0]}, "1 given for 2 members"),
+        ({"smoke_alarm": [0.7, 0.7]}, "together 1"),
+        ({"smoke_alarm": [1.5, -0.5]}, "each at least 0"),
+    ]:
+        with pytest.raises(ValueError, match=reason):
+            ensemble_onnx(paths, weights_given)
+    # The command line: CLASS=W,W with --ensemble; the same refusals as clear errors.
+    out = ["--out", str(tmp_path / "x.onnx")]
+    assert cli.main(["export", "--checkpoint", str(paths[0]), "--member-weights", "smoke_alarm=1,0", *out]) != 0
+    assert "give --ensemble MORE.onnx too" in capsys.readouterr().err
+    assert cli.main(["export", "--checkpoint", str(paths[0]), "--ensemble", str(paths[1]),
+                     "--member-weights", "smoke_alarm:1,0", *out]) != 0
+    assert "write CLASS=W,W" in capsys.readouterr().err
+
+
 def test_onset_term_wants_confident_first_frames() -> None:
     cfg = LossConfig(non_target=0, pooled=0, smooth=0, cross=0, onset=1.0, onset_frames=10)
     loss = EventAwareLoss(cfg, 3)

@@ -283,7 +283,8 @@ def test_cross_validation_scores_tuning_on_the_half_it_did_not_see() -> None:
     10 minutes; fold 1: five cries at 0.6. Tuned on fold 0 alone, on-threshold 0.9 is
     perfect there and finds nothing in fold 1; tuned on fold 1 alone, 0.5 finds fold 0's
     cries with its 6 false alarms. The held-out folds score what tuning on all of dev
-    (0.5 for both: 0.235 at 0.05 per false alarm an hour) cannot show: the choice does not carry from one half to the other."""
+    (0.5 for both: 0.235 at 0.05 per false alarm an hour) cannot show: the choice does not
+    carry from one half to the other."""
     items, scores = [], []
     for fold, level in ((0, 0.95), (1, 0.6)):
         for name in _names_in_fold(fold, 5, f"cry-fold{fold}-"):
