@@ -147,8 +147,9 @@ def tune_on_dev(
     print(f"re-tuned decisions on dev: mean F1 {mt['mean_f1']:.3f}, FA/h {mt['fa_per_hour']:.1f} (figures in {out})")
     floor = "met" if ship["alarm_floor_met"] else "NOT met: " + "; ".join(ship["alarm_floor_failed"])
     print(
-        f"shipping score (cry and glass F1 - 0.05 x FA/h) {ship['score']:.3f} "
-        f"(rule 2, 0.01 x FA/h: {ship['score_rule2']:.3f}); alarm floor {floor}"
+        f"shipping score (rule 4: cry and glass F1 - 0.025 x FA/h of every class) {ship['score']:.3f} "
+        f"(rule 3, the alarm's FA/h not charged: {ship['score_rule3']:.3f}; rule 2: {ship['score_rule2']:.3f}); "
+        f"alarm floor {floor}"
     )
     found = "; ".join(
         f"{c} " + ", ".join(f"{ebr} {v['found']}/{v['events']} ({v['heard']} heard)" for ebr, v in by.items())

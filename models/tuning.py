@@ -338,6 +338,13 @@ SCORED_CLASSES = ("baby_cry", "glass_break")
 SHIPPING_FA_COST = 0.05
 #: Rule 2's weight, still reported beside the score (`score_rule2`) so earlier rounds compare.
 RULE2_FA_COST = 0.01
+#: Rule 4 (tenth round, 2026-12-02, settled before the candidates it judges): the false
+#: smoke alarms an hour cost the score what a false cry or glass alarm an hour costs (0.05 /
+#: 2 of the mean), so every false alarm counts alike, as the issue's "all classes together"
+#: does. The alarm's F1 stays out (3 real dev recordings); its false alarms are measured on
+#: the same hours as the others'. `score_rule3` reports rule 3 (false alarms of the scored
+#: classes only) beside it.
+FA_CHARGED_CLASSES = ("baby_cry", "glass_break", "smoke_alarm")
 #: Alarm floor: procedural alarms found on time in dev scenes, real alarm events found in
 #: dev scenes, false smoke alarms per hour on dev negatives.
 ALARM_FLOOR = {"procedural_recall": 0.85, "real_recall": 0.67, "fa_per_hour": 1.0}
@@ -347,18 +354,24 @@ ALARM_FLOOR = {"procedural_recall": 0.85, "real_recall": 0.67, "fa_per_hour": 1.
 SHIPPING_MARGIN = 0.03
 
 
-def _scored(per_class: Mapping[str, Mapping[str, Any]], fa_cost: float = SHIPPING_FA_COST) -> float:
-    """The shipping score's figure: mean over the scored classes of F1 less the FA cost."""
-    return float(np.mean([
-        per_class[c]["f1"] - fa_cost * per_class[c]["fa_per_hour"] for c in SCORED_CLASSES
-    ]))
+def _scored(
+    per_class: Mapping[str, Mapping[str, Any]],
+    fa_cost: float = SHIPPING_FA_COST,
+    charged: Sequence[str] = FA_CHARGED_CLASSES,
+) -> float:
+    """The shipping score's figure: the mean F1 of the scored classes less `fa_cost` /
+    len(SCORED_CLASSES) per false alarm an hour of each class in `charged` (rule 4; rules 2
+    and 3 charged the scored classes only)."""
+    mean_f1 = float(np.mean([per_class[c]["f1"] for c in SCORED_CLASSES]))
+    false_alarms = sum(per_class[c]["fa_per_hour"] for c in charged)
+    return mean_f1 - fa_cost / len(SCORED_CLASSES) * false_alarms
 
 
 def shipping_score(report: Mapping[str, Any]) -> dict[str, Any]:
     """The shipping rule on a dev report (`harken export --data ... --negatives ...`, the
-    `.dev.json`): the mean over cries and glass of tuned dev-scene F1 less 0.05 per false
-    alarm an hour of that class (rule 3; `score_rule2`: less 0.01, rule 2), and whether the
-    smoke alarm clears its floor."""
+    `.dev.json`): the mean over cries and glass of tuned dev-scene F1 less 0.025 per false
+    alarm an hour of any class (rule 4; `score_rule3`: cry and glass false alarms only;
+    `score_rule2`: those at 0.005), and whether the smoke alarm clears its floor."""
     per_class = report["dev_tuned"]["per_class"]
     score = _scored(per_class)
     alarm = per_class["smoke_alarm"]
@@ -374,7 +387,8 @@ def shipping_score(report: Mapping[str, Any]) -> dict[str, Any]:
         failed.append(f"false smoke alarms {alarm['fa_per_hour']:.2f}/h > {ALARM_FLOOR['fa_per_hour']}")
     return {
         "score": round(score, 4),
-        "score_rule2": round(_scored(per_class, RULE2_FA_COST), 4),
+        "score_rule3": round(_scored(per_class, SHIPPING_FA_COST, SCORED_CLASSES), 4),
+        "score_rule2": round(_scored(per_class, RULE2_FA_COST, SCORED_CLASSES), 4),
         "alarm_floor_met": not failed,
         "alarm_floor_failed": failed,
     }

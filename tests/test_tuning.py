@@ -170,12 +170,17 @@ def _dev_report(cry: tuple[float, float], glass: tuple[float, float], alarm: tup
 
 def test_shipping_score_ranks_cries_and_glass_with_the_alarm_as_a_floor() -> None:
     shipped = shipping_score(_dev_report((0.4, 2.0), (0.5, 0.0), (0.9, 0.2), 0.9))
-    assert shipped == {"score": pytest.approx(0.4), "score_rule2": pytest.approx(0.44),
-                       "alarm_floor_met": True, "alarm_floor_failed": []}
-    # A better alarm does not move the score: 3 recordings cannot carry a third of it.
-    assert shipping_score(_dev_report((0.4, 2.0), (0.5, 0.0), (1.0, 0.0), 1.0))["score"] == shipped["score"]
+    assert shipped == {"score": pytest.approx(0.395), "score_rule3": pytest.approx(0.4),
+                       "score_rule2": pytest.approx(0.44), "alarm_floor_met": True, "alarm_floor_failed": []}
+    # Finding more alarms does not move the score: 3 recordings cannot carry a third of it.
+    assert shipping_score(_dev_report((0.4, 2.0), (0.5, 0.0), (1.0, 0.2), 1.0))["score"] == shipped["score"]
+    # Rule 4: a false smoke alarm an hour costs what a false cry alarm an hour costs.
+    quieter_alarm = shipping_score(_dev_report((0.4, 2.0), (0.5, 0.0), (0.9, 0.0), 0.9))
+    quieter_cry = shipping_score(_dev_report((0.4, 1.8), (0.5, 0.0), (0.9, 0.2), 0.9))
+    assert quieter_alarm["score"] == pytest.approx(quieter_cry["score"]) == pytest.approx(0.4)
+    assert quieter_alarm["score_rule3"] == shipped["score_rule3"]
     better = shipping_score(_dev_report((0.5, 1.0), (0.5, 0.0), (0.7, 0.5), 0.86))
-    assert better["score"] == pytest.approx(0.475) and ships_over(better, shipped)
+    assert better["score"] == pytest.approx(0.4625) and ships_over(better, shipped)
     # Within the margin (one recipe's run-to-run spread) the shipped model stays.
     close = shipping_score(_dev_report((0.44, 2.0), (0.5, 0.0), (0.9, 0.2), 0.9))
     assert close["score"] - shipped["score"] < SHIPPING_MARGIN and not ships_over(close, shipped)
