@@ -397,24 +397,29 @@ def retune_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_member(ensemble: Path, member: int, cfg: TrainConfig, out: Path) -> ModelContract:
-    """Member `member` of a side-by-side ensemble (`ensemble`) written as a model of its own,
-    with the ensemble's contract (its decisions until they are re-tuned) under the member's
-    name. `cfg` is the recipe of the member's network shape."""
+def write_member(
+    ensemble: Path, member: int, cfg: TrainConfig, out: Path, others: Sequence[Path] = ()
+) -> ModelContract:
+    """Member `member` of an ensemble (`ensemble`, side by side or joined) written as a model
+    of its own, with the ensemble's contract (its decisions until they are re-tuned) under
+    the member's name. `cfg` is the recipe of the member's network shape; a joined
+    ensemble also needs its other members' own models (`others`, in member order)."""
     from models.unfold import read_member, unfold_into
     from service.detector import Detector
 
     net = build_net(cfg, FeatureParams())
     if not isinstance(net, FreqConvTCN):
         raise ValueError("--member needs a recipe with net.kind: freqconv")
-    weights = read_member(ensemble, member)
+    contract = Detector.load(ensemble, threads=1).contract
+    members = len(contract.training.get("ensemble", [])) or 1 + len(others)
+    matrix = member_weight_matrix(contract.class_names, members, contract.training.get("member_weights"))
+    weights = read_member(ensemble, member, others, matrix)
     # Log-mel frames with the member's own feature statistics: in evaluation the unfolded
     # norms score exactly as the exported member whatever the sample (models/unfold.py).
     rng = np.random.default_rng(0)
     sample = weights.feature_mean + weights.feature_std * rng.standard_normal((8, 200, net.n_mels))
     unfold_into(net, weights, torch.from_numpy(sample.astype(np.float32)))
     net.eval()
-    contract = Detector.load(ensemble, threads=1).contract
     return export_onnx(
         net, out, contract.class_names, cfg.net.lookahead_frames, contract.decision,
         f"{contract.model_name}-member{member}", contract.model_version,
@@ -428,13 +433,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if getattr(args, "member", None) is not None:
         cfg = load_config(args.config)
+        others = [Path(p) for p in getattr(args, "other_members", None) or []]
         if not getattr(args, "data", None):
-            contract = write_member(Path(args.checkpoint), args.member, cfg, Path(args.out))
+            contract = write_member(Path(args.checkpoint), args.member, cfg, Path(args.out), others)
             print(f"wrote {args.out}: {contract.model_name} {contract.model_version} (decisions of the ensemble)")
             return 0
         with tempfile.TemporaryDirectory() as tmp:  # the member, then its decisions re-tuned
             member = Path(tmp) / "member.onnx"
-            write_member(Path(args.checkpoint), args.member, cfg, member)
+            write_member(Path(args.checkpoint), args.member, cfg, member, others)
             return retune_onnx(argparse.Namespace(**{**vars(args), "checkpoint": member, "member": None}))
     if Path(args.checkpoint).suffix == ".onnx":
         return retune_onnx(args)
@@ -446,9 +452,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     net.eval()
     decisions = {k: DecisionParams.from_dict(v) for k, v in ckpt["tuned"].items()}
     mt = ckpt["metrics_tuned"]
+    retuned_with = {}
     if getattr(args, "data", None):
         torch.set_num_threads(cfg.opt.threads)
-        decisions, mt = tune_on_dev(torch_scorer(net, cfg.net.lookahead_frames), cfg, args)
+        # --config names the tuning code (a later round's rules); the network stays the checkpoint's.
+        tuning = load_config(args.config) if getattr(args, "config", None) else cfg
+        decisions, mt = tune_on_dev(torch_scorer(net, cfg.net.lookahead_frames), tuning, args)
+        retuned_with = {"retuned_with": str(args.config)} if getattr(args, "config", None) else {}
     training = {
         "command": ckpt.get("command", ""),
         "steps": ckpt["steps"],
@@ -468,6 +478,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         "data": {k: ckpt["data"].get(k) for k in ("train", "dev", "scene_seconds")},
         **({"weights": [p.name for p in weights]} if weights else {}),
         **dev_figures(mt),
+        **retuned_with,
     }
     out = Path(args.out)
     export_onnx(

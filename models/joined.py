@@ -17,7 +17,7 @@ remaining bands, not a reshape.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -179,3 +179,84 @@ def joined_graph(
     time_major = g.node("Transpose", [squeezed], "logits", perm=[0, 2, 1])
     g.node("Sigmoid", [time_major], output_info.name)
     return helper.make_graph(g.nodes, "harken-joined", [input_info], [output_info], g.initializers)
+
+
+def joined_members(model: onnx.ModelProto) -> int:
+    """How many members a joined graph (`joined_graph`) holds: the groups of its projection."""
+    for node in model.graph.node:
+        if node.op_type == "Conv" and node.output[0] == "project":
+            return int(next((helper.get_attribute_value(a) for a in node.attribute if a.name == "group"), 1))
+    raise ValueError("not a joined harken network (no grouped projection named 'project')")
+
+
+def read_joined_member(
+    model: onnx.ModelProto,
+    member: int,
+    member_weights: np.ndarray | None = None,
+    others: Mapping[int, FreqConvWeights] | None = None,
+) -> FreqConvWeights:
+    """Member `member` of a joined graph as a network of its own: `joined_graph` read backwards.
+
+    Every layer keeps each member's channels apart, so its weights and biases are slices,
+    and the head's columns are the member's rows scaled by its weight per class. The head's
+    bias alone is a sum over members (sum of weight x bias): the member's own bias needs
+    every other member's (`others`, by member index; each is checked against its slice, so
+    a wrong file is named rather than silently used). `member_weights` (members, classes) as
+    the join was built with; None for the plain mean."""
+    n = joined_members(model)
+    if not 0 <= member < n:
+        raise ValueError(f"no member {member}: the joined network has members 0..{n - 1}")
+    values = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    dilations = {
+        node.output[0]: int(helper.get_attribute_value(a)[-1])
+        for node in model.graph.node if node.op_type == "Conv" for a in node.attribute if a.name == "dilations"
+    }
+
+    def part(name: str, k: int, shape: Callable[[np.ndarray], np.ndarray] = lambda w: w) -> Conv:
+        weight, bias = values[f"{name}.weight"], values[f"{name}.bias"]
+        rows = weight.shape[0] // n
+        return Conv(shape(weight[k * rows : (k + 1) * rows]).astype(np.float32),
+                    bias[k * rows : (k + 1) * rows].astype(np.float32), dilations.get(name, 1))
+
+    n_freq = sum(1 for name in values if name.startswith("freq_blocks.") and name.endswith(".depthwise.weight"))
+    n_temporal = sum(1 for name in values if name.startswith("blocks.") and name.endswith(".weight"))
+    head_weight, head_bias = values["head.weight"], values["head.bias"]  # (classes, n*ch, 1, 1), (classes,)
+    classes, channels = head_weight.shape[0], head_weight.shape[1] // n
+    weights = np.full((n, classes), 1.0 / n) if member_weights is None else np.asarray(member_weights, np.float64)
+    if weights.shape != (n, classes):
+        raise ValueError(f"member weights {weights.shape} for a network of {n} members and {classes} classes")
+
+    def member_of(k: int, bias: np.ndarray) -> FreqConvWeights:
+        if (weights[k] <= 0).any():
+            raise ValueError(f"member {k} has weight 0 for a class: its head rows are not in the joined network")
+        stats = k if f"member{k}.feature_mean" in values else 0  # one normalisation when the members share it
+        return FreqConvWeights(
+            feature_mean=values[f"member{stats}.feature_mean"].astype(np.float32),
+            feature_std=values[f"member{stats}.feature_std"].astype(np.float32),
+            stem=part("stem", k),
+            freq_blocks=tuple(
+                (part(f"freq_blocks.{b}.depthwise", k), part(f"freq_blocks.{b}.pointwise", k)) for b in range(n_freq)
+            ),
+            project=part("project", k, lambda w: w.reshape(w.shape[0], -1, 1)),
+            temporal=tuple(part(f"blocks.{t}", k, lambda w: w[:, :, 0, :]) for t in range(n_temporal)),
+            head=Conv((head_weight[:, k * channels : (k + 1) * channels, 0, :] / weights[k][:, None, None])
+                      .astype(np.float32), bias.astype(np.float32)),
+        )
+
+    others = dict(others or {})
+    missing = sorted(set(range(n)) - {member} - set(others))
+    if missing:
+        raise ValueError(
+            f"a joined network keeps only the weighted sum of its members' head biases: member {member}'s "
+            f"needs the other members' own models too (missing: member {', '.join(map(str, missing))})"
+        )
+    for k, weights_k in others.items():
+        own = member_of(k, weights_k.head.bias)
+        if own.shapes != weights_k.shapes or not all(
+            np.allclose(a.weight, b.weight, atol=1e-6)
+            for a, b in [(own.stem, weights_k.stem), (own.project, weights_k.project), (own.head, weights_k.head),
+                         *zip(own.temporal, weights_k.temporal, strict=True)]
+        ):
+            raise ValueError(f"the model given as member {k} is not the joined network's member {k}")
+    rest = sum(weights[k] * others[k].head.bias for k in others if k != member)
+    return member_of(member, (head_bias - rest) / weights[member])

@@ -23,6 +23,7 @@ scores almost as the one it grew from and learns what the extra context is worth
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ import onnx
 import torch
 from torch import nn
 
-from models.joined import Conv, FreqConvWeights, read_freqconv
+from models.joined import Conv, FreqConvWeights, joined_members, read_freqconv, read_joined_member
 from models.net import FreqConvTCN
 
 #: Scale of a new block's batch norm. Small, so the grown network scores almost as the one
@@ -39,11 +40,31 @@ from models.net import FreqConvTCN
 NEW_BLOCK_SCALE = 0.01
 
 
-def read_member(path: Path, member: int | None = None) -> FreqConvWeights:
+def read_member(
+    path: Path,
+    member: int | None = None,
+    others: Sequence[Path] = (),
+    member_weights: np.ndarray | None = None,
+) -> FreqConvWeights:
     """The FreqConvTCN weights of an exported model: the model itself, or member `member`
-    of a side-by-side ensemble (`harken export --ensemble` with members of mixed shapes,
-    or files written before members were joined)."""
+    of an ensemble: side by side (`harken export --ensemble` with members of mixed shapes,
+    or files written before members were joined), or joined into one network, where the
+    other members' own models (`others`, in member order) give back the head bias the join
+    summed, and `member_weights` (members, classes) are the join's per-class weights."""
     model = onnx.load(str(path))
+    if member is not None and model.graph.name == "harken-joined":  # models/joined.py
+        indices = [k for k in range(joined_members(model)) if k != member]
+        if len(others) != len(indices):
+            raise ValueError(
+                f"{path} is a joined network of {len(indices) + 1} members: member {member}'s head bias needs "
+                f"the other {len(indices)} member(s)' own models, in member order (given {len(others)})"
+            )
+        try:
+            return read_joined_member(
+                model, member, member_weights, {k: read_member(p) for k, p in zip(indices, others, strict=True)}
+            )
+        except (ValueError, KeyError) as err:
+            raise ValueError(f"{path}: member {member}: {err}") from err
     prefix = "" if member is None else f"member{member}/"
     if member is not None and not any(n.output[0].startswith(prefix) for n in model.graph.node):
         raise ValueError(f"{path}: no member {member} (side-by-side members are named member0/, member1/, ...)")
@@ -52,7 +73,8 @@ def read_member(path: Path, member: int | None = None) -> FreqConvWeights:
     except (ValueError, KeyError) as err:
         hint = " (an ensemble: pick one network with --init-member)" if member is None else ""
         if model.graph.name == "harken-joined":  # models/joined.py
-            hint = " (its members are joined into one network; start from a member's own model instead)"
+            hint = (" (its members are joined into one network; start from a member's own model, or write one "
+                    "with `harken export --member N --other-members ...`)")
         raise ValueError(f"{path}: cannot read one FreqConvTCN from it{hint}: {err}") from err
 
 

@@ -300,6 +300,9 @@ def cmd_export(args: argparse.Namespace) -> int:
             f"{args.checkpoint} is a model .onnx: re-tuning its decisions needs --config (the recipe "
             "it was trained with), --data and --cache (where the dev scenes are kept)"
         )
+    if args.checkpoint.suffix != ".onnx" and args.config and not args.data:
+        raise ConfigError("--config with a best.pt sets the tuning code its decisions are re-tuned by: "
+                          "it needs --data (the network's own recipe is in the checkpoint)")
     if args.checkpoint.suffix == ".onnx" and args.weights:
         raise ConfigError("--weights are training snapshots: give the run's best.pt as --checkpoint")
     missing = [str(w) for w in args.weights or [] if not w.is_file()]
@@ -312,8 +315,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     if missing:
         raise ConfigError(f"--ensemble: {', '.join(missing)} not found")
     if args.member is not None and (args.checkpoint.suffix != ".onnx" or not args.config or args.ensemble):
-        raise ConfigError("--member N takes one network out of a side-by-side ensemble: give the ensemble "
+        raise ConfigError("--member N takes one network out of an ensemble: give the ensemble "
                           ".onnx as --checkpoint and the members' recipe as --config, without --ensemble")
+    if args.other_members and args.member is None:
+        raise ConfigError("--other-members goes with --member N (taking a member out of a joined ensemble)")
+    missing = [str(m) for m in args.other_members or [] if not m.is_file()]
+    if missing:
+        raise ConfigError(f"--other-members: {', '.join(missing)} not found")
     return _bad_input_as_config_error(train.cmd_export, args)
 
 
@@ -549,7 +557,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--version", dest="model_version",
                         help="model version in the contract (default: the recipe's version)")
     export.add_argument("--config", type=Path,
-                        help="with a model .onnx: the recipe it was trained with (dev set, tuning rules)")
+                        help="with a model .onnx: the recipe it was trained with (dev set, tuning rules); "
+                             "with a best.pt and --data: the recipe whose tuning rules re-tune its decisions "
+                             "(the network is the checkpoint's)")
     export.add_argument("--weights", type=Path, nargs="+",
                         help="network states to export instead of the checkpoint's (a run's evals/step-N.pt); "
                              "several are averaged. Needs --data: the decisions are re-tuned for them")
@@ -562,8 +572,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "weight per model, --checkpoint first, summing to 1), e.g. smoke_alarm=1,0 takes "
                              "the alarm from the first model alone; other classes keep the plain mean")
     export.add_argument("--member", type=int, metavar="N",
-                        help="with a side-by-side ensemble .onnx: write its member N (0, 1, ...) as a "
-                             "model of its own (needs --config, the member's recipe; --data re-tunes it)")
+                        help="with an ensemble .onnx: write its member N (0, 1, ...) as a model of its own "
+                             "(needs --config, the member's recipe; --data re-tunes it)")
+    export.add_argument("--other-members", type=Path, nargs="+", metavar="MODEL.onnx",
+                        help="with --member of a joined ensemble (the default since 2.3.0): the other members' "
+                             "own models in member order; a joined network keeps only the sum of its members' "
+                             "head biases, so member N's is what the others' leave")
     export.add_argument("--out", type=Path, default=models_dir / "harken.onnx",
                         help="ONNX file to write (default: the bundled models/harken.onnx)")
     export.add_argument("--data", type=Path,

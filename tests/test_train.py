@@ -177,6 +177,26 @@ def test_exported_model_carries_contract_and_matches_torch(trained: dict[str, Pa
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
+def test_a_checkpoint_is_retuned_by_a_later_tuning_code(
+    trained: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`harken export --checkpoint best.pt --config LATER.yaml --data ...`: the network is the
+    checkpoint's, the decisions are tuned by the given recipe's rules (here: one
+    on-threshold only), and the contract names that recipe; without --data it is refused."""
+    later = trained["root"] / "later.yaml"
+    later.write_text(TINY_CONFIG.replace("on_thresholds: [0.5, 0.7]", "on_thresholds: [0.9]"))
+    out = trained["root"] / "later.onnx"
+    command = ["export", "--checkpoint", str(trained["run"] / "best.pt"), "--config", str(later), "--out", str(out)]
+    assert cli.main([*command, "--data", str(trained["data"]), "--cache", str(trained["root"] / "cache")]) == 0
+    contract = Detector.load(out).contract
+    assert {d.on_threshold for d in contract.decision.values()} == {0.9}
+    assert contract.training["retuned_with"] == str(later)
+    assert {d.on_threshold for d in Detector.load(trained["onnx"]).contract.decision.values()} != {0.9}
+    capsys.readouterr()
+    assert cli.main(command) == 2
+    assert "it needs --data" in capsys.readouterr().err
+
+
 def test_exported_model_runs_in_detect(
     trained: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
