@@ -241,8 +241,8 @@ def ensemble_onnx(
             **({"member_weights": {k: [float(v) for v in w] for k, w in (member_weights or {}).items()}}
                if weights is not None else {}),
             "members": [
-                {"model": m, **{k: c.training[k] for k in own if k in c.training}}
-                for m, c in zip(members, contracts, strict=True)
+                {"model": m, **{k: c.training[k] for k in own if k in c.training}, **_head_bias(model)}
+                for m, c, model in zip(members, contracts, models, strict=True)
             ],
             "licences": "all" if closed else "open",
             "weights_licence": (closed or [first.training])[0].get("weights_licence", ""),
@@ -253,6 +253,18 @@ def ensemble_onnx(
     write_contract(merged, contract)
     onnx.checker.check_model(merged)
     return merged, contract
+
+
+def _head_bias(model: onnx.ModelProto) -> dict[str, list[float]]:
+    """{"head_bias": [...]} of a FreqConvTCN member ({} for other networks): a joined network
+    keeps only the weighted sum of its members' head biases, and with these in its contract
+    `harken export --member N` takes a member out of it without the others' files."""
+    from models.joined import read_freqconv
+
+    try:
+        return {"head_bias": [float(b) for b in read_freqconv(model).head.bias]}
+    except (ValueError, KeyError):
+        return {}
 
 
 def _joined_or_side_by_side(
@@ -413,7 +425,9 @@ def write_member(
     contract = Detector.load(ensemble, threads=1).contract
     members = len(contract.training.get("ensemble", [])) or 1 + len(others)
     matrix = member_weight_matrix(contract.class_names, members, contract.training.get("member_weights"))
-    weights = read_member(ensemble, member, others, matrix)
+    recorded = [m.get("head_bias") for m in contract.training.get("members", [])]
+    head_biases = recorded if recorded and all(b is not None for b in recorded) else None
+    weights = read_member(ensemble, member, others, matrix, head_biases)
     # Log-mel frames with the member's own feature statistics: in evaluation the unfolded
     # norms score exactly as the exported member whatever the sample (models/unfold.py).
     rng = np.random.default_rng(0)

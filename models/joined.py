@@ -194,6 +194,7 @@ def read_joined_member(
     member: int,
     member_weights: np.ndarray | None = None,
     others: Mapping[int, FreqConvWeights] | None = None,
+    head_biases: Sequence[Sequence[float]] | None = None,
 ) -> FreqConvWeights:
     """Member `member` of a joined graph as a network of its own: `joined_graph` read backwards.
 
@@ -201,8 +202,10 @@ def read_joined_member(
     and the head's columns are the member's rows scaled by its weight per class. The head's
     bias alone is a sum over members (sum of weight x bias): the member's own bias needs
     every other member's (`others`, by member index; each is checked against its slice, so
-    a wrong file is named rather than silently used). `member_weights` (members, classes) as
-    the join was built with; None for the plain mean."""
+    a wrong file is named rather than silently used), or the members' head biases as the
+    contract of a join since the tenth round records them (`head_biases`, checked against
+    the sum). `member_weights` (members, classes) as the join was built with; None for the
+    plain mean."""
     n = joined_members(model)
     if not 0 <= member < n:
         raise ValueError(f"no member {member}: the joined network has members 0..{n - 1}")
@@ -243,6 +246,11 @@ def read_joined_member(
                       .astype(np.float32), bias.astype(np.float32)),
         )
 
+    if head_biases is not None:
+        biases = np.asarray(head_biases, np.float64)
+        if biases.shape != (n, classes) or not np.allclose((weights * biases).sum(axis=0), head_bias, atol=1e-5):
+            raise ValueError("the head biases its contract records do not add up to the joined head's")
+        return member_of(member, biases[member])
     others = dict(others or {})
     missing = sorted(set(range(n)) - {member} - set(others))
     if missing:

@@ -45,15 +45,22 @@ def read_member(
     member: int | None = None,
     others: Sequence[Path] = (),
     member_weights: np.ndarray | None = None,
+    head_biases: Sequence[Sequence[float]] | None = None,
 ) -> FreqConvWeights:
     """The FreqConvTCN weights of an exported model: the model itself, or member `member`
     of an ensemble: side by side (`harken export --ensemble` with members of mixed shapes,
     or files written before members were joined), or joined into one network, where the
     other members' own models (`others`, in member order) give back the head bias the join
-    summed, and `member_weights` (members, classes) are the join's per-class weights."""
+    summed (or `head_biases`, each member's, as a join's contract records them since the
+    tenth round), and `member_weights` (members, classes) are the join's per-class weights."""
     model = onnx.load(str(path))
     if member is not None and model.graph.name == "harken-joined":  # models/joined.py
         indices = [k for k in range(joined_members(model)) if k != member]
+        if head_biases is not None and not others:
+            try:
+                return read_joined_member(model, member, member_weights, head_biases=head_biases)
+            except (ValueError, KeyError) as err:
+                raise ValueError(f"{path}: member {member}: {err}") from err
         if len(others) != len(indices):
             raise ValueError(
                 f"{path} is a joined network of {len(indices) + 1} members: member {member}'s head bias needs "

@@ -400,11 +400,15 @@ def test_an_exported_network_unfolds_into_a_trainable_one(tmp_path: Path) -> Non
 def test_a_joined_member_comes_back_with_the_other_members_models(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], alarm_weights: list[float] | None
 ) -> None:
-    """`harken export --checkpoint JOINED.onnx --member 0 --other-members B.onnx`: a joined
-    network keeps each member's layers as slices but only the (weighted) sum of their head
-    biases, so member 0 comes back exactly when member 1's own model is given, and scores
-    as the network it was; a wrong or missing other member is refused by name."""
-    from models.export import ensemble_onnx, export_onnx
+    """`harken export --checkpoint JOINED.onnx --member 0`: a joined network keeps each
+    member's layers as slices but only the (weighted) sum of their head biases. Its
+    contract records each member's (since the tenth round), so member 0 comes back exactly
+    and scores as the network it was; from a file without the record (2.4.0) it comes back
+    when member 1's own model is given (`--other-members`), and a wrong or missing other
+    member is refused by name."""
+    from dataclasses import replace
+
+    from models.export import ensemble_onnx, export_onnx, write_contract
     from service.decision import DecisionParams
 
     nets = [_freqconv_with_running_stats(20), _freqconv_with_running_stats(21)]
@@ -414,18 +418,27 @@ def test_a_joined_member_comes_back_with_the_other_members_models(
     paths = [tmp_path / f"m{i}.onnx" for i in range(2)]
     for i, (net, path) in enumerate(zip(nets, paths, strict=True)):
         export_onnx(net, path, D.CLASSES, 3, decisions, "fc", f"0.0.{i}", {"parameters": 100, "macs_per_frame": 7})
-    joined, _ = ensemble_onnx(paths, {"smoke_alarm": alarm_weights} if alarm_weights else None)
+    joined, contract = ensemble_onnx(paths, {"smoke_alarm": alarm_weights} if alarm_weights else None)
     assert joined.graph.name == "harken-joined"
     joined_path = tmp_path / "joined.onnx"
     onnx.save(joined, str(joined_path))
+    unrecorded = onnx.load(str(joined_path))  # as files joined before the tenth round
+    members = [{k: v for k, v in m.items() if k != "head_bias"} for m in contract.training["members"]]
+    write_contract(unrecorded, replace(contract, training={**contract.training, "members": members}))
+    unrecorded_path = tmp_path / "unrecorded.onnx"
+    onnx.save(unrecorded, str(unrecorded_path))
     recipe = tmp_path / "fc.yaml"
     recipe.write_text("net: {kind: freqconv, freq_channels: [4, 8, 8], channels: 12, dilations: [1, 2, 4], "
                       "lookahead_frames: 3}\n")
     out = tmp_path / "member0.onnx"
-    command = ["export", "--checkpoint", str(joined_path), "--member", "0", "--config", str(recipe), "--out", str(out)]
-    assert cli.main([*command, "--other-members", str(paths[1])]) == 0
     feats = LogMel().frames(synth.background(3.0, np.random.default_rng(5)).astype(np.float32) * 0.1)
-    np.testing.assert_allclose(Detector.load(out).scores(feats), Detector.load(paths[0]).scores(feats), atol=1e-5)
+    expected = Detector.load(paths[0]).scores(feats)
+    for source, others in [(joined_path, []), (unrecorded_path, ["--other-members", str(paths[1])])]:
+        assert cli.main(["export", "--checkpoint", str(source), "--member", "0", "--config", str(recipe),
+                         "--out", str(out), *others]) == 0
+        np.testing.assert_allclose(Detector.load(out).scores(feats), expected, atol=1e-5)
+    command = ["export", "--checkpoint", str(unrecorded_path), "--member", "0", "--config", str(recipe),
+               "--out", str(out)]
     capsys.readouterr()
     for others, reason in [([], "needs the other 1 member"), ([paths[0]], "is not the joined network's member 1")]:
         assert cli.main([*command, *(["--other-members", *map(str, others)] if others else [])]) != 0
