@@ -56,17 +56,15 @@ def read_member(
     model = onnx.load(str(path))
     if member is not None and model.graph.name == "harken-joined":  # models/joined.py
         indices = [k for k in range(joined_members(model)) if k != member]
-        if head_biases is not None and not others:
-            try:
-                return read_joined_member(model, member, member_weights, head_biases=head_biases)
-            except (ValueError, KeyError) as err:
-                raise ValueError(f"{path}: member {member}: {err}") from err
-        if len(others) != len(indices):
+        recorded = head_biases is not None and not others
+        if not recorded and len(others) != len(indices):
             raise ValueError(
                 f"{path} is a joined network of {len(indices) + 1} members: member {member}'s head bias needs "
                 f"the other {len(indices)} member(s)' own models, in member order (given {len(others)})"
             )
         try:
+            if recorded:
+                return read_joined_member(model, member, member_weights, head_biases=head_biases)
             return read_joined_member(
                 model, member, member_weights, {k: read_member(p) for k, p in zip(indices, others, strict=True)}
             )
