@@ -1,0 +1,135 @@
+"""Fingerprints of what a training run depends on, to compare two sessions.
+
+Training repeats exactly within one machine and session and not across sessions (model
+card, tenth round: run S8 re-run by its recorded command scored 0.341 against 0.387). Three
+suspects, each printed as one line that two sessions can compare:
+
+* the **arithmetic**: a few optimiser steps of the small network on fixed random input,
+  with the default CPU kernels and with oneDNN switched off (oneDNN and MKL choose code
+  paths by instruction set, and a difference of a few ulp grows over thousands of steps);
+* the **negatives** folder, rebuilt from Debian packages each session;
+* the **data** folder (`MANIFEST.csv` and its audio).
+
+Equal lines rule a suspect out; a differing arithmetic line with equal data says the
+machine, not the recipe, is why a run does not repeat.
+
+    python -m models.fingerprint [--negatives DIR] [--data DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models.config import build_net, load_config
+from service.audio.features import FeatureParams
+
+#: The recipe whose network the arithmetic line trains (the shipped members' size).
+RECIPE = Path(__file__).parent / "configs" / "live-long-small.yaml"
+AUDIO_SUFFIXES = (".flac", ".wav")
+
+
+@contextmanager
+def _onednn(enabled: bool) -> Iterator[None]:
+    previous = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = enabled
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = previous
+
+
+def trained_weights(steps: int = 20, onednn: bool = True, seed: int = 0) -> np.ndarray:
+    """The small network's weights after `steps` AdamW steps on fixed random log-mels and
+    targets, flattened (float32). Depends only on the arithmetic of this machine and torch."""
+    cfg = load_config(RECIPE)
+    params = FeatureParams()
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    net = build_net(cfg, params)
+    features = torch.randn(4, 400, params.n_mels, generator=generator)
+    with torch.no_grad():
+        frames = net(features).shape  # the network drops its receptive field's frames
+    targets = (torch.rand(frames, generator=generator) > 0.9).float()
+    optimiser = torch.optim.AdamW(net.parameters(), lr=cfg.opt.lr, weight_decay=cfg.opt.weight_decay)
+    net.train()
+    with _onednn(onednn):
+        for _ in range(steps):
+            optimiser.zero_grad()
+            loss = F.binary_cross_entropy_with_logits(net(features), targets)
+            loss.backward()
+            optimiser.step()
+    return torch.cat([p.detach().reshape(-1) for p in net.state_dict().values()]).float().numpy()
+
+
+def digest(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()[:16]
+
+
+def folder_digest(root: Path, listing: str) -> tuple[str, int]:
+    """sha256 over `listing` (the folder's CSV) and every audio file under `root`, in sorted
+    path order; and how many audio files went in."""
+    if not (root / listing).is_file():
+        raise FileNotFoundError(f"{root}: no {listing} (give the folder that holds it)")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+    total = hashlib.sha256()
+    for path in [root / listing, *files]:
+        total.update(path.relative_to(root).as_posix().encode() + b"\0")
+        total.update(hashlib.sha256(path.read_bytes()).digest())
+    return total.hexdigest()[:16], len(files)
+
+
+def cpu_model() -> str:
+    """The CPU's model name as the kernel reports it (platform.processor() is often empty)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def report(negatives: Path | None, data: Path | None, steps: int = 20) -> list[str]:
+    default = trained_weights(steps, onednn=True)
+    plain = trained_weights(steps, onednn=False)
+    lines = [
+        f"machine      {cpu_model()}; torch {torch.__version__}; "
+        f"{torch.get_num_threads()} threads; cpu capability {torch.backends.cpu.get_cpu_capability()}",
+        f"arithmetic   {digest(default)} (default kernels, {steps} steps)",
+        f"arithmetic   {digest(plain)} (oneDNN off; largest weight difference from default "
+        f"{float(np.abs(default - plain).max()):.2e})",
+    ]
+    if negatives is not None:
+        value, count = folder_digest(negatives, "NEGATIVES.csv")
+        lines.append(f"negatives    {value} ({count} audio files)")
+    if data is not None:
+        value, count = folder_digest(data, "MANIFEST.csv")
+        lines.append(f"data         {value} ({count} audio files)")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m models.fingerprint", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--negatives", type=Path, help="the built negatives folder (NEGATIVES.csv)")
+    parser.add_argument("--data", type=Path, help="the data folder (MANIFEST.csv)")
+    parser.add_argument("--steps", type=int, default=20, help="optimiser steps of the arithmetic line")
+    args = parser.parse_args(argv)
+    try:
+        lines = report(args.negatives, args.data, args.steps)
+    except FileNotFoundError as error:
+        parser.error(str(error))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

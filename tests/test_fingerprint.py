@@ -1,0 +1,50 @@
+"""The session fingerprints (models/fingerprint.py): the arithmetic line repeats within a
+process and tells seeds and kernels apart; folder digests see a changed file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import require_module
+
+require_module("torch", "the [train] extra (torch)")
+
+from models import fingerprint  # noqa: E402
+
+
+def test_the_arithmetic_line_repeats_and_depends_on_the_seed() -> None:
+    first = fingerprint.trained_weights(steps=2, seed=0)
+    again = fingerprint.trained_weights(steps=2, seed=0)
+    other = fingerprint.trained_weights(steps=2, seed=1)
+    assert fingerprint.digest(first) == fingerprint.digest(again)
+    assert fingerprint.digest(first) != fingerprint.digest(other)
+    assert first.dtype == np.float32 and first.size > 10_000  # the whole small network
+
+
+def test_a_folder_digest_sees_a_changed_file_and_names_a_missing_listing(tmp_path: Path) -> None:
+    (tmp_path / "train").mkdir()
+    (tmp_path / "NEGATIVES.csv").write_text("path\ntrain/a.flac\n")
+    audio = tmp_path / "train" / "a.flac"
+    audio.write_bytes(b"one")
+    (tmp_path / "notes.txt").write_text("not audio: not in the digest")
+    before, count = fingerprint.folder_digest(tmp_path, "NEGATIVES.csv")
+    assert count == 1
+    (tmp_path / "notes.txt").write_text("changed")
+    assert fingerprint.folder_digest(tmp_path, "NEGATIVES.csv")[0] == before
+    audio.write_bytes(b"two")
+    assert fingerprint.folder_digest(tmp_path, "NEGATIVES.csv")[0] != before
+    with pytest.raises(FileNotFoundError, match=r"MANIFEST\.csv"):
+        fingerprint.folder_digest(tmp_path, "MANIFEST.csv")
+
+
+def test_the_command_prints_one_line_per_suspect(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "MANIFEST.csv").write_text("path\n")
+    assert fingerprint.main(["--data", str(tmp_path), "--steps", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["machine", "arithmetic", "arithmetic", "data"]
+    assert "0 audio files" in lines[-1]
+    with pytest.raises(SystemExit):
+        fingerprint.main(["--negatives", str(tmp_path)])  # no NEGATIVES.csv there
