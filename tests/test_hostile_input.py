@@ -1,16 +1,18 @@
 """Hostile audio through `harken detect` (a real subprocess) and through the daemon's `file:`
 sources: one clear line per bad file naming it, never a traceback, memory bounded.
 
-Memory is measured as the peak RSS of the `harken detect` process (os.wait4's rusage of that
-one child). The bound is a safety bound against reading a whole file at once or
-"upsampling" a broken header into days of audio, not a performance figure.
+Memory is measured as the peak RSS of the `harken detect` process itself (its VmHWM, which
+the process writes as it exits). Not os.wait4's rusage: Linux carries a forked child's
+high-water mark across exec, so the child of a large pytest process reads as large as its
+parent (a `/bin/true` forked from a 1.6 GB process reports 1.6 GB). The bound is a safety
+bound against reading a whole file at once or "upsampling" a broken header into days of
+audio, not a performance figure.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import struct
 import subprocess
 import sys
@@ -35,8 +37,17 @@ def wav_bytes(rate: int, channels: int, bits: int, data: bytes, declared: int | 
     fmt = struct.pack("<HHIIHH", tag, channels, rate, rate * block, block, bits)
     size = len(data) if declared is None else declared
     riff = min(0xFFFFFFFF, 4 + 8 + len(fmt) + 8 + size)
-    return (b"RIFF" + struct.pack("<I", riff) + b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt
-            + b"data" + struct.pack("<I", size) + data)
+    return (
+        b"RIFF"
+        + struct.pack("<I", riff)
+        + b"WAVE"
+        + b"fmt "
+        + struct.pack("<I", len(fmt))
+        + fmt
+        + b"data"
+        + struct.pack("<I", size)
+        + data
+    )
 
 
 def hostile_files(folder: Path) -> dict[str, tuple[Path, str | None]]:
@@ -73,18 +84,38 @@ def hostile_files(folder: Path) -> dict[str, tuple[Path, str | None]]:
     return out
 
 
+#: Runs `harken detect` with sys.argv[2:] and, as it exits, writes its own peak RSS (kB,
+#: VmHWM of this process's memory map only) to the file named by sys.argv[1].
+PEAK_RSS_WRAPPER = """
+import atexit, runpy, sys
+peak_path = sys.argv.pop(1)
+
+def write_peak():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            open(peak_path, "w").write(line.split()[1])
+
+atexit.register(write_peak)
+sys.argv[0] = "harken"
+runpy.run_module("service.cli", run_name="__main__", alter_sys=True)
+"""
+
+
 def detect_measured(workdir: Path, *args: str) -> tuple[int, str, str, int]:
     """`harken detect` as a subprocess: (exit code, stdout, stderr, peak RSS in bytes of
-    exactly that process, from os.wait4; outputs go to files so nothing waits on a pipe)."""
-    out_path, err_path = workdir / "detect.out", workdir / "detect.err"
+    exactly that process, as it reported it; outputs go to files so nothing waits on a pipe)."""
+    out_path, err_path, peak_path = workdir / "detect.out", workdir / "detect.err", workdir / "detect.peak"
     with out_path.open("wb") as out, err_path.open("wb") as err:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "detect", *args], cwd=REPO_ROOT, stdout=out, stderr=err
-        )
-        _pid, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
-    rss_bytes = usage.ru_maxrss * 1024  # Linux reports kB
-    return process.returncode, out_path.read_text(), err_path.read_text(), rss_bytes
+        code = subprocess.run(
+            [sys.executable, "-c", PEAK_RSS_WRAPPER, str(peak_path), "detect", *args],
+            cwd=REPO_ROOT,
+            stdout=out,
+            stderr=err,
+            check=False,
+        ).returncode
+    assert peak_path.is_file(), f"harken detect exited ({code}) without reporting its peak memory"
+    rss_bytes = int(peak_path.read_text()) * 1024  # VmHWM is in kB
+    return code, out_path.read_text(), err_path.read_text(), rss_bytes
 
 
 def test_detect_names_every_hostile_file_and_goes_on(tmp_path: Path) -> None:
@@ -137,12 +168,17 @@ def test_hostile_file_sources_stop_with_a_clear_error_and_the_others_go_on(
     sf.write(str(good), t3_scene(), 16000, subtype="PCM_16")
     chosen = ["rate_1hz.wav", "channels_100.wav", "zero_samples.wav", "random.bin", "truncated.wav", "nan_inf.wav"]
     sources = [{"name": "good", "url": f"file:{good}", "realtime": False}]
-    sources += [{"name": f"bad{i}", "url": f"file:{files[name][0]}", "realtime": False}
-                for i, name in enumerate(chosen)]
+    sources += [
+        {"name": f"bad{i}", "url": f"file:{files[name][0]}", "realtime": False} for i, name in enumerate(chosen)
+    ]
     db = tmp_path / "harken.db"
-    settings = Settings.model_validate({
-        "sources": sources, "store": {"path": str(db)}, "api": {"enabled": False},
-    })
+    settings = Settings.model_validate(
+        {
+            "sources": sources,
+            "store": {"path": str(db)},
+            "api": {"enabled": False},
+        }
+    )
     caplog.set_level(logging.INFO)
     assert asyncio.run(asyncio.wait_for(run_daemon(settings), 120)) == 0
     messages = [r.getMessage() for r in caplog.records]
@@ -156,3 +192,15 @@ def test_hostile_file_sources_stop_with_a_clear_error_and_the_others_go_on(
     assert not any(r.exc_info for r in caplog.records)
     stored = [e for e in Store(db).events() if e["source"] == "good"]
     assert [e["class"] for e in stored] == ["smoke_alarm"]
+
+
+def test_the_memory_measure_is_the_detect_process_not_its_parent(tmp_path: Path) -> None:
+    """The bound means something only if a large test process does not leak into the
+    figure: with 1.25 GiB resident here when detect starts, detect still reads as its own."""
+    ballast = np.ones(160 * 2**20)  # touched: resident in this process when the child forks
+    path = tmp_path / "alarm.wav"
+    sf.write(str(path), t3_scene(), 16000, subtype="PCM_16")
+    code, _stdout, stderr, rss = detect_measured(tmp_path, str(path))
+    assert code == 0, stderr
+    assert rss < ballast.nbytes / 2, f"peak RSS {rss / 2**20:.0f} MiB: the parent's memory counted"
+    del ballast
