@@ -83,7 +83,8 @@ def folder_digest(root: Path, listing: str) -> tuple[str, int]:
     total = hashlib.sha256()
     for path in [root / listing, *files]:
         total.update(path.relative_to(root).as_posix().encode() + b"\0")
-        total.update(hashlib.sha256(path.read_bytes()).digest())
+        with path.open("rb") as file:  # streamed: the negatives hold 1.8 GB
+            total.update(hashlib.file_digest(file, "sha256").digest())
     return total.hexdigest()[:16], len(files)
 
 
