@@ -202,7 +202,7 @@ def train_run(
     )
     net.feature_mean.copy_(torch.from_numpy(sample.mean(axis=0)))
     net.feature_std.copy_(torch.from_numpy(sample.std(axis=0)).clamp_min(1e-3))
-    loss_fn = EventAwareLoss(cfg.loss, len(CLASSES))
+    loss_fn = EventAwareLoss(cfg.loss, CLASSES)
     batcher = Batcher(arrays, net.receptive_field, cfg.opt.crop_frames, cfg.seed)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.opt.lr, weight_decay=cfg.opt.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(

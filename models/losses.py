@@ -44,11 +44,15 @@ def _neg_log_not(logits: torch.Tensor) -> torch.Tensor:
 
 
 def non_target_loss(
-    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor,
+    class_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mean -log(1 - s) over frames that are known not to belong to the class."""
+    """Mean -log(1 - s) over frames that are known not to belong to the class
+    (`class_weights` scales each class's part; the mean's denominator stays)."""
     mask = (target < 0.5).to(logits.dtype) * (weight > 0).to(logits.dtype)
-    return (_neg_log_not(logits) * mask).sum() / mask.sum().clamp_min(1.0)
+    return _per_class(_neg_log_not(logits) * mask, class_weights).sum() / mask.sum().clamp_min(1.0)
 
 
 def pool_scores(
@@ -80,17 +84,25 @@ def pooled_event_loss(
     r: float = 3.0,
     tau: float = 1.0,
     k_frac: float = 0.3,
+    class_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Weighted mean of -log(pooled score) over labelled events."""
+    """Weighted mean of -log(pooled score) over labelled events.
+
+    `class_weights` (C,) scales each event's part by its class's weight and keeps the
+    denominator (the events' own weights), so a class weighted 0 drops out and the others
+    keep exactly the part they had."""
     if not events:
         return logits.sum() * 0.0
+    w_t = torch.tensor([ev[4] for ev in events], dtype=logits.dtype)
+    denominator = w_t.sum().clamp_min(1e-6)
+    if class_weights is not None:
+        w_t = w_t * class_weights.to(logits.dtype)[torch.tensor([ev[1] for ev in events])]
     if kind == "topk":  # variable k per event: a loop, used only when asked for
         losses = [
             -torch.log(pool_scores(logits[b, f:e, c], kind, r, tau, k_frac).clamp_min(1e-6))
             for b, c, f, e, _ in events
         ]
-        w_t = torch.tensor([ev[4] for ev in events], dtype=logits.dtype)
-        return (torch.stack(losses) * w_t).sum() / w_t.sum().clamp_min(1e-6)
+        return (torch.stack(losses) * w_t).sum() / denominator
     # Vectorised over events: gather each event's class track and mask its frames.
     idx = torch.tensor([(b, c) for b, c, _, _, _ in events], dtype=torch.long)
     tracks = logits[idx[:, 0], :, idx[:, 1]]  # (E, T)
@@ -112,20 +124,28 @@ def pooled_event_loss(
         nll = F.softplus(-pooled_logit)  # -log(sigmoid(pooled_logit))
     else:
         raise ValueError(f"unknown pooling {kind!r}: use genmean, lse or topk")
-    w_t = torch.tensor([ev[4] for ev in events], dtype=logits.dtype)
-    return (nll.clamp_max(-np.log(1e-6)) * w_t).sum() / w_t.sum().clamp_min(1e-6)
+    return (nll.clamp_max(-np.log(1e-6)) * w_t).sum() / denominator
 
 
-def smoothness_loss(logits: torch.Tensor) -> torch.Tensor:
+def _per_class(values: torch.Tensor, class_weights: torch.Tensor | None) -> torch.Tensor:
+    """`values` (..., C) scaled by each class's weight; unchanged when there are none."""
+    return values if class_weights is None else values * class_weights.to(values.dtype)
+
+
+def smoothness_loss(logits: torch.Tensor, class_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Mean absolute score change between neighbouring frames (total variation)."""
     if logits.shape[1] < 2:
         return logits.sum() * 0.0
     s = torch.sigmoid(logits)
-    return (s[:, 1:] - s[:, :-1]).abs().mean()
+    return _per_class((s[:, 1:] - s[:, :-1]).abs(), class_weights).mean()
 
 
 def cross_trigger_loss(
-    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, matrix: torch.Tensor
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor,
+    matrix: torch.Tensor,
+    class_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Frames of class a penalise class b's score by matrix[a, b] * -log(1 - s_b).
 
@@ -137,15 +157,18 @@ def cross_trigger_loss(
     per_b = torch.einsum("bta,ac->btc", tgt, matrix.to(logits.dtype))
     per_b = per_b * (target < 0.5).to(logits.dtype)
     n = tgt.amax(dim=2).sum().clamp_min(1.0)
-    return (per_b * _neg_log_not(logits)).sum() / n
+    return _per_class(per_b * _neg_log_not(logits), class_weights).sum() / n
 
 
 def frame_bce_loss(
-    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor,
+    class_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Frame-wise binary cross-entropy (the baseline), weighted and masked by `weight`."""
     raw = F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype), reduction="none")
-    return (raw * weight).sum() / (weight > 0).to(logits.dtype).sum().clamp_min(1.0)
+    return _per_class(raw * weight, class_weights).sum() / (weight > 0).to(logits.dtype).sum().clamp_min(1.0)
 
 
 @dataclass
@@ -183,6 +206,12 @@ class LossConfig:
     #: keeps the elder's silence on music and not its confidence on a real bell (run S3D:
     #: median 0.92 on a fire-alarm bell, under the 0.99 threshold); 1.0: a plain mean.
     distil_positive: float = 1.0
+    #: Per-class weight of every class-wise part of the loss (non-target, pooled, onset,
+    #: smoothness, cross-trigger by the penalised class, bce), by class name; classes not
+    #: named keep 1. {smoke_alarm: 0, glass_break: 0}: a member trained for cries alone,
+    #: whose cry parts are exactly those of the full loss (no renormalisation), for a join
+    #: that takes only its cries (`harken export --member-weights`).
+    class_weights: dict[str, float] | None = None
     pooling: str = "genmean"
     pooling_r: float = 3.0
     pooling_tau: float = 1.0
@@ -202,6 +231,10 @@ class LossConfig:
         for name in ("non_target", "pooled", "smooth", "cross", "onset", "teacher", "distil"):
             if getattr(self, name) < 0:
                 raise ValueError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
+        if self.class_weights is not None:
+            negative = {name: w for name, w in self.class_weights.items() if not w >= 0}
+            if negative:
+                raise ValueError(f"loss.class_weights must be >= 0, got {negative}")
         if self.distil_positive < 1.0:
             raise ValueError(
                 f"loss.distil_positive must be >= 1 (a weight beside 1 for other frames), got {self.distil_positive}"
@@ -211,14 +244,23 @@ class LossConfig:
 class EventAwareLoss:
     """The configured loss; returns the total and its named parts (for logging)."""
 
-    def __init__(self, cfg: LossConfig, n_classes: int) -> None:
+    def __init__(self, cfg: LossConfig, class_names: Sequence[str]) -> None:
         self.cfg = cfg
+        n_classes = len(class_names)
         matrix = torch.tensor(cfg.cross_matrix, dtype=torch.float32)
         if matrix.shape != (n_classes, n_classes):
             raise ValueError(
                 f"loss.cross_matrix must be {n_classes}x{n_classes}, got {tuple(matrix.shape)}"
             )
         self.matrix = matrix
+        self.class_weights: torch.Tensor | None = None
+        if cfg.class_weights is not None:
+            unknown = sorted(set(cfg.class_weights) - set(class_names))
+            if unknown:
+                raise ValueError(f"loss.class_weights names unknown classes {unknown} (classes: {list(class_names)})")
+            self.class_weights = torch.tensor([float(cfg.class_weights.get(name, 1.0)) for name in class_names])
+            if not bool((self.class_weights > 0).any()):
+                raise ValueError(f"loss.class_weights leave no class to learn: {cfg.class_weights}")
 
     def __call__(
         self,
@@ -230,16 +272,16 @@ class EventAwareLoss:
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """`onset_events`: the events whose labelled start lies inside the crop (default:
         all of `events`); only they feed the onset term."""
-        cfg = self.cfg
+        cfg, cw = self.cfg, self.class_weights
         if cfg.kind == "bce":
-            loss = frame_bce_loss(logits, target, weight)
+            loss = frame_bce_loss(logits, target, weight, cw)
             return loss, {"bce": float(loss.detach())}
         parts: dict[str, torch.Tensor] = {}
         if cfg.non_target > 0:
-            parts["non_target"] = cfg.non_target * non_target_loss(logits, target, weight)
+            parts["non_target"] = cfg.non_target * non_target_loss(logits, target, weight, cw)
         if cfg.pooled > 0:
             parts["pooled"] = cfg.pooled * pooled_event_loss(
-                logits, events, cfg.pooling, cfg.pooling_r, cfg.pooling_tau, cfg.pooling_k_frac
+                logits, events, cfg.pooling, cfg.pooling_r, cfg.pooling_tau, cfg.pooling_k_frac, cw
             )
         if cfg.onset > 0:
             heads = [
@@ -247,12 +289,12 @@ class EventAwareLoss:
                 for b, c, f, e, w in (events if onset_events is None else onset_events)
             ]
             parts["onset"] = cfg.onset * pooled_event_loss(
-                logits, heads, cfg.pooling, cfg.pooling_r, cfg.pooling_tau, cfg.pooling_k_frac
+                logits, heads, cfg.pooling, cfg.pooling_r, cfg.pooling_tau, cfg.pooling_k_frac, cw
             )
         if cfg.smooth > 0:
-            parts["smooth"] = cfg.smooth * smoothness_loss(logits)
+            parts["smooth"] = cfg.smooth * smoothness_loss(logits, cw)
         if cfg.cross > 0:
-            parts["cross"] = cfg.cross * cross_trigger_loss(logits, target, weight, self.matrix)
+            parts["cross"] = cfg.cross * cross_trigger_loss(logits, target, weight, self.matrix, cw)
         total = sum(parts.values(), logits.sum() * 0.0)
         return total, {k: float(v.detach()) for k, v in parts.items()}
 

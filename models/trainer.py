@@ -447,7 +447,7 @@ def train_live_command(
 
     summary = train_live(
         net,
-        EventAwareLoss(cfg.loss, len(CLASSES)),
+        EventAwareLoss(cfg.loss, CLASSES),
         maker,
         steps=cfg.opt.steps,
         batch=cfg.opt.batch,

@@ -21,6 +21,7 @@ from models import (  # noqa: E402
     synth,
 )
 from models import data as D  # noqa: E402
+from models.data import CLASSES  # noqa: E402
 from models.live_scenes import LiveSceneConfig, LiveSceneMaker  # noqa: E402
 from models.losses import EventAwareLoss, LossConfig  # noqa: E402
 from models.negatives import NegativePool  # noqa: E402
@@ -306,7 +307,7 @@ def test_an_ensemble_can_take_a_class_from_one_member(
 
 def test_onset_term_wants_confident_first_frames() -> None:
     cfg = LossConfig(non_target=0, pooled=0, smooth=0, cross=0, onset=1.0, onset_frames=10)
-    loss = EventAwareLoss(cfg, 3)
+    loss = EventAwareLoss(cfg, CLASSES)
     late = torch.full((1, 60, 3), -6.0)
     late[0, 30:50, 0] = 6.0  # confident, but 20 frames after the labelled start
     early = torch.full((1, 60, 3), -6.0)

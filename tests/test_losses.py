@@ -8,6 +8,7 @@ from tests.conftest import require_module
 
 torch = require_module("torch", "the [train] extra (torch)")
 
+from models.data import CLASSES  # noqa: E402
 from models.losses import (  # noqa: E402
     EventAwareLoss,
     LossConfig,
@@ -121,13 +122,62 @@ def test_switches_turn_terms_off_and_bce_is_the_baseline() -> None:
     target[0, 4:, 0] = 1
     weight = torch.ones_like(target)
     events = [(0, 0, 4, 10, 1.0)]
-    _, parts = EventAwareLoss(LossConfig(), 3)(z, target, weight, events)
+    _, parts = EventAwareLoss(LossConfig(), CLASSES)(z, target, weight, events)
     assert set(parts) == {"non_target", "pooled", "smooth", "cross"}
-    _, parts = EventAwareLoss(LossConfig(smooth=0.0, cross=0.0), 3)(z, target, weight, events)
+    _, parts = EventAwareLoss(LossConfig(smooth=0.0, cross=0.0), CLASSES)(z, target, weight, events)
     assert set(parts) == {"non_target", "pooled"}
-    total, parts = EventAwareLoss(LossConfig(kind="bce"), 3)(z, target, weight, events)
+    total, parts = EventAwareLoss(LossConfig(kind="bce"), CLASSES)(z, target, weight, events)
     assert set(parts) == {"bce"} and float(total) > 0
     with pytest.raises(ValueError, match="cross_matrix must be 3x3"):
-        EventAwareLoss(LossConfig(cross_matrix=[[0.0]]), 3)
+        EventAwareLoss(LossConfig(cross_matrix=[[0.0]]), CLASSES)
     with pytest.raises(ValueError, match=r"loss\.kind"):
         LossConfig(kind="focal")
+
+
+def test_class_weights_scale_each_class_part_and_renormalise_nothing() -> None:
+    """A class weighted 0 drops out of every class-wise term; the classes kept have
+    exactly the parts the unweighted loss gives them (a member trained for cries alone)."""
+    gen = torch.Generator().manual_seed(3)
+    z = torch.randn(2, 40, 3, generator=gen) * 2
+    target = torch.zeros(2, 40, 3)
+    target[0, 5:20, 0] = 1  # a cry
+    target[1, 10:30, 1] = 1  # an alarm
+    target[1, 30:35, 2] = 1  # a glass break
+    weight = torch.ones_like(target)
+    events = [(0, 0, 5, 20, 1.0), (1, 1, 10, 30, 1.0), (1, 2, 30, 35, 1.0)]
+    cfg = dict(onset=1.0, onset_frames=4)
+    full = EventAwareLoss(LossConfig(**cfg), CLASSES)
+    cries = EventAwareLoss(LossConfig(**cfg, class_weights={"smoke_alarm": 0.0, "glass_break": 0.0}), CLASSES)
+    _, full_parts = full(z, target, weight, events)
+    _, cry_parts = cries(z, target, weight, events)
+    # The cry's own part of each term, computed by hand from the unweighted functions.
+    only_cry = torch.tensor([1.0, 0.0, 0.0])
+    denominator_nt = ((target < 0.5) & (weight > 0)).sum()
+    cry_non_target = (torch.nn.functional.softplus(z[..., 0]) * (target[..., 0] < 0.5)).sum() / denominator_nt
+    assert cry_parts["non_target"] == pytest.approx(LossConfig().non_target * float(cry_non_target), rel=1e-5)
+    assert cry_parts["pooled"] == pytest.approx(
+        float(pooled_event_loss(z, events[:1])) / 3.0, rel=1e-5
+    )  # one event of three, the denominator still the three events' weights
+    assert cry_parts["smooth"] == pytest.approx(
+        LossConfig().smooth * float(smoothness_loss(z[..., :1])) / 3.0, rel=1e-5
+    )
+    assert cry_parts["cross"] == pytest.approx(
+        float(cross_trigger_loss(z, target, weight, full.matrix, only_cry)), rel=1e-6
+    )
+    for name in full_parts:
+        assert cry_parts[name] < full_parts[name]
+    # Gradients reach only the cry's scores.
+    z_grad = z.clone().requires_grad_(True)
+    total, _ = cries(z_grad, target, weight, events)
+    total.backward()
+    assert float(z_grad.grad[..., 1:].abs().max()) == 0.0
+    assert float(z_grad.grad[..., 0].abs().max()) > 0.0
+    # Weights of 1 are the plain loss.
+    ones = EventAwareLoss(LossConfig(**cfg, class_weights={"baby_cry": 1.0}), CLASSES)
+    assert float(ones(z, target, weight, events)[0]) == pytest.approx(float(full(z, target, weight, events)[0]))
+    with pytest.raises(ValueError, match=r"unknown classes \['dog'\]"):
+        EventAwareLoss(LossConfig(class_weights={"dog": 1.0}), CLASSES)
+    with pytest.raises(ValueError, match="leave no class to learn"):
+        EventAwareLoss(LossConfig(class_weights={name: 0.0 for name in CLASSES}), CLASSES)
+    with pytest.raises(ValueError, match=r"class_weights must be >= 0"):
+        LossConfig(class_weights={"baby_cry": -1.0})
