@@ -10,6 +10,12 @@ suspects, each printed as one line that two sessions can compare:
 * the **negatives** folder, rebuilt from Debian packages each session;
 * the **data** folder (`MANIFEST.csv` and its audio).
 
+A folder's line has two kinds of digest: its bytes (the listing and every audio file) and,
+per top-level folder (train, dev), its decoded samples. A rebuild by another FLAC encoder
+or package snapshot changes the bytes; only a change of the samples changes what a run
+or a dev figure sees (twelfth round: the negatives' bytes differed from the session before
+while every re-measured dev figure was equal to the last digit).
+
 Equal lines rule a suspect out; a differing arithmetic line with equal data says the
 machine, not the recipe, is why a run does not repeat.
 
@@ -26,6 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 import torch
 import torch.nn.functional as F
 
@@ -88,6 +95,26 @@ def folder_digest(root: Path, listing: str) -> tuple[str, int]:
     return total.hexdigest()[:16], len(files)
 
 
+def sample_digests(root: Path) -> dict[str, str]:
+    """sha256 of the decoded samples (and relative paths) of the audio under each top-level
+    folder of `root`, in sorted path order; files directly under `root` count as ".". """
+    by_part: dict[str, hashlib._Hash] = {}
+    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES):
+        relative = path.relative_to(root)
+        part = relative.parts[0] if len(relative.parts) > 1 else "."
+        total = by_part.setdefault(part, hashlib.sha256())
+        samples, rate = sf.read(path, dtype="int16", always_2d=True)  # the FLACs are 16-bit
+        total.update(relative.as_posix().encode() + b"\0" + str(rate).encode() + b"\0")
+        total.update(np.ascontiguousarray(samples).tobytes())
+    return {part: total.hexdigest()[:16] for part, total in by_part.items()}
+
+
+def _folder_line(label: str, root: Path, listing: str) -> str:
+    value, count = folder_digest(root, listing)
+    samples = " ".join(f"{part} {value}" for part, value in sample_digests(root).items())
+    return f"{label:<12} {value} ({count} audio files); samples: {samples}"
+
+
 def cpu_model() -> str:
     """The CPU's model name as the kernel reports it (platform.processor() is often empty)."""
     try:
@@ -110,11 +137,9 @@ def report(negatives: Path | None, data: Path | None, steps: int = 20) -> list[s
         f"{float(np.abs(default - plain).max()):.2e})",
     ]
     if negatives is not None:
-        value, count = folder_digest(negatives, "NEGATIVES.csv")
-        lines.append(f"negatives    {value} ({count} audio files)")
+        lines.append(_folder_line("negatives", negatives, "NEGATIVES.csv"))
     if data is not None:
-        value, count = folder_digest(data, "MANIFEST.csv")
-        lines.append(f"data         {value} ({count} audio files)")
+        lines.append(_folder_line("data", data, "MANIFEST.csv"))
     return lines
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 from tests.conftest import require_module
 
@@ -48,3 +49,25 @@ def test_the_command_prints_one_line_per_suspect(tmp_path: Path, capsys: pytest.
     assert "0 audio files" in lines[-1]
     with pytest.raises(SystemExit):
         fingerprint.main(["--negatives", str(tmp_path)])  # no NEGATIVES.csv there
+
+
+def test_the_sample_digest_sees_the_audio_not_its_encoding(tmp_path: Path) -> None:
+    """Two encodings of the same samples (FLAC compression levels) share the sample digest
+    and not the byte digest; a changed sample changes it, in its own split only."""
+    (tmp_path / "dev").mkdir()
+    (tmp_path / "train").mkdir()
+    (tmp_path / "NEGATIVES.csv").write_text("path\n")
+    samples = (np.sin(np.arange(8000) * 0.05) * 8000).astype(np.int16)
+    sf.write(tmp_path / "dev" / "a.flac", samples, 16000, subtype="PCM_16", compression_level=0.0)
+    sf.write(tmp_path / "train" / "b.flac", samples[::-1].copy(), 16000, subtype="PCM_16")
+    bytes_before = fingerprint.folder_digest(tmp_path, "NEGATIVES.csv")[0]
+    before = fingerprint.sample_digests(tmp_path)
+    assert set(before) == {"dev", "train"}
+    sf.write(tmp_path / "dev" / "a.flac", samples, 16000, subtype="PCM_16", compression_level=1.0)
+    assert fingerprint.folder_digest(tmp_path, "NEGATIVES.csv")[0] != bytes_before
+    assert fingerprint.sample_digests(tmp_path) == before
+    changed = samples.copy()
+    changed[100] += 1
+    sf.write(tmp_path / "dev" / "a.flac", changed, 16000, subtype="PCM_16")
+    after = fingerprint.sample_digests(tmp_path)
+    assert after["dev"] != before["dev"] and after["train"] == before["train"]
