@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import re
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
@@ -195,6 +196,13 @@ def member_weight_matrix(
     return weights
 
 
+def family_name(model_name: str) -> str:
+    """The recipe's name without what joining and taking members appended ("-x2",
+    "-member0"), so a join of a pair's member with a third network is "NAME-x3", not
+    "NAME-x2-member0-x3"."""
+    return re.sub(r"(-x\d+|-member\d+)+$", "", model_name)
+
+
 def ensemble_onnx(
     paths: Sequence[Path], member_weights: Mapping[str, Sequence[float]] | None = None
 ) -> tuple[onnx.ModelProto, ModelContract]:
@@ -234,7 +242,7 @@ def ensemble_onnx(
     closed = [c.training for c in contracts if c.training.get("licences") != "open"]
     contract = replace(
         first,
-        model_name=f"{first.model_name}-x{len(paths)}",
+        model_name=f"{family_name(first.model_name)}-x{len(paths)}",
         training={
             **{k: v for k, v in first.training.items() if k not in own},
             "ensemble": members,

@@ -18,6 +18,7 @@ import onnx  # noqa: E402
 
 from models import (  # noqa: E402
     augment,
+    export,
     synth,
 )
 from models import data as D  # noqa: E402
@@ -377,6 +378,8 @@ def test_an_exported_network_unfolds_into_a_trainable_one(tmp_path: Path) -> Non
                      "--out", str(member_path)]) == 0
     member = Detector.load(member_path)
     assert member.contract.model_name == "fc-x2-member1" and member.contract.training["member"] == 1
+    # A pair's member joined with more networks is named for its recipe and the count.
+    assert [export.family_name(n) for n in ("fc-x2-member1", "fc-x2", "fc", "fc-x10-member0-x3")] == ["fc"] * 4
     frames = sample[0].numpy()
     with torch.no_grad():
         padded = torch.from_numpy(pad_stream(frames, other.receptive_field - 3, 3))
