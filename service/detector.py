@@ -32,6 +32,12 @@ BatchMode = Literal["batch", "concat", "sequential"]
 #: Largest score difference between one window alone and the same window inside a batch
 #: that still counts as the same result (float summation order differs a little).
 BATCH_TOLERANCE = 1e-4
+#: Outputs per network call when a long signal is scored (Detector.raw_scores): blocks
+#: of ~40 s keep the intermediate maps in cache (measured fastest at 1 000-2 000 frames on
+#: the joined pair and triple, 2 000 on one network).
+SCORE_BLOCK_FRAMES = 2000
+
+
 def pad_stream(frames: np.ndarray, context: int, lookahead: int) -> np.ndarray:
     """A whole stream's frames as the network scores them: the first frame repeated
     `context` times before, the last frame repeated `lookahead` times after. A stream is
@@ -137,10 +143,26 @@ class Detector:
         return self.contract.class_names
 
     def raw_scores(self, frames: np.ndarray) -> np.ndarray:
-        """Network output for already padded frames: (T, n_mels) -> (T - receptive_field, C)."""
-        batch = np.ascontiguousarray(frames, dtype=np.float32)[None]
+        """Network output for already padded frames: (T, n_mels) -> (T - receptive_field, C).
+
+        A long signal is scored in blocks of `SCORE_BLOCK_FRAMES` outputs, each with its
+        receptive field of input: the outputs are the same numbers as one call's (every
+        output sees exactly its own frames), and the network's intermediate maps of one
+        block stay in the CPU's cache: 1.3-1.6 times faster for 10 minutes of audio than one
+        call over all 30 000 frames (`bench/pipeline.py`)."""
+        frames = np.ascontiguousarray(frames, dtype=np.float32)
+        rf = self.contract.receptive_field_frames
+        n_out = frames.shape[0] - rf
+        if n_out <= SCORE_BLOCK_FRAMES:
+            return self._run(frames)
+        return np.concatenate([
+            self._run(frames[start : min(n_out, start + SCORE_BLOCK_FRAMES) + rf])
+            for start in range(0, n_out, SCORE_BLOCK_FRAMES)
+        ])
+
+    def _run(self, frames: np.ndarray) -> np.ndarray:
         (scores,) = self._session.run(  # type: ignore[attr-defined]
-            [self.contract.output_name], {self.contract.input_name: batch}
+            [self.contract.output_name], {self.contract.input_name: frames[None]}
         )
         return np.asarray(scores[0], dtype=np.float32)
 

@@ -11,7 +11,7 @@ import pytest
 
 from service.audio.features import LogMel, StreamingLogMel
 from service.contract import CONTRACT_KEY, ContractError, ModelContract
-from service.detector import Detector, bundled_model_path
+from service.detector import SCORE_BLOCK_FRAMES, Detector, bundled_model_path
 from tests.conftest import t3_scene
 
 
@@ -50,6 +50,20 @@ def test_the_bundled_model_is_a_joined_pair_and_the_lite_option_keeps_its_contra
     batch = lite.scores(LogMel().frames(audio))
     np.testing.assert_allclose(_streamed(lite, audio, 1023), batch, atol=1e-4)
     assert batch[:, lite.class_names.index("smoke_alarm")].max() > 0.5
+
+
+def test_a_long_signal_scored_in_blocks_equals_one_network_call(detector: Detector) -> None:
+    """Detector.raw_scores cuts a long signal into blocks of SCORE_BLOCK_FRAMES outputs
+    (for speed); every output is the number one call over the whole signal gives, at the
+    block edges too, and a signal just over one block gets its last output."""
+    rf = detector.contract.receptive_field_frames
+    rng = np.random.default_rng(5)
+    for outputs in (SCORE_BLOCK_FRAMES, SCORE_BLOCK_FRAMES + 1, 2 * SCORE_BLOCK_FRAMES + 37):
+        frames = rng.normal(-6.0, 2.0, (outputs + rf, 64)).astype(np.float32)
+        (whole,) = detector._session.run(None, {detector.contract.input_name: frames[None]})
+        blocked = detector.raw_scores(frames)
+        assert blocked.shape == (outputs, len(detector.class_names))
+        np.testing.assert_allclose(blocked, whole[0], rtol=0, atol=1e-6)  # equal here; kernels may round
 
 
 @pytest.mark.parametrize("chunk", [1, 160, 1023, 16000])
