@@ -445,7 +445,10 @@ def write_member(
     return export_onnx(
         net, out, contract.class_names, cfg.net.lookahead_frames, contract.decision,
         f"{contract.model_name}-member{member}", contract.model_version,
-        {**contract.training, "member_of": f"{contract.model_name} {contract.model_version}", "member": member},
+        # The member's own size, not the ensemble's totals it would otherwise inherit (2.4.0's
+        # and 2.5.0's first contracts counted a member as the whole pair).
+        {**contract.training, "member_of": f"{contract.model_name} {contract.model_version}", "member": member,
+         "parameters": sum(p.numel() for p in net.parameters()), "macs_per_frame": net.macs_per_frame()},
     )
 
 

@@ -33,17 +33,19 @@ def _streamed(detector: Detector, audio: np.ndarray, chunk: int) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def test_the_bundled_model_is_a_joined_pair_and_the_lite_option_keeps_its_contract(detector: Detector) -> None:
-    """models/harken.onnx (model card: S4DP+ST, 2.4.0) is two members joined into one
-    network; models/harken-lite.onnx (S3DP, one network, half the compute) loads through
-    the same contract, streams like one pass and finds a T3 alarm, so `model:` can point
-    at it on a slow machine."""
+def test_the_bundled_model_is_a_joined_triple_and_the_lite_option_keeps_its_contract(detector: Detector) -> None:
+    """models/harken.onnx (model card: S4DP + ST + STE2, 2.5.0) is three members joined
+    into one network, each class taken from the members that hold it; models/harken-lite.onnx
+    (S3DP, one network, a third of the compute) loads through the same contract, streams
+    like one pass and finds a T3 alarm, so `model:` can point at it on a slow machine."""
     c = detector.contract
-    assert c.model_name.endswith("-x2") and len(c.training["members"]) == 2
+    assert c.model_name.endswith("-x3") and len(c.training["members"]) == 3
+    assert c.training["member_weights"] == {
+        "baby_cry": [0.0, 0.0, 1.0], "smoke_alarm": [1.0, 0.0, 0.0], "glass_break": [0.5, 0.5, 0.0]}
     assert c.training["parameters"] <= 300_000 and c.training["macs_per_frame"] * 50 <= 15_000_000
     lite = Detector.load(bundled_model_path().with_name("harken-lite.onnx"))
     assert "members" not in lite.contract.training
-    assert lite.contract.training["macs_per_frame"] * 2 <= c.training["macs_per_frame"]
+    assert lite.contract.training["macs_per_frame"] * 3 <= c.training["macs_per_frame"]
     assert (lite.contract.class_names, lite.contract.features, lite.contract.lookahead_frames) == (
         c.class_names, c.features, c.lookahead_frames)
     audio = t3_scene(seconds=6.0, alarm_at_s=1.0)

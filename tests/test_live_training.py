@@ -378,6 +378,8 @@ def test_an_exported_network_unfolds_into_a_trainable_one(tmp_path: Path) -> Non
                      "--out", str(member_path)]) == 0
     member = Detector.load(member_path)
     assert member.contract.model_name == "fc-x2-member1" and member.contract.training["member"] == 1
+    assert member.contract.training["parameters"] == sum(p.numel() for p in other.parameters())
+    assert member.contract.training["macs_per_frame"] == other.macs_per_frame()
     # A pair's member joined with more networks is named for its recipe and the count.
     assert [export.family_name(n) for n in ("fc-x2-member1", "fc-x2", "fc", "fc-x10-member0-x3")] == ["fc"] * 4
     frames = sample[0].numpy()
