@@ -11,7 +11,7 @@ suspects, each printed as one line that two sessions can compare:
 * the **data** folder (`MANIFEST.csv` and its audio).
 
 A folder's line has two kinds of digest: its bytes (the listing and every audio file) and,
-per top-level folder (train, dev), its decoded samples. A rebuild by another FLAC encoder
+per split of its listing (train, dev), its decoded samples. A rebuild by another FLAC encoder
 or package snapshot changes the bytes; only a change of the samples changes what a run
 or a dev figure sees (twelfth round: the negatives' bytes differed from the session before
 while every re-measured dev figure was equal to the last digit).
@@ -25,6 +25,7 @@ machine, not the recipe, is why a run does not repeat.
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
 import platform
 from collections.abc import Iterator
@@ -95,23 +96,25 @@ def folder_digest(root: Path, listing: str) -> tuple[str, int]:
     return total.hexdigest()[:16], len(files)
 
 
-def sample_digests(root: Path) -> dict[str, str]:
-    """sha256 of the decoded samples (and relative paths) of the audio under each top-level
-    folder of `root`, in sorted path order; files directly under `root` count as ".". """
-    by_part: dict[str, hashlib._Hash] = {}
+def sample_digests(root: Path, listing: str) -> dict[str, str]:
+    """sha256 of the decoded samples (and relative paths) of the audio of each split named
+    by `listing`'s `split` column (train, dev, ...), in sorted path order; audio the listing
+    does not name counts as "unlisted"."""
+    with (root / listing).open(newline="") as file:
+        split_of = {row["path"]: row.get("split") or "unlisted" for row in csv.DictReader(file)}
+    by_split: dict[str, hashlib._Hash] = {}
     for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES):
-        relative = path.relative_to(root)
-        part = relative.parts[0] if len(relative.parts) > 1 else "."
-        total = by_part.setdefault(part, hashlib.sha256())
+        relative = path.relative_to(root).as_posix()
+        total = by_split.setdefault(split_of.get(relative, "unlisted"), hashlib.sha256())
         samples, rate = sf.read(path, dtype="int16", always_2d=True)  # the FLACs are 16-bit
-        total.update(relative.as_posix().encode() + b"\0" + str(rate).encode() + b"\0")
+        total.update(relative.encode() + b"\0" + str(rate).encode() + b"\0")
         total.update(np.ascontiguousarray(samples).tobytes())
-    return {part: total.hexdigest()[:16] for part, total in by_part.items()}
+    return {split: total.hexdigest()[:16] for split, total in sorted(by_split.items())}
 
 
 def _folder_line(label: str, root: Path, listing: str) -> str:
     value, count = folder_digest(root, listing)
-    samples = " ".join(f"{part} {value}" for part, value in sample_digests(root).items())
+    samples = " ".join(f"{split} {value}" for split, value in sample_digests(root, listing).items())
     return f"{label:<12} {value} ({count} audio files); samples: {samples}"
 
 

@@ -56,18 +56,20 @@ def test_the_sample_digest_sees_the_audio_not_its_encoding(tmp_path: Path) -> No
     and not the byte digest; a changed sample changes it, in its own split only."""
     (tmp_path / "dev").mkdir()
     (tmp_path / "train").mkdir()
-    (tmp_path / "NEGATIVES.csv").write_text("path\n")
+    (tmp_path / "NEGATIVES.csv").write_text("path,split\ndev/a.flac,dev\ntrain/b.flac,train\n")
     samples = (np.sin(np.arange(8000) * 0.05) * 8000).astype(np.int16)
     sf.write(tmp_path / "dev" / "a.flac", samples, 16000, subtype="PCM_16", compression_level=0.0)
     sf.write(tmp_path / "train" / "b.flac", samples[::-1].copy(), 16000, subtype="PCM_16")
     bytes_before = fingerprint.folder_digest(tmp_path, "NEGATIVES.csv")[0]
-    before = fingerprint.sample_digests(tmp_path)
+    before = fingerprint.sample_digests(tmp_path, "NEGATIVES.csv")
     assert set(before) == {"dev", "train"}
     sf.write(tmp_path / "dev" / "a.flac", samples, 16000, subtype="PCM_16", compression_level=1.0)
     assert fingerprint.folder_digest(tmp_path, "NEGATIVES.csv")[0] != bytes_before
-    assert fingerprint.sample_digests(tmp_path) == before
+    assert fingerprint.sample_digests(tmp_path, "NEGATIVES.csv") == before
     changed = samples.copy()
     changed[100] += 1
     sf.write(tmp_path / "dev" / "a.flac", changed, 16000, subtype="PCM_16")
-    after = fingerprint.sample_digests(tmp_path)
+    after = fingerprint.sample_digests(tmp_path, "NEGATIVES.csv")
     assert after["dev"] != before["dev"] and after["train"] == before["train"]
+    sf.write(tmp_path / "dev" / "stray.flac", samples, 16000, subtype="PCM_16")  # not in the listing
+    assert set(fingerprint.sample_digests(tmp_path, "NEGATIVES.csv")) == {"dev", "train", "unlisted"}
