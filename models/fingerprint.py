@@ -82,12 +82,17 @@ def digest(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()[:16]
 
 
+def audio_files(root: Path) -> list[Path]:
+    """Every audio file under `root`, in sorted path order (the order both digests use)."""
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+
+
 def folder_digest(root: Path, listing: str) -> tuple[str, int]:
     """sha256 over `listing` (the folder's CSV) and every audio file under `root`, in sorted
     path order; and how many audio files went in."""
     if not (root / listing).is_file():
         raise FileNotFoundError(f"{root}: no {listing} (give the folder that holds it)")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+    files = audio_files(root)
     total = hashlib.sha256()
     for path in [root / listing, *files]:
         total.update(path.relative_to(root).as_posix().encode() + b"\0")
@@ -103,7 +108,7 @@ def sample_digests(root: Path, listing: str) -> dict[str, str]:
     with (root / listing).open(newline="") as file:
         split_of = {row["path"]: row.get("split") or "unlisted" for row in csv.DictReader(file)}
     by_split: dict[str, hashlib._Hash] = {}
-    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES):
+    for path in audio_files(root):
         relative = path.relative_to(root).as_posix()
         total = by_split.setdefault(split_of.get(relative, "unlisted"), hashlib.sha256())
         samples, rate = sf.read(path, dtype="int16", always_2d=True)  # the FLACs are 16-bit

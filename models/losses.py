@@ -43,6 +43,11 @@ def _neg_log_not(logits: torch.Tensor) -> torch.Tensor:
     return F.softplus(logits)
 
 
+def _per_class(values: torch.Tensor, class_weights: torch.Tensor | None) -> torch.Tensor:
+    """`values` (..., C) scaled by each class's weight; unchanged when there are none."""
+    return values if class_weights is None else values * class_weights.to(values.dtype)
+
+
 def non_target_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -125,11 +130,6 @@ def pooled_event_loss(
     else:
         raise ValueError(f"unknown pooling {kind!r}: use genmean, lse or topk")
     return (nll.clamp_max(-np.log(1e-6)) * w_t).sum() / denominator
-
-
-def _per_class(values: torch.Tensor, class_weights: torch.Tensor | None) -> torch.Tensor:
-    """`values` (..., C) scaled by each class's weight; unchanged when there are none."""
-    return values if class_weights is None else values * class_weights.to(values.dtype)
 
 
 def smoothness_loss(logits: torch.Tensor, class_weights: torch.Tensor | None = None) -> torch.Tensor:
