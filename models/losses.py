@@ -194,6 +194,12 @@ class LossConfig:
     #: mean squared error): a denser description of what the background is.
     teacher_kind: str = "scores"
     teacher_dims: int = 64
+    #: Fine-tuning with `--init` and a teacher term: the teacher head is not in the exported
+    #: model the run starts from, so a fresh head would first pull the trained network
+    #: towards a random projection. With N > 0 the head is fitted to the starting network
+    #: first, by ridge regression over N batches of training scenes, and the term then
+    #: holds the network near what it knew (fourteenth round). 0: a random head, as before.
+    teacher_head_fit_batches: int = 0
     #: Distillation term: binary cross-entropy of the network's own logits against a
     #: harken model's scores of the same scenes (an ensemble distilled into one network of
     #: the ensemble's members' size); needs `harken train --distil-from MODEL.onnx`.
@@ -228,6 +234,8 @@ class LossConfig:
             raise ValueError(f"loss.teacher_kind must be 'scores' or 'embedding', got {self.teacher_kind!r}")
         if self.teacher_dims < 1:
             raise ValueError(f"loss.teacher_dims must be >= 1, got {self.teacher_dims}")
+        if self.teacher_head_fit_batches < 0:
+            raise ValueError(f"loss.teacher_head_fit_batches must be >= 0, got {self.teacher_head_fit_batches}")
         for name in ("non_target", "pooled", "smooth", "cross", "onset", "teacher", "distil"):
             if getattr(self, name) < 0:
                 raise ValueError(f"loss.{name} must be >= 0, got {getattr(self, name)}")

@@ -180,6 +180,42 @@ class TeacherTrack:
         return np.asarray(self.scores[np.clip(idx, 0, self.scores.shape[0] - 1)])
 
 
+def fit_linear_head(
+    head: Any,
+    features: list[Any],
+    targets: list[Any],
+    masks: list[Any],
+    ridge: float = 1e-3,
+) -> tuple[float, float]:
+    """Set a 1x1 `torch.nn.Conv1d` teacher head (C -> K) to the ridge-regression fit of the
+    teacher's rows from the network's temporal features: `features` (B, C, T), `targets`
+    (B, T, K) and `masks` (B, T) per batch, over the frames the masks mark. `ridge` is
+    relative to the features' mean energy (the bias is not penalised). Returns the masked
+    mean squared error per component before and after the fit."""
+    import torch
+
+    xs, ys = [], []
+    for f, t, m in zip(features, targets, masks, strict=True):
+        keep = m.reshape(-1) > 0
+        xs.append(f.detach().transpose(1, 2).reshape(-1, f.shape[1])[keep].double())
+        ys.append(t.detach().reshape(-1, t.shape[-1])[keep].double())
+    x, y = torch.cat(xs), torch.cat(ys)
+    if x.shape[0] == 0:
+        raise ValueError("no teacher frames to fit the head on (no scene had a plain negative background)")
+    with torch.no_grad():
+        before = float(((head(x.T[None].float())[0].T.double() - y) ** 2).mean())
+        ones = torch.ones(x.shape[0], 1, dtype=x.dtype)
+        design = torch.cat([x, ones], dim=1)
+        gram = design.T @ design
+        penalty = ridge * float((x**2).mean()) * x.shape[0]
+        gram[:-1, :-1] += penalty * torch.eye(x.shape[1], dtype=x.dtype)
+        solution = torch.linalg.solve(gram, design.T @ y)  # (C + 1, K)
+        head.weight.copy_(solution[:-1].T[..., None].to(head.weight.dtype))
+        head.bias.copy_(solution[-1].to(head.bias.dtype))
+        after = float(((design @ solution - y) ** 2).mean())
+    return before, after
+
+
 def harken_scorer(
     model_path: str | Path, receptive_field: int, lookahead: int
 ) -> Callable[[np.ndarray], np.ndarray]:

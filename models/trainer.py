@@ -80,6 +80,30 @@ def batches(maker: LiveSceneMaker, batch: int, seed: int, first: int, workers: i
     return iter(loader)
 
 
+def _fit_teacher_head(net: torch.nn.Module, head: torch.nn.Module, maker: LiveSceneMaker,
+                      batch: int, seed: int, n_batches: int, label: str) -> None:
+    """Fit the teacher head to the (fine-tuned) network's features by ridge regression over
+    `n_batches` batches of scenes drawn apart from the training stream (their own seed)."""
+    from models.teacher import fit_linear_head
+
+    stream = batches(maker, batch, seed + 7919, 0, 0)
+    features, targets, masks = [], [], []
+    was_training = net.training
+    net.eval()  # the starting network's own normalisation, no running statistics touched
+    with torch.no_grad():
+        for _ in range(n_batches):
+            x, *_, teacher, mask = next(stream)
+            if teacher is None or mask is None:
+                raise ValueError("loss.teacher_head_fit_batches: the scenes carry no teacher rows")
+            features.append(net.features(x))  # type: ignore[operator]
+            targets.append(teacher)
+            masks.append(mask)
+    net.train(was_training)
+    before, after = fit_linear_head(head, features, targets, masks)
+    tqdm.write(f"{label}: teacher head fitted to the starting network over {n_batches} batches "
+               f"(mean squared error {before:.3f} -> {after:.3f})")
+
+
 def train_live(
     net: torch.nn.Module,
     loss_fn: EventAwareLoss,
@@ -107,6 +131,7 @@ def train_live(
     distil_weight: float = 0.0,
     distil_classes: Sequence[int] | None = None,
     distil_positive: float = 1.0,
+    teacher_head_fit_batches: int = 0,
 ) -> dict[str, Any]:
     """Train (or resume from OUT_DIR/last.pt); returns the run's summary. OUT_DIR/best.pt holds
     the best network state by the `evaluate` selection metric. `teacher_head` (training
@@ -114,7 +139,9 @@ def train_live(
     scores (or embedding, `teacher_kind`) with weight `teacher_weight`. `distil_from`
     (models/teacher.harken_scorer) scores each batch with another harken model, whose scores
     the network learns with weight `distil_weight` (of the class indices `distil_classes`,
-    or all), frames it scores above 0.5 weighing `distil_positive`."""
+    or all), frames it scores above 0.5 weighing `distil_positive`. Fine-tuning from
+    `init_state` with a teacher head and `teacher_head_fit_batches` > 0 fits the head to the
+    starting network first (`loss.teacher_head_fit_batches`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     last_file, best_file = out_dir / "last.pt", out_dir / "best-state.pt"
     trained = list(net.parameters()) + (list(teacher_head.parameters()) if teacher_head is not None else [])
@@ -133,6 +160,8 @@ def train_live(
         tqdm.write(f"{label}: resumed at step {state['step']} (best {state['best']:.3f} at {state['best_step']})")
     elif init_state is not None:
         net.load_state_dict(init_state)
+        if teacher_head is not None and teacher_head_fit_batches > 0:
+            _fit_teacher_head(net, teacher_head, maker, batch, seed, teacher_head_fit_batches, label)
     else:
         torch.manual_seed(seed)
     started = time.monotonic()
@@ -468,6 +497,7 @@ def train_live_command(
         teacher_kind=cfg.loss.teacher_kind,
         distil_from=distil_from,
         distil_weight=cfg.loss.distil,
+        teacher_head_fit_batches=cfg.loss.teacher_head_fit_batches,
         distil_classes=distil_classes,
         distil_positive=cfg.loss.distil_positive,
     )

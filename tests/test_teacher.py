@@ -21,6 +21,7 @@ from models.teacher import (  # noqa: E402
     HOP_SAMPLES,
     WINDOW_SAMPLES,
     TeacherTrack,
+    fit_linear_head,
     principal_components,
     yamnet_embedder,
     yamnet_scorer,
@@ -172,6 +173,49 @@ def test_training_learns_the_teachers_embedding(tiny: dict[str, Path]) -> None:
     history = json.loads((root / "embedding" / "history.json").read_text())["history"]
     # mean squared error against unit-variance components: positive, and not a BCE's ~0.02
     assert any(entry["teacher"] > 0.1 for entry in history)
+
+
+def test_fit_linear_head_recovers_a_linear_map_over_marked_frames_only() -> None:
+    gen = torch.Generator().manual_seed(3)
+    weight, bias = torch.randn(4, 6, generator=gen), torch.randn(4, generator=gen)
+    features = [torch.randn(2, 6, 50, generator=gen) for _ in range(3)]
+    targets = [(weight @ f + bias[:, None]).transpose(1, 2) for f in features]
+    masks = [torch.ones(2, 50) for _ in range(3)]
+    for t, m in zip(targets, masks, strict=True):  # unmarked frames carry rubbish: ignored
+        t[:, :10] = 100.0
+        m[:, :10] = 0.0
+    head = torch.nn.Conv1d(6, 4, 1)
+    before, after = fit_linear_head(head, features, targets, masks, ridge=1e-9)
+    assert after < 1e-6 < before
+    assert torch.allclose(head.weight[..., 0], weight, atol=1e-3)
+    assert torch.allclose(head.bias, bias, atol=1e-3)
+    with pytest.raises(ValueError, match="no teacher frames"):
+        fit_linear_head(head, features, targets, [torch.zeros(2, 50) for _ in range(3)])
+
+
+def test_fine_tuning_fits_the_teacher_head_to_the_starting_network(
+    tiny: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tiny["root"]
+    cache = root / "cache"
+    pool = NegativePool.load(tiny["negatives"], "train", cache)
+    TeacherTrack.for_pool(pool, tiny["model"], cache, score=stand_in_embedding, kind="embedding", dims=4)
+    config = root / "teacher-fit.yaml"
+    config.write_text(LIVE_CONFIG.replace(
+        "loss: {onset: 1.0, onset_frames: 10}",
+        "loss: {onset: 1.0, onset_frames: 10, teacher: 1.0, teacher_kind: embedding, teacher_dims: 4, "
+        "teacher_head_fit_batches: 2}"))
+    common = ["--config", str(config), "--data", str(tiny["data"]), "--negatives", str(tiny["negatives"]),
+              "--cache", str(cache), "--teacher", str(tiny["model"])]
+    # From scratch the option does nothing: there is no trained network to fit the head to.
+    assert cli.main(["train", *common, "--out", str(root / "fit-start")]) == 0
+    assert "teacher head fitted" not in capsys.readouterr().out
+    onnx_path = root / "fit-start.onnx"
+    assert cli.main(["export", "--checkpoint", str(root / "fit-start" / "best.pt"), "--out", str(onnx_path)]) == 0
+    assert cli.main(["train", *common, "--init", str(onnx_path), "--out", str(root / "fit-tune")]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "teacher head fitted" in x)
+    before, after = (float(v) for v in line.split("error ")[1].rstrip(")").split(" -> "))
+    assert after < before
 
 
 def test_teacher_errors_are_clear(tiny: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
