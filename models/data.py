@@ -336,9 +336,12 @@ def negative_bed(
     n_samples: int,
     rng: np.random.Generator,
     weights: np.ndarray | None = None,
+    placed: list[tuple[int, int, int]] | None = None,
 ) -> np.ndarray:
     """A stream of random negative clips with random gains and short cross-fades.
-    `weights` (one per clip) makes some clips likelier, e.g. mined confusers."""
+    `weights` (one per clip) makes some clips likelier, e.g. mined confusers. `placed`,
+    when given, receives (clip index, first sample, end sample) of every piece laid in the
+    stream; it draws nothing from `rng`, so the stream is the same with or without it."""
     out = np.zeros(n_samples, dtype=np.float32)
     if not negatives:
         return (synth.background(n_samples / SAMPLE_RATE, rng) * 0.1)[:n_samples]
@@ -355,6 +358,8 @@ def negative_bed(
         a, b = max(pos, 0), min(pos + seg.shape[0], n_samples)
         if b > a:
             out[a:b] += seg[a - pos : b - pos]
+            if placed is not None:
+                placed.append((pick, a, b))
         pos += max(seg.shape[0] - fade, int(0.2 * SAMPLE_RATE)) + int(
             rng.uniform(0, 0.5) * SAMPLE_RATE
         )
@@ -517,6 +522,18 @@ class DevItem:
     duration_s: float
     negative_only: bool
     source_clip: str = ""
+    bed: tuple[BedPiece, ...] = ()  # dev scenes: the negative clips under the event
+
+
+@dataclass(frozen=True)
+class BedPiece:
+    """A negative clip laid in a dev scene's bed: its file name, its manifest class
+    (background or a confuser kind) and where it sits in the scene (seconds)."""
+
+    clip: str
+    kind: str
+    start_s: float
+    end_s: float
 
 
 # Audio -> the rows a dev item carries: log-mel frames, or a reference scorer's scores
@@ -569,7 +586,8 @@ def build_dev(
                 pre_s = float(rng.uniform(2.0, 5.0))
                 total_s = pre_s + sig.shape[0] / SAMPLE_RATE + float(rng.uniform(3.0, 5.0))
                 n = int(total_s * SAMPLE_RATE)
-                bed = negative_bed(bank.negatives, n, rng)
+                placed: list[tuple[int, int, int]] = []
+                bed = negative_bed(bank.negatives, n, rng, placed=placed)
                 at = int(pre_s * SAMPLE_RATE)
                 seg = sig[: n - at]
                 gain = (
@@ -588,6 +606,13 @@ def build_dev(
                         total_s,
                         False,
                         str(clip.path.name),
+                        tuple(
+                            BedPiece(
+                                bank.negative_clips[i].path.name, bank.negative_clips[i].class_name,
+                                round(a / SAMPLE_RATE, 3), round(b / SAMPLE_RATE, 3),
+                            )
+                            for i, a, b in placed
+                        ),
                     )
                 )
     # Negative-only streams: every dev negative once, in a fixed random order.

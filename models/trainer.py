@@ -325,7 +325,7 @@ def live_dev_set(
     manifest = data_dir / "MANIFEST.csv"
     stat = manifest.stat()
     key = D.cache_key(
-        "live-dev-2",
+        "live-dev-3",  # 3: dev scenes record their beds (DevItem.bed)
         asdict(cfg.eval)["dev_reps"],
         cfg.data.licences,
         str(data_dir.resolve()),

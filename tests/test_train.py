@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -272,3 +273,20 @@ def test_train_without_torch_says_which_extra(
     monkeypatch.setitem(__import__("sys").modules, "torch", None)  # import torch -> ImportError
     assert cli.main(["train", "--data", str(tmp_path)]) == 2
     assert "harken[train]" in capsys.readouterr().err
+
+
+def test_dev_miss_probe_runs_on_a_trained_model(
+    trained: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from models import dev_misses
+
+    out = tmp_path / "fates.json"
+    args = ["--model", str(trained["onnx"]), "--data", str(trained["data"]), "--config", str(trained["config"])]
+    assert dev_misses.main([*args, "--class", "glass_break", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "glass_break by EBR" in printed and "by the background family under it" in printed
+    fates = json.loads(out.read_text())
+    assert fates and {f["fate"] for f in fates} <= {"on_time", "late", "missed"}
+    assert all(f["bed_kind"] != "none" for f in fates)  # every dev scene records its bed
+    with pytest.raises(SystemExit, match="no class 'cat'"):
+        dev_misses.main([*args, "--class", "cat"])
