@@ -22,7 +22,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from models.data import BedPiece, DevItem
+import numpy as np
+
+from models.data import BedPiece, ClipBank, DevItem
 from models.tuning import _match
 from service.decision import EventEnded
 
@@ -65,7 +67,7 @@ class EventFate:
 
     item: str
     clip: str
-    ebr: str  # the scene's EBR tag, e.g. "+3"
+    ebr: str  # the scene's EBR tag, e.g. "+3"; "alone" for a clip played alone
     onset_s: float
     fate: Fate  # on time (500 ms collar), heard (reported inside it, not on time), missed
     bed_kind: str  # the kind of the bed clip overlapping the event longest
@@ -102,7 +104,7 @@ def event_fates(
         pairs, _ = _match(truth, mine)
         matched = {ti for ti, _ in pairs}
         tag = item.name.rpartition(":")[2]
-        ebr = tag[3:] if tag.startswith("ebr") else "?"
+        ebr = tag[3:] if tag.startswith("ebr") else tag  # "alone" for a clip played alone
         for ti, (on, off) in enumerate(truth):
             heard = any(d.start_s < off and d.end_s > on for d in mine)
             fate: Fate = "on_time" if ti in matched else "late" if heard else "missed"
@@ -146,11 +148,12 @@ def _table(title: str, rows: dict[str, dict[str, int]]) -> str:
     return "\n".join(lines)
 
 
-def dev_scene_fates(model: Path, data_dir: Path, config: Path, class_name: str) -> list[EventFate]:
+def dev_scene_fates(model: Path, data_dir: Path, config: Path, class_name: str
+                    ) -> tuple[list[EventFate], list[EventFate]]:
     """Build the dev scenes as the training recipe does, score them with the model and run
-    the model's own decisions."""
+    the model's own decisions; the same for each dev clip of the class played alone."""
     from models.config import load_config
-    from models.data import ClipBank, build_dev, read_clips, select
+    from models.data import build_dev, read_clips, select
     from models.tuning import run_decisions
     from service.audio.features import FeatureParams
     from service.detector import Detector
@@ -162,9 +165,52 @@ def dev_scene_fates(model: Path, data_dir: Path, config: Path, class_name: str) 
     bank = ClipBank(select(read_clips(data_dir), "dev", cfg.data.licences))
     dev = [it for it in build_dev(bank, seed=cfg.data.seed + 1, params=FeatureParams(), reps=cfg.eval.dev_reps)
            if not it.negative_only]
-    scores = [detector.scores(item.features) for item in dev]
-    detections = run_decisions(scores, detector.contract.decision, detector.class_names)
-    return event_fates(dev, detections, class_name)
+    alone = alone_items(bank, class_name)
+    fates = []
+    for items in (dev, alone):
+        scores = [detector.scores(item.features) for item in items]
+        detections = run_decisions(scores, detector.contract.decision, detector.class_names)
+        fates.append(event_fates(items, detections, class_name))
+    return fates[0], fates[1]
+
+
+def alone_items(bank: ClipBank, class_name: str, pre_s: float = 3.0, post_s: float = 3.0,
+                noise_dbfs: float = -60.0, excerpt_s: float = 15.0, seed: int = 0) -> list[DevItem]:
+    """Each dev clip of `class_name` played alone: `pre_s` of quiet noise (as the onset
+    probe: the network's context is not the stream start), the clip's first `excerpt_s`
+    seconds at its own level, `post_s` of the same noise; its spans are the truth."""
+    from models.data import SAMPLE_RATE
+    from service.audio.features import LogMel
+
+    logmel = LogMel()
+    rng = np.random.default_rng(seed)
+    gain = 10 ** (noise_dbfs / 20)
+    items: list[DevItem] = []
+    for audio, spans, _weak, clip in bank.targets[class_name]:
+        sig = audio[: int(excerpt_s * SAMPLE_RATE)]
+        truth = [(class_name, round(pre_s + a, 3), round(pre_s + min(b, excerpt_s), 3))
+                 for a, b in spans if a < excerpt_s and min(b, excerpt_s) - a >= 0.1]
+        if not truth:
+            continue
+        n_pre, n_post = int(pre_s * SAMPLE_RATE), int(post_s * SAMPLE_RATE)
+        signal = np.concatenate([np.zeros(n_pre, np.float32), sig, np.zeros(n_post, np.float32)])
+        signal = (signal + rng.standard_normal(signal.shape[0]) * gain).astype(np.float32)
+        items.append(DevItem(f"{class_name}:{clip.path.name}:alone", logmel.frames(signal), truth,
+                             signal.shape[0] / SAMPLE_RATE, False, clip.path.name))
+    return items
+
+
+def scene_losses(in_scenes: Sequence[EventFate], alone: Sequence[EventFate]) -> dict[str, int]:
+    """Events whose clip is found on time alone, and how many of those the scenes lose (not
+    on time there): what the backgrounds take, as against what the clip never gives."""
+    found_alone = {f.clip for f in alone if f.fate == "on_time"}
+    scene_events = [f for f in in_scenes if f.clip in found_alone]
+    return {
+        "clips_on_time_alone": len(found_alone),
+        "of_clips": len({f.clip for f in alone}),
+        "their_scene_events": len(scene_events),
+        "lost_in_scenes": sum(f.fate != "on_time" for f in scene_events),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -176,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="the recipe whose dev scenes to build (data seed, repetitions, licences)")
     parser.add_argument("--json", type=Path, help="write every event's fate here")
     args = parser.parse_args(argv)
-    fates = dev_scene_fates(args.model, args.data, args.config, args.class_name)
+    fates, alone = dev_scene_fates(args.model, args.data, args.config, args.class_name)
     print(_table(f"{args.class_name} by EBR", tally(fates, "ebr")))
     print()
     print(_table("by the background family under it", tally(fates, "bed_family")))
@@ -184,8 +230,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(_table("by the background kind under it", tally(fates, "bed_kind")))
     print()
     print("clips (played at several EBRs where the recipe repeats them):", clips_by_pattern(fates))
+    print(_table("each dev clip played alone", tally(alone, "ebr")))
+    print("found alone, lost in the scenes:", scene_losses(fates, alone))
     if args.json:
-        args.json.write_text(json.dumps([asdict(f) for f in fates], indent=1))
+        args.json.write_text(json.dumps({"scenes": [asdict(f) for f in fates],
+                                         "alone": [asdict(f) for f in alone]}, indent=1))
     return 0
 
 

@@ -9,7 +9,16 @@ import numpy as np
 
 from models import data as D
 from models.data import BedPiece, DevItem
-from models.dev_misses import EventFate, bed_kind_under, clips_by_pattern, event_fates, family_of, tally
+from models.dev_misses import (
+    EventFate,
+    alone_items,
+    bed_kind_under,
+    clips_by_pattern,
+    event_fates,
+    family_of,
+    scene_losses,
+    tally,
+)
 from service.decision import EventEnded
 
 
@@ -98,3 +107,28 @@ def test_dev_scenes_record_the_negatives_under_each_event(tmp_path: Path) -> Non
     assert scene.bed and {p.kind for p in scene.bed} <= {"background", "confuser_dog"}
     assert scene.bed[0].start_s == 0.0 and abs(scene.bed[-1].end_s - scene.duration_s) < 1e-3
     assert all(it.bed == () for it in dev if it.negative_only)
+
+
+def test_clips_played_alone_carry_their_spans_after_the_quiet_lead_in(tmp_path: Path) -> None:
+    bank = D.ClipBank([])
+    cry = np.zeros(16000 * 20, np.float32)
+    clip = D.Clip(tmp_path / "long.flac", "baby_cry", "dev", "test", "CC0", "g", "strong")
+    bank.targets["baby_cry"].append((cry, [(1.0, 2.5), (14.95, 18.0)], False, clip))
+    (item,) = alone_items(bank, "baby_cry", pre_s=3.0, post_s=2.0, excerpt_s=15.0)
+    assert item.name == "baby_cry:long.flac:alone" and not item.negative_only
+    assert item.truth == [("baby_cry", 4.0, 5.5)]  # the span cut at 15 s is under 0.1 s: dropped
+    assert abs(item.duration_s - 20.0) < 1e-6
+    assert item.features.shape[1] == 64
+    assert alone_items(bank, "glass_break") == []
+
+
+def test_scene_losses_count_what_the_backgrounds_take() -> None:
+    def fate(clip: str, ebr: str, f: str) -> EventFate:
+        return EventFate(f"glass_break:{clip}:r0:ebr{ebr}", clip, ebr, 1.0, f, "background")  # type: ignore[arg-type]
+
+    alone = [fate("a", "alone", "on_time"), fate("b", "alone", "on_time"), fate("c", "alone", "missed")]
+    scenes = [fate("a", "-3", "missed"), fate("a", "+3", "on_time"), fate("b", "+3", "late"),
+              fate("c", "+9", "on_time")]
+    assert scene_losses(scenes, alone) == {
+        "clips_on_time_alone": 2, "of_clips": 3, "their_scene_events": 3, "lost_in_scenes": 2,
+    }

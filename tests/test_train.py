@@ -285,8 +285,10 @@ def test_dev_miss_probe_runs_on_a_trained_model(
     assert dev_misses.main([*args, "--class", "glass_break", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "glass_break by EBR" in printed and "by the background family under it" in printed
+    assert "each dev clip played alone" in printed and "found alone, lost in the scenes" in printed
     fates = json.loads(out.read_text())
-    assert fates and {f["fate"] for f in fates} <= {"on_time", "late", "missed"}
-    assert all(f["bed_kind"] != "none" for f in fates)  # every dev scene records its bed
+    assert fates["scenes"] and {f["fate"] for f in fates["scenes"]} <= {"on_time", "late", "missed"}
+    assert all(f["bed_kind"] != "none" for f in fates["scenes"])  # every dev scene records its bed
+    assert fates["alone"] and all(f["ebr"] == "alone" for f in fates["alone"])
     with pytest.raises(SystemExit, match="no class 'cat'"):
         dev_misses.main([*args, "--class", "cat"])
