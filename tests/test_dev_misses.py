@@ -13,9 +13,11 @@ from models.dev_misses import (
     EventFate,
     alone_items,
     bed_kind_under,
+    chance_of_as_many,
     clips_by_pattern,
     event_fates,
     family_of,
+    kinds_under_half,
     scene_losses,
     tally,
 )
@@ -132,3 +134,17 @@ def test_scene_losses_count_what_the_backgrounds_take() -> None:
     assert scene_losses(scenes, alone) == {
         "clips_on_time_alone": 2, "of_clips": 3, "their_scene_events": 3, "lost_in_scenes": 2,
     }
+
+
+def test_kinds_under_half_and_their_chance() -> None:
+    def fate(kind: str, f: str) -> EventFate:
+        return EventFate("baby_cry:x:r0:ebr+3", "x", "+3", 1.0, f, kind)  # type: ignore[arg-type]
+
+    fates = [fate("confuser_dog", "missed")] * 10 + [fate("background", "on_time")] * 10 + [
+        fate("confuser_music", "on_time"), fate("confuser_music", "missed")]
+    assert kinds_under_half(fates) == ["confuser_dog"]  # 0 of 10 against 11 of 12
+    assert kinds_under_half(fates, min_events=11) == []
+    assert chance_of_as_many(fates, shuffles=200) < 0.05  # ten of ten missed is rarely chance
+    even = [fate("confuser_dog", "on_time"), fate("confuser_dog", "missed")] * 3 + [
+        fate("background", "on_time"), fate("background", "missed")] * 3
+    assert kinds_under_half(even) == [] and chance_of_as_many(even, shuffles=50) == 1.0
