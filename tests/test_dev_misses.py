@@ -140,11 +140,11 @@ def test_kinds_under_half_and_their_chance() -> None:
     def fate(kind: str, f: str) -> EventFate:
         return EventFate("baby_cry:x:r0:ebr+3", "x", "+3", 1.0, f, kind)  # type: ignore[arg-type]
 
-    fates = [fate("confuser_dog", "missed")] * 10 + [fate("background", "on_time")] * 10 + [
+    fates = [fate("confuser_dog", "missed")] * 20 + [fate("background", "on_time")] * 20 + [
         fate("confuser_music", "on_time"), fate("confuser_music", "missed")]
-    assert kinds_under_half(fates) == ["confuser_dog"]  # 0 of 10 against 11 of 12
-    assert kinds_under_half(fates, min_events=11) == []
-    assert chance_of_as_many(fates, shuffles=200) < 0.05  # ten of ten missed is rarely chance
+    assert kinds_under_half(fates) == ["confuser_dog"]  # 0 of 20 against 21 of 22
+    assert kinds_under_half(fates, min_events=21) == []
+    assert chance_of_as_many(fates, shuffles=200) < 0.05  # twenty of twenty missed is rarely chance
     even = [fate("confuser_dog", "on_time"), fate("confuser_dog", "missed")] * 3 + [
         fate("background", "on_time"), fate("background", "missed")] * 3
     assert kinds_under_half(even) == [] and chance_of_as_many(even, shuffles=50) == 1.0
