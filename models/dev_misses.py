@@ -9,7 +9,8 @@ kind) and the clip itself (a clip missed at every EBR is hard in itself, whateve
 Decisions are the model's own (its contract), so the counts match `harken export`'s.
 
     python -m models.dev_misses --model models/harken.onnx --data ../shared/data \
-        [--class baby_cry] [--config models/configs/live-long-small-rule3.yaml] [--json OUT]
+        [--class baby_cry] [--config models/configs/live-long-small-rule3.yaml] [--reps 3] \
+        [--scene-seed 11] [--json OUT]
 """
 
 from __future__ import annotations
@@ -172,10 +173,14 @@ def _table(title: str, rows: dict[str, dict[str, int]]) -> str:
     return "\n".join(lines)
 
 
-def dev_scene_fates(model: Path, data_dir: Path, config: Path, class_name: str
-                    ) -> tuple[list[EventFate], list[EventFate]]:
+def dev_scene_fates(model: Path, data_dir: Path, config: Path, class_name: str, reps: int | None = None,
+                    scene_seed: int | None = None) -> tuple[list[EventFate], list[EventFate]]:
     """Build the dev scenes as the training recipe does, score them with the model and run
-    the model's own decisions; the same for each dev clip of the class played alone."""
+    the model's own decisions; the same for each dev clip of the class played alone.
+    `reps` plays each clip of the class that many times (at the EBRs in turn) instead of
+    the recipe's `eval.dev_reps`, and `scene_seed` draws other beds and levels for the same
+    recordings: other scenes than the selection's, for the probe only (the selection's
+    scenes are the ones decisions and models were chosen on, so they read optimistic)."""
     from models.config import load_config
     from models.data import build_dev, read_clips, select
     from models.tuning import run_decisions
@@ -187,7 +192,9 @@ def dev_scene_fates(model: Path, data_dir: Path, config: Path, class_name: str
     if class_name not in detector.class_names:
         raise SystemExit(f"{model}: no class {class_name!r} (it has {', '.join(detector.class_names)})")
     bank = ClipBank(select(read_clips(data_dir), "dev", cfg.data.licences))
-    dev = [it for it in build_dev(bank, seed=cfg.data.seed + 1, params=FeatureParams(), reps=cfg.eval.dev_reps)
+    dev_reps = dict(cfg.eval.dev_reps) | ({class_name: reps} if reps else {})
+    seed = cfg.data.seed + 1 if scene_seed is None else scene_seed
+    dev = [it for it in build_dev(bank, seed=seed, params=FeatureParams(), reps=dev_reps)
            if not it.negative_only]
     alone = alone_items(bank, class_name)
     fates = []
@@ -244,10 +251,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--class", dest="class_name", default="baby_cry")
     parser.add_argument("--config", type=Path, default=Path("models/configs/live-long-small-rule3.yaml"),
                         help="the recipe whose dev scenes to build (data seed, repetitions, licences)")
+    parser.add_argument("--reps", type=int, help="play each clip of the class this many times, at the EBRs in "
+                        "turn (other scenes than the selection's; default: the recipe's eval.dev_reps)")
+    parser.add_argument("--scene-seed", type=int, help="draw the dev scenes with this seed (other beds and levels "
+                        "for the same recordings; default: the recipe's, data.seed + 1, the selection's scenes)")
     parser.add_argument("--json", type=Path, help="write every event's fate here")
     args = parser.parse_args(argv)
-    fates, alone = dev_scene_fates(args.model, args.data, args.config, args.class_name)
-    print(_table(f"{args.class_name} by EBR", tally(fates, "ebr")))
+    if args.reps is not None and args.reps < 1:
+        parser.error(f"--reps must be 1 or more, not {args.reps}")
+    fates, alone = dev_scene_fates(args.model, args.data, args.config, args.class_name, args.reps, args.scene_seed)
+    by_ebr = tally(fates, "ebr")
+    by_ebr["all"] = {k: sum(row[k] for row in by_ebr.values()) for k in ("events", "on_time", "late", "missed")}
+    print(_table(f"{args.class_name} by EBR", by_ebr))
     print()
     print(_table("by the background family under it", tally(fates, "bed_family")))
     print()

@@ -285,6 +285,7 @@ def test_dev_miss_probe_runs_on_a_trained_model(
     assert dev_misses.main([*args, "--class", "glass_break", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "glass_break by EBR" in printed and "by the background family under it" in printed
+    assert "\nall " in printed  # the EBR table's total
     assert "each dev clip played alone" in printed and "found alone, lost in the scenes" in printed
     fates = json.loads(out.read_text())
     assert fates["scenes"] and {f["fate"] for f in fates["scenes"]} <= {"on_time", "late", "missed"}
@@ -292,3 +293,13 @@ def test_dev_miss_probe_runs_on_a_trained_model(
     assert fates["alone"] and all(f["ebr"] == "alone" for f in fates["alone"])
     with pytest.raises(SystemExit, match="no class 'cat'"):
         dev_misses.main([*args, "--class", "cat"])
+    # other scenes for the same recordings: three plays of each clip, another draw of beds
+    assert dev_misses.main([*args, "--class", "glass_break", "--reps", "3", "--scene-seed", "11",
+                            "--json", str(out)]) == 0
+    capsys.readouterr()
+    redrawn = json.loads(out.read_text())["scenes"]
+    clips = {f["clip"] for f in fates["scenes"]}
+    assert {f["clip"] for f in redrawn} == clips and len(redrawn) == 3 * len(clips)
+    assert {f["ebr"] for f in redrawn} == {"-3", "+3", "+9"}
+    with pytest.raises(SystemExit):
+        dev_misses.main([*args, "--reps", "0"])
