@@ -207,15 +207,15 @@ def dev_scene_fates(model: Path, data_dir: Path, config: Path, class_name: str, 
 
 def alone_items(bank: ClipBank, class_name: str, pre_s: float = 3.0, post_s: float = 3.0,
                 noise_dbfs: float = -60.0, excerpt_s: float = 15.0, seed: int = 0) -> list[DevItem]:
-    """Each dev clip of `class_name` played alone: `pre_s` of quiet noise (as the onset
-    probe: the network's context is not the stream start), the clip's first `excerpt_s`
-    seconds at its own level, `post_s` of the same noise; its spans are the truth."""
+    """Each dev clip of `class_name` played alone (`models.onset_probe.played_alone`): its
+    first `excerpt_s` seconds at its own level between `pre_s` and `post_s` of quiet noise;
+    its spans are the truth."""
     from models.data import SAMPLE_RATE
+    from models.onset_probe import played_alone
     from service.audio.features import LogMel
 
     logmel = LogMel()
     rng = np.random.default_rng(seed)
-    gain = 10 ** (noise_dbfs / 20)
     items: list[DevItem] = []
     for audio, spans, _weak, clip in bank.targets[class_name]:
         sig = audio[: int(excerpt_s * SAMPLE_RATE)]
@@ -223,9 +223,7 @@ def alone_items(bank: ClipBank, class_name: str, pre_s: float = 3.0, post_s: flo
                  for a, b in spans if a < excerpt_s and min(b, excerpt_s) - a >= 0.1]
         if not truth:
             continue
-        n_pre, n_post = int(pre_s * SAMPLE_RATE), int(post_s * SAMPLE_RATE)
-        signal = np.concatenate([np.zeros(n_pre, np.float32), sig, np.zeros(n_post, np.float32)])
-        signal = (signal + rng.standard_normal(signal.shape[0]) * gain).astype(np.float32)
+        signal = played_alone(sig, rng, pre_s, post_s, noise_dbfs)
         items.append(DevItem(f"{class_name}:{clip.path.name}:alone", logmel.frames(signal), truth,
                              signal.shape[0] / SAMPLE_RATE, False, clip.path.name))
     return items

@@ -38,6 +38,18 @@ class ClipOnset:
     head_db: float  # the span's first 0.5 s against its 90th-percentile level (dB)
 
 
+def played_alone(audio: np.ndarray, rng: np.random.Generator, pre_s: float, post_s: float = 0.0,
+                 noise_dbfs: float = -60.0) -> np.ndarray:
+    """`audio` after `pre_s` (and before `post_s`) seconds of quiet noise at `noise_dbfs`,
+    the noise running under the clip too: the network's context is not the stream start."""
+    from models.data import SAMPLE_RATE
+
+    n_pre, n_post = int(pre_s * SAMPLE_RATE), int(post_s * SAMPLE_RATE)
+    quiet = rng.standard_normal(n_pre + audio.shape[0] + n_post) * 10 ** (noise_dbfs / 20)
+    padded = np.concatenate([np.zeros(n_pre), audio, np.zeros(n_post)])
+    return (quiet + padded).astype(np.float32)
+
+
 def rise_delay(scores: np.ndarray, frame_times_s: np.ndarray, onset_s: float, threshold: float) -> float:
     """Seconds from `onset_s` to the first frame at or after it whose score reaches
     `threshold`; inf when none does."""
@@ -82,7 +94,7 @@ def summarise(probes: Sequence[ClipOnset]) -> dict[str, float]:
 def probe_clips(model: Path, data_dir: Path, class_name: str, threshold: float,
                 pre_s: float = 3.0, noise_dbfs: float = -60.0, seed: int = 0) -> list[ClipOnset]:
     """Score every clip of `class_name` in the data set (all splits) with the model."""
-    from models.data import SAMPLE_RATE, load_audio
+    from models.data import load_audio
     from models.manifest import read_manifest
     from service.audio.features import FeatureParams, LogMel
     from service.detector import Detector
@@ -92,15 +104,13 @@ def probe_clips(model: Path, data_dir: Path, class_name: str, threshold: float,
     params = FeatureParams()
     logmel = LogMel(params)
     rng = np.random.default_rng(seed)
-    noise_gain = 10 ** (noise_dbfs / 20)
     out: list[ClipOnset] = []
     for row in read_manifest(data_dir, classes=[class_name]):
         audio = load_audio(row.file)
         span = active_span(audio)
         if span is None:
             continue
-        quiet = rng.standard_normal(int(pre_s * SAMPLE_RATE) + audio.shape[0]) * noise_gain
-        signal = (quiet + np.concatenate([np.zeros(int(pre_s * SAMPLE_RATE)), audio])).astype(np.float32)
+        signal = played_alone(audio, rng, pre_s, noise_dbfs=noise_dbfs)
         scores = detector.scores(logmel.frames(signal))[:, column]
         times = np.asarray(params.frame_center_s(np.arange(scores.shape[0])))
         out.append(ClipOnset(
