@@ -124,6 +124,8 @@ class MqttSink:
         self._connected = asyncio.Event()
         self._wake = asyncio.Event()
         self._first_outcome = asyncio.Event()
+        # Set at the broker's SUBACK: from then on a command sent to harken reaches it.
+        self._commands_live = asyncio.Event()
         self._acks: dict[int, asyncio.Future[None]] = {}
         self._deliverer: asyncio.Task[None] | None = None
         self._unmarked: set[int] = set()  # acknowledged by the broker, not yet marked in the store
@@ -200,8 +202,16 @@ class MqttSink:
             target=self._network_loop, name=f"mqtt-{self.config.node_id}", daemon=True
         )
         self._thread.start()
+        deadline = time.monotonic() + START_WAIT_S
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._first_outcome.wait(), START_WAIT_S)
+        if self._link_up:
+            # The CONNACK came; the subscription follows it. Returning before its SUBACK would
+            # let a caller's first command race the subscribe and miss harken.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._commands_live.wait(), max(0.0, deadline - time.monotonic())
+                )
 
     async def stop(self) -> None:
         """Flush the outbox briefly, turn states OFF, publish `offline`, disconnect."""
@@ -658,6 +668,7 @@ class MqttSink:
         client.on_disconnect = self._cb_disconnect
         client.on_publish = self._cb_publish
         client.on_message = self._cb_message
+        client.on_subscribe = self._cb_subscribe
         client.connect_async(cfg.host, cfg.port, cfg.keepalive_s)
         return client
 
@@ -721,6 +732,9 @@ class MqttSink:
         )
         self._link_up = True
         self._call(self._on_connected)
+
+    def _cb_subscribe(self, *_args: Any) -> None:
+        self._call(self._commands_live.set)
 
     def _cb_disconnect(
         self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason_code: Any, _props: Any
