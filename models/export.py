@@ -17,7 +17,7 @@ import onnx
 import torch
 
 from models.config import CLASSES, TrainConfig, build_net, config_from_dict, load_config
-from models.data import FramesOf
+from models.data import DevItem, FramesOf
 from models.net import CompactTCN, FreqConvTCN, ScoresHead
 from service.audio.features import FeatureParams
 from service.contract import CONTRACT_KEY, ModelContract
@@ -94,28 +94,53 @@ def tune_on_dev(
     rows instead of log-mel frames and `score` takes them (a reference scorer)."""
     from models.cached import prepare_data
     from models.tuning import (
+        SCENE_DRAW_SEEDS,
         cross_validated_score,
         evaluate,
         event_metrics,
         recall_by_ebr,
         run_decisions,
+        scene_draws_score,
         shipping_score,
         tune_for_recipe,
     )
 
     cache = Path(args.cache or Path(args.checkpoint).parent / "cache")
+    draw_seeds = getattr(args, "scene_draws", None)
+    if draw_seeds is not None and not draw_seeds:
+        draw_seeds = list(SCENE_DRAW_SEEDS)
+    tune_seeds = list(getattr(args, "tune_draws", None) or [])
+    if draw_seeds is not None and set(draw_seeds) & {*tune_seeds, cfg.data.seed + 1}:
+        raise ValueError(f"--scene-draws {draw_seeds}: a scored draw cannot be one the decisions are tuned on "
+                         f"(the selection's scenes are seed {cfg.data.seed + 1}; --tune-draws {tune_seeds})")
     negatives = Path(args.negatives) if getattr(args, "negatives", None) else None
     if cfg.live.enabled:
         from models.trainer import live_dev_set
 
-        dev, _ = live_dev_set(cfg, Path(args.data), negatives, cache, frames, frames_key)
+        dev, info = live_dev_set(cfg, Path(args.data), negatives, cache, frames, frames_key)
     else:
         if frames is not None:
             raise ValueError(f"{args.config}: a reference scorer needs a live recipe (live.enabled)")
+        if draw_seeds is not None or tune_seeds:
+            raise ValueError(f"{args.config}: --scene-draws and --tune-draws need a live recipe (live.enabled)")
         receptive_field = build_net(cfg, FeatureParams()).receptive_field
         _, dev, _ = prepare_data(cfg, Path(args.data), cache, receptive_field, cfg.net.lookahead_frames)
     scores = [score(item.features) for item in dev]
-    decisions = tune_for_recipe(scores, dev, cfg)
+
+    def drawn(seeds: Sequence[int]) -> list[tuple[int, list[np.ndarray], list[DevItem]]]:
+        from models.trainer import dev_scene_draw
+
+        out = []
+        for seed in seeds:
+            items = dev_scene_draw(cfg, Path(args.data), seed, cache, frames, frames_key)
+            out.append((seed, [score(item.features) for item in items], items))
+        return out
+
+    tune_scores, tune_items = list(scores), list(dev)
+    for _seed, draw_scores, draw_items in drawn(tune_seeds):
+        tune_scores += draw_scores  # more scenes for the tuning; shared negatives counted once
+        tune_items += draw_items
+    decisions = tune_for_recipe(tune_scores, tune_items, cfg)
     detections = run_decisions(scores, decisions)
     report: dict[str, Any] = {
         "dev_tuned": event_metrics(dev, detections),
@@ -138,6 +163,11 @@ def tune_on_dev(
             "cross_trigger": proc_m["cross_trigger"]["smoke_alarm"],
         }
     report["shipping"] = shipping_score(report)
+    if tune_seeds:
+        report["shipping"]["tuned_on_draws"] = list(tune_seeds)
+    if draw_seeds is not None:
+        n = info["scene_items"]
+        report["shipping"].update(scene_draws_score(drawn(draw_seeds), scores[n:], dev[n:], decisions))
     if getattr(args, "cross_validate", False):
         report["shipping"].update(
             cross_validated_score(scores, dev, lambda s, d: tune_for_recipe(s, d, cfg), procedural=procedural)
@@ -157,6 +187,12 @@ def tune_on_dev(
         for c, by in report["found_by_ebr"].items() if by
     )
     print(f"found on time by event-to-background ratio (heard: reported anywhere inside): {found}")
+    if "score_draws" in ship:
+        per_draw = ", ".join(f"{r['seed']}: {r['score']:.3f}" for r in ship["draws"])
+        tuned_on = "the selection's scenes" + (f" and draws {tune_seeds}" if tune_seeds else "")
+        print(f"rule 5, decisions tuned on {tuned_on}, "
+              f"scored on fresh draws of the dev scenes: {ship['score_draws']:.4f} (per draw {per_draw}; "
+              f"range {ship['draw_range']:.3f}; real alarm events found {ship['draws_real_alarms_found']})")
     if "score_cv" in ship:
         folds = ", ".join(f"{f:.3f}" for f in ship["folds"])
         print(f"cross-validated shipping score (tuned on one half of dev, scored on the other) "

@@ -309,41 +309,68 @@ def save_checkpoint(
     )
 
 
+def _dev_key(cfg: TrainConfig, data_dir: Path, params: FeatureParams, *more: Any) -> str:
+    """Cache key of dev items built from the shared data's dev split with a recipe's settings."""
+    manifest = data_dir / "MANIFEST.csv"
+    stat = manifest.stat()
+    return D.cache_key(
+        asdict(cfg.eval)["dev_reps"], cfg.data.licences, str(data_dir.resolve()),
+        stat.st_size, stat.st_mtime, params.to_dict(), *more,
+    )
+
+
+def dev_scene_draw(
+    cfg: TrainConfig, data_dir: Path, seed: int, cache_dir: Path,
+    frames: D.FramesOf | None = None, frames_key: str | None = None,
+) -> list[D.DevItem]:
+    """The dev scenes (`build_dev`: each dev target recording over dev negatives at the
+    recipe's repetitions, and the shared-data negative streams) drawn with scene seed `seed`
+    (cached). The selection's scenes are seed `cfg.data.seed + 1`; other seeds are fresh
+    draws of the same recordings (rule 5 scores on them)."""
+    import pickle
+
+    params = FeatureParams()
+    key = _dev_key(cfg, data_dir, params, "dev-scenes-1", seed, *([frames_key] if frames is not None else []))
+    path = cache_dir / f"dev-scenes-{key}.pkl"
+    if path.is_file():
+        with path.open("rb") as fh:
+            return pickle.load(fh)
+    dev_bank = D.ClipBank(D.select(D.read_clips(data_dir), "dev", cfg.data.licences))
+    items = D.build_dev(dev_bank, seed=seed, params=params, reps=cfg.eval.dev_reps, frames=frames)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as fh:
+        pickle.dump(items, fh)
+    return items
+
+
 def live_dev_set(
     cfg: TrainConfig, data_dir: Path, negatives_dir: Path | None, cache_dir: Path,
     frames: D.FramesOf | None = None, frames_key: str | None = None,
 ) -> tuple[list[D.DevItem], dict[str, Any]]:
     """Dev scenes from the shared data's dev split plus every dev negative stream (cached).
     With `frames` (and `frames_key`, naming it in the cache) the same scenes carry that
-    function's rows instead of log-mel frames (a reference scorer's scores)."""
+    function's rows instead of log-mel frames (a reference scorer's scores). The scenes come
+    first: `info["scene_items"]` of them (`dev_scene_draw`), then the quiet rooms and the
+    Debian dev negatives, which every draw of scenes shares."""
     import pickle
 
     from models.negatives import NegativePool
-    from models.trainer import dev_negative_items
 
     params = FeatureParams()
-    manifest = data_dir / "MANIFEST.csv"
-    stat = manifest.stat()
-    key = D.cache_key(
-        "live-dev-3",  # 3: dev scenes record their beds (DevItem.bed)
-        asdict(cfg.eval)["dev_reps"],
-        cfg.data.licences,
-        str(data_dir.resolve()),
-        stat.st_size,
-        stat.st_mtime,
+    key = _dev_key(
+        cfg, data_dir, params,
+        "live-dev-4",  # 4: info["scene_items"]; 3: dev scenes record their beds (DevItem.bed)
         str(negatives_dir.resolve()) if negatives_dir else None,
-        params.to_dict(),
         *([frames_key] if frames is not None else []),
     )
     path = cache_dir / f"dev-{key}.pkl"
     if path.is_file():
         with path.open("rb") as fh:
             return pickle.load(fh)
-    clips = D.read_clips(data_dir)
-    dev_bank = D.ClipBank(D.select(clips, "dev", cfg.data.licences))
-    dev = D.build_dev(dev_bank, seed=cfg.data.seed + 1, params=params, reps=cfg.eval.dev_reps, frames=frames)
-    info: dict[str, Any] = {"dev_bank": dev_bank.summary()}
-    dev += quiet_room_items(params, frames=frames)
+    dev = dev_scene_draw(cfg, data_dir, cfg.data.seed + 1, cache_dir, frames, frames_key)
+    dev_bank = D.ClipBank(D.select(D.read_clips(data_dir), "dev", cfg.data.licences))
+    info: dict[str, Any] = {"dev_bank": dev_bank.summary(), "scene_items": len(dev)}
+    dev = dev + quiet_room_items(params, frames=frames)
     if negatives_dir is not None:
         pool = NegativePool.load(negatives_dir, "dev", cache_dir, cfg.data.licences)
         dev += dev_negative_items(pool, params, frames=frames)

@@ -394,6 +394,49 @@ def shipping_score(report: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+#: Rule 5 (sixteenth round, 2026-12-03, settled before the candidates it judges): the
+#: score is the mean of rule 4's figure over these fresh draws of the dev scenes (the same
+#: recordings in other beds, lead-ins and levels), under decisions tuned on the selection's
+#: scenes. Fifteen rounds chose decisions and candidates on those, which made them read
+#: optimistic (model card, "Found with the probe").
+SCENE_DRAW_SEEDS = (11, 12, 13, 14, 15)
+
+
+def scene_draws_score(
+    draws: Sequence[tuple[int, Sequence[np.ndarray], Sequence[D.DevItem]]],
+    shared_scores: Sequence[np.ndarray],
+    shared_items: Sequence[D.DevItem],
+    decisions: Mapping[str, DecisionParams],
+) -> dict[str, Any]:
+    """Rule 5: each draw (scene seed, its scenes' scores, its scenes) scored together with
+    the items every draw shares (the quiet rooms and Debian dev negatives, where most false
+    alarms are counted) under fixed `decisions`; the score is the mean of rule 4's figure
+    over the draws. Per draw: its figure, F1 and false alarms an hour per class, events found."""
+    if not draws:
+        raise ValueError("rule 5 needs at least one draw of dev scenes")
+    rows = []
+    for seed, scores, items in draws:
+        every_item = [*items, *shared_items]
+        per_class = event_metrics(every_item, run_decisions([*scores, *shared_scores], decisions))["per_class"]
+        rows.append({
+            "seed": seed,
+            "score": round(_scored(per_class), 4),
+            "f1": {c: round(m["f1"], 4) for c, m in per_class.items()},
+            "fa_per_hour": {c: round(m["fa_per_hour"], 3) for c, m in per_class.items()},
+            "found": {c: m["tp"] for c, m in per_class.items()},
+            "events": {c: m["tp"] + m["fn"] for c, m in per_class.items()},
+        })
+    figures = [r["score"] for r in rows]
+    alarms_found = sum(r["found"]["smoke_alarm"] for r in rows)
+    alarm_events = sum(r["events"]["smoke_alarm"] for r in rows)
+    return {
+        "score_draws": round(float(np.mean(figures)), 4),
+        "draw_range": round(max(figures) - min(figures), 4),
+        "draws": rows,
+        "draws_real_alarms_found": f"{alarms_found}/{alarm_events}",
+    }
+
+
 def dev_fold(item: D.DevItem, folds: int) -> int:
     """The cross-validation fold of a dev item, by the recording it was made from: the
     scenes of one dev recording (several EBRs, repetitions) always fall in one fold."""

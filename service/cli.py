@@ -590,6 +590,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--cross-validate", action="store_true",
                         help="also score the decision tuning itself: tuned on one half of dev (by "
                              "source recording), scored on the other, both ways (model card, rule 2)")
+    export.add_argument("--scene-draws", type=int, nargs="*", metavar="SEED",
+                        help="also rule 5: the tuned decisions scored on fresh draws of the dev scenes "
+                             "(these scene seeds; none given: the rule's 11-15), the mean of rule 4's figure")
+    export.add_argument("--tune-draws", type=int, nargs="+", metavar="SEED",
+                        help="tune the decisions on these draws of the dev scenes too, beside the selection's")
     export.set_defaults(func=cmd_export)
 
     reference = sub.add_parser(

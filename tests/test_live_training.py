@@ -609,6 +609,23 @@ def test_live_training_resumes_exports_and_mines(tiny: dict[str, Path]) -> None:
     assert cli.main([*retune, "--out", str(pair), "--ensemble", str(other), "--cross-validate"]) == 0
     shipping = json.loads(pair.with_suffix(".dev.json").read_text())["shipping"]
     assert len(shipping["folds"]) == 2 and shipping["score_cv"] == pytest.approx(sum(shipping["folds"]) / 2, abs=1e-4)
+    # Rule 5: the same decisions scored on fresh draws of the dev scenes (other beds and levels
+    # for the same recordings), with the shared negatives counted in each draw.
+    assert cli.main([*retune, "--out", str(pair), "--ensemble", str(other), "--scene-draws", "11", "12"]) == 0
+    drawn = json.loads(pair.with_suffix(".dev.json").read_text())
+    shipping = drawn["shipping"]
+    assert [d["seed"] for d in shipping["draws"]] == [11, 12]
+    assert shipping["score_draws"] == pytest.approx(sum(d["score"] for d in shipping["draws"]) / 2, abs=1e-4)
+    selection_events = sum(m["tp"] + m["fn"] for m in drawn["dev_tuned"]["per_class"].values())
+    assert all(sum(d["events"].values()) == selection_events for d in shipping["draws"])
+    assert drawn["dev_tuned"]["per_class"]["baby_cry"]["fa_per_hour"] == pytest.approx(
+        shipping["draws"][0]["fa_per_hour"]["baby_cry"], abs=1.0)  # same negatives hours, nearly the same count
+    # --tune-draws: the decisions tuned on more draws of scenes; a scored draw cannot be one of them.
+    assert cli.main([*retune, "--out", str(pair), "--ensemble", str(other), "--scene-draws", "11",
+                     "--tune-draws", "7"]) == 0
+    assert json.loads(pair.with_suffix(".dev.json").read_text())["shipping"]["tuned_on_draws"] == [7]
+    assert cli.main([*retune, "--out", str(pair), "--ensemble", str(other), "--scene-draws", "7",
+                     "--tune-draws", "7"]) != 0
 
 
 def test_mined_confusers_weigh_more_in_confuser_beds(maker: LiveSceneMaker) -> None:

@@ -17,6 +17,7 @@ from models.tuning import (  # noqa: E402
     evaluate,
     recall_by_ebr,
     run_decisions,
+    scene_draws_score,
     selection_f1,
     shipping_score,
     ships_over,
@@ -324,6 +325,41 @@ def test_cross_validation_scores_tuning_on_the_half_it_did_not_see() -> None:
     assert cv["floor_folds"] == [[], []]
     missed = cross_validated_score(scores, items, tune, procedural=([alarm * 0.5], [proc_item]))
     assert all(any("procedural alarms on time 0.00" in f for f in failed) for failed in missed["floor_folds"])
+
+
+def test_rule_5_scores_each_fresh_draw_with_the_shared_negatives_under_fixed_decisions() -> None:
+    """Two draws of the same ten cries: in the first every cry's score reaches 0.95, in the
+    second only four do (their beds hide the rest). An hour of shared negatives with a
+    confuser at 0.97 every 20 minutes counts in both draws. At on-threshold 0.9 the first
+    draw finds 10 of 10 with 3 false cries an hour, the second 4; the score is their mean."""
+    base = DecisionParams(0.9, 0.5, 1, 3, 3, 0.0, 0.1, 0.0)
+    decisions = {c: base for c in CLASSES}
+    draws = []
+    for seed, loud in ((11, 10), (12, 4)):
+        items, scores = [], []
+        for i in range(10):
+            s = np.full((500, 3), 0.02, np.float32)
+            s[200:300, 0] = 0.95 if i < loud else 0.5
+            items.append(_item(f"baby_cry:c{i}.flac:r0:ebr+3", s, [("baby_cry", 4.0, 6.0)], False))
+            scores.append(s)
+        draws.append((seed, scores, items))
+    neg = np.full((180_000, 3), 0.02, np.float32)
+    for start in range(0, neg.shape[0] - 100, 60_000):
+        neg[start : start + 100, 0] = 0.97
+    shared = ([neg], [_item("debian-negatives:0", neg, [], True)])
+    got = scene_draws_score(draws, shared[0], shared[1], decisions)
+    first, second = got["draws"]
+    assert first["seed"] == 11 and first["found"]["baby_cry"] == 10 and first["events"]["baby_cry"] == 10
+    assert second["found"]["baby_cry"] == 4
+    assert first["fa_per_hour"]["baby_cry"] == second["fa_per_hour"]["baby_cry"] == pytest.approx(3.0, abs=0.05)
+    # cry F1: 10/13 precision, all found -> 0.870; 4/7, 0.4 -> 0.471; glass 0 (no events); 3 FA/h x 0.025
+    assert first["score"] == pytest.approx((2 * 10 / 23) / 2 - 0.025 * 3, abs=2e-3)
+    assert second["score"] == pytest.approx((2 * 4 / 17) / 2 - 0.025 * 3, abs=2e-3)
+    assert got["score_draws"] == pytest.approx((first["score"] + second["score"]) / 2, abs=1e-4)
+    assert got["draw_range"] == pytest.approx(first["score"] - second["score"], abs=1e-4)
+    assert got["draws_real_alarms_found"] == "0/0"
+    with pytest.raises(ValueError, match="at least one draw"):
+        scene_draws_score([], shared[0], shared[1], decisions)
 
 
 def test_found_events_are_counted_per_event_to_background_ratio() -> None:
