@@ -331,7 +331,7 @@ def dev_scene_draw(
 
     params = FeatureParams()
     key = _dev_key(cfg, data_dir, params, "dev-scenes-1", seed, *([frames_key] if frames is not None else []))
-    path = cache_dir / f"dev-scenes-{key}.pkl"
+    path = cache_dir / f"scenes-{key}.pkl"
     if path.is_file():
         with path.open("rb") as fh:
             return pickle.load(fh)

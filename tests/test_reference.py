@@ -96,6 +96,7 @@ def test_the_reference_scores_the_same_dev_scenes_as_the_networks(tiny: dict[str
     for ours, theirs in zip(logmel_dev, ref_dev, strict=True):
         assert ours.features.shape[1] == 64 and theirs.features.shape == (ours.features.shape[0], 3)
     assert len(list(cache.glob("dev-*.pkl"))) == 2  # each kind of rows cached under its own key
+    assert len(list(cache.glob("scenes-*.pkl"))) == 2  # and its scenes, which other draws replace
     again, _ = live_dev_set(cfg, tiny["data"], tiny["negatives"], cache, frames, frames.key)
     np.testing.assert_array_equal(again[0].features, ref_dev[0].features)
 
