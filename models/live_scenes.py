@@ -89,6 +89,27 @@ class LiveSceneConfig:
     #: e.g. {smoke_alarm: 8.0}: a class whose false alarms are a small share of what was
     #: mined (S2s: 111 alarm windows of 1328) is otherwise barely shown to the network.
     hard_negative_class_weight: dict[str, float] = field(default_factory=dict)
+    #: Per class, its own `ebr_db` and `event_min_dbfs` in place of the scene-wide ones, e.g.
+    #: {glass_break: {ebr_db: [-10, 5], event_min_dbfs: [-60, -40]}}: a class's events over
+    #: louder beds than the rest (the same draws of the generator, other ranges).
+    class_levels: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
+
+    def event_level_ranges(self, name: str) -> tuple[tuple[float, float], tuple[float, float]]:
+        """The EBR range and absolute level floor range of `name`'s events."""
+        own = self.class_levels.get(name, {})
+        return tuple(own.get("ebr_db", self.ebr_db)), tuple(own.get("event_min_dbfs", self.event_min_dbfs))
+
+    def __post_init__(self) -> None:
+        for name, own in self.class_levels.items():
+            if name not in CLASSES:
+                raise ValueError(f"live.class_levels: unknown class {name!r} (classes: {', '.join(CLASSES)})")
+            unknown = sorted(set(own) - {"ebr_db", "event_min_dbfs"})
+            if unknown:
+                raise ValueError(f"live.class_levels.{name}: unknown key(s) {', '.join(unknown)} "
+                                 "(known: ebr_db, event_min_dbfs)")
+            for key, pair in own.items():
+                if len(pair) != 2 or float(pair[0]) > float(pair[1]):
+                    raise ValueError(f"live.class_levels.{name}.{key}: a [low, high] pair in dB, got {list(pair)}")
 
 
 @dataclass
@@ -249,9 +270,10 @@ class LiveSceneMaker:
             if b - a < int(0.15 * SAMPLE_RATE):
                 continue
             seg = sig[a - at : b - at]
-            level = (_active_rms(bed[a:b]) + 1e-5) * 10 ** (rng.uniform(*cfg.ebr_db) / 20)
+            ebr_range, floor_range = cfg.event_level_ranges(name)
+            level = (_active_rms(bed[a:b]) + 1e-5) * 10 ** (rng.uniform(*ebr_range) / 20)
             if absolute:
-                level = max(level, 10 ** (rng.uniform(*cfg.event_min_dbfs) / 20))
+                level = max(level, 10 ** (rng.uniform(*floor_range) / 20))
             gain = level / (_active_rms(sig) + 1e-9)
             mix[a:b] += seg * gain
             cls = CLASSES.index(name)

@@ -678,6 +678,37 @@ def test_feature_params_unchanged() -> None:
     assert FeatureParams().version == "logmel-v1"
 
 
+def test_class_levels_place_one_class_over_louder_beds_and_leave_the_rest(maker: LiveSceneMaker) -> None:
+    """`live.class_levels`: glass events at their own EBR and level floor (here far under
+    the bed); the generator draws the same numbers, so scenes without glass are unchanged."""
+    base = dict(enabled=True, events_per_scene=(0.0, 1.0, 0.0, 0.0), level="absolute", bed={"negatives": 1.0},
+                codec_prob=0.0, gap_prob=0.0, stream_start_prob=0.0, overdrive_prob=0.0)
+    quiet_glass = {"glass_break": {"ebr_db": [-30.0, -30.0], "event_min_dbfs": [-90.0, -90.0]}}
+    makers = [LiveSceneMaker(maker.bank, maker.negatives, maker.scene_cfg, LiveSceneConfig(**base, **extra),
+                             crop_frames=200, receptive_field=20, lookahead=4)
+              for extra in ({}, {"class_levels": quiet_glass})]
+    seen = set()
+    for seed in range(40):
+        plain, quieter = (m.make(np.random.default_rng(seed)) for m in makers)
+        assert plain.events == quieter.events
+        if not plain.events:
+            continue
+        cls, first, end, _w = plain.events[0]
+        seen.add(D.CLASSES[cls])
+        if D.CLASSES[cls] == "glass_break":
+            rows = slice(first + 16, end + 16)  # output frame i is input row i + context
+            assert quieter.features[rows].mean() < plain.features[rows].mean() - 0.5
+        else:
+            np.testing.assert_array_equal(plain.features, quieter.features)
+    assert "glass_break" in seen and len(seen) >= 2
+    with pytest.raises(ValueError, match="class_levels: unknown class 'glas'"):
+        LiveSceneConfig(class_levels={"glas": {"ebr_db": (0.0, 1.0)}})
+    with pytest.raises(ValueError, match=r"class_levels\.glass_break: unknown key"):
+        LiveSceneConfig(class_levels={"glass_break": {"ebr": (0.0, 1.0)}})
+    with pytest.raises(ValueError, match=r"a \[low, high\] pair"):
+        LiveSceneConfig(class_levels={"glass_break": {"ebr_db": (5.0, 1.0)}})
+
+
 def test_absolute_levels_make_quiet_rooms_without_events_too(maker: LiveSceneMaker) -> None:
     """With `level: absolute` the level of a scene does not tell whether an event is in it
     (with peak scaling an event-free quiet room was scaled up: quiet meant "event")."""
