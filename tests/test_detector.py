@@ -34,7 +34,7 @@ def _streamed(detector: Detector, audio: np.ndarray, chunk: int) -> np.ndarray:
 
 
 def test_the_bundled_model_is_a_joined_triple_and_the_lite_option_keeps_its_contract(detector: Detector) -> None:
-    """models/harken.onnx (model card: S4DP + ST + STE2, 2.5.0) is three members joined
+    """models/harken.onnx (model card: S4DP + STG7 + STE2, 2.6.0) is three members joined
     into one network, each class taken from the members that hold it; models/harken-lite.onnx
     (S3DP, one network, a third of the compute) loads through the same contract, streams
     like one pass and finds a T3 alarm, so `model:` can point at it on a slow machine."""
