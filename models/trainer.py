@@ -321,12 +321,13 @@ def _dev_key(cfg: TrainConfig, data_dir: Path, params: FeatureParams, *more: Any
 
 def dev_scene_draw(
     cfg: TrainConfig, data_dir: Path, seed: int, cache_dir: Path,
-    frames: D.FramesOf | None = None, frames_key: str | None = None,
+    frames: D.FramesOf | None = None, frames_key: str | None = None, dev_bank: D.ClipBank | None = None,
 ) -> list[D.DevItem]:
     """The dev scenes (`build_dev`: each dev target recording over dev negatives at the
     recipe's repetitions, and the shared-data negative streams) drawn with scene seed `seed`
     (cached). The selection's scenes are seed `cfg.data.seed + 1`; other seeds are fresh
-    draws of the same recordings (rule 5 scores on them)."""
+    draws of the same recordings (rule 5 scores on them). `dev_bank`: the decoded dev split,
+    when the caller has it already."""
     import pickle
 
     params = FeatureParams()
@@ -335,7 +336,7 @@ def dev_scene_draw(
     if path.is_file():
         with path.open("rb") as fh:
             return pickle.load(fh)
-    dev_bank = D.ClipBank(D.select(D.read_clips(data_dir), "dev", cfg.data.licences))
+    dev_bank = dev_bank or D.ClipBank(D.select(D.read_clips(data_dir), "dev", cfg.data.licences))
     items = D.build_dev(dev_bank, seed=seed, params=params, reps=cfg.eval.dev_reps, frames=frames)
     cache_dir.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as fh:
@@ -367,8 +368,8 @@ def live_dev_set(
     if path.is_file():
         with path.open("rb") as fh:
             return pickle.load(fh)
-    dev = dev_scene_draw(cfg, data_dir, cfg.data.seed + 1, cache_dir, frames, frames_key)
     dev_bank = D.ClipBank(D.select(D.read_clips(data_dir), "dev", cfg.data.licences))
+    dev = dev_scene_draw(cfg, data_dir, cfg.data.seed + 1, cache_dir, frames, frames_key, dev_bank)
     info: dict[str, Any] = {"dev_bank": dev_bank.summary(), "scene_items": len(dev)}
     dev = dev + quiet_room_items(params, frames=frames)
     if negatives_dir is not None:
