@@ -338,9 +338,7 @@ def dev_scene_draw(
             return pickle.load(fh)
     dev_bank = dev_bank or D.ClipBank(D.select(D.read_clips(data_dir), "dev", cfg.data.licences))
     items = D.build_dev(dev_bank, seed=seed, params=params, reps=cfg.eval.dev_reps, frames=frames)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with path.open("wb") as fh:
-        pickle.dump(items, fh)
+    _write_pickle_atomically(path, items)
     return items
 
 
@@ -378,10 +376,21 @@ def live_dev_set(
         info["dev_negatives_hours"] = round(pool.hours, 3)
         info["dev_negatives_by_kind"] = pool.hours_by_kind()
     info["dev"] = D.dev_summary(dev)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with path.open("wb") as fh:
-        pickle.dump((dev, info), fh)
+    _write_pickle_atomically(path, (dev, info))
     return dev, info
+
+
+def _write_pickle_atomically(path: Path, obj: object) -> None:
+    """Write a cache file under a temporary name and move it into place, so that a second
+    process sharing the cache (an export beside a training run) never reads half a file."""
+    import os
+    import pickle
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    with tmp.open("wb") as fh:
+        pickle.dump(obj, fh)
+    tmp.replace(path)
 
 
 def train_live_command(
