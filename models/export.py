@@ -193,6 +193,8 @@ def tune_on_dev(
         print(f"rule 5, decisions tuned on {tuned_on}, "
               f"scored on fresh draws of the dev scenes: {ship['score_draws']:.4f} (per draw {per_draw}; "
               f"range {ship['draw_range']:.3f}; real alarm events found {ship['draws_real_alarms_found']})")
+        draws_failed = ship["draws_alarm_floor_failed"]
+        print(f"alarm floor over the draws {'NOT met: ' + '; '.join(draws_failed) if draws_failed else 'met'}")
     if "score_cv" in ship:
         folds = ", ".join(f"{f:.3f}" for f in ship["folds"])
         print(f"cross-validated shipping score (tuned on one half of dev, scored on the other) "

@@ -429,12 +429,32 @@ def scene_draws_score(
     figures = [r["score"] for r in rows]
     alarms_found = sum(r["found"]["smoke_alarm"] for r in rows)
     alarm_events = sum(r["events"]["smoke_alarm"] for r in rows)
+    failed = draws_alarm_floor_failed(rows)
     return {
         "score_draws": round(float(np.mean(figures)), 4),
         "draw_range": round(max(figures) - min(figures), 4),
         "draws": rows,
         "draws_real_alarms_found": f"{alarms_found}/{alarm_events}",
+        "draws_alarm_floor_met": not failed,
+        "draws_alarm_floor_failed": failed,
     }
+
+
+def draws_alarm_floor_failed(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The alarm floor read on fresh draws (seventeenth round, for candidates that move the
+    alarm): the real alarm events found over all draws at least `ALARM_FLOOR["real_recall"]`
+    of them, and no draw over `ALARM_FLOOR["fa_per_hour"]` false smoke alarms an hour.
+    Draws without a real alarm event cannot fail the first line. What failed, or []."""
+    failed = []
+    found = sum(r["found"]["smoke_alarm"] for r in rows)
+    events = sum(r["events"]["smoke_alarm"] for r in rows)
+    if events and found / events < ALARM_FLOOR["real_recall"]:
+        failed.append(f"real alarm events found over the draws {found}/{events} < {ALARM_FLOOR['real_recall']}")
+    for r in rows:
+        if r["fa_per_hour"]["smoke_alarm"] > ALARM_FLOOR["fa_per_hour"]:
+            failed.append(f"draw {r['seed']}: false smoke alarms {r['fa_per_hour']['smoke_alarm']:.2f}/h "
+                          f"> {ALARM_FLOOR['fa_per_hour']}")
+    return failed
 
 
 def dev_fold(item: D.DevItem, folds: int) -> int:

@@ -14,6 +14,7 @@ from models.tuning import (  # noqa: E402
     SHIPPING_MARGIN,
     cross_validated_score,
     dev_fold,
+    draws_alarm_floor_failed,
     evaluate,
     recall_by_ebr,
     run_decisions,
@@ -358,8 +359,25 @@ def test_rule_5_scores_each_fresh_draw_with_the_shared_negatives_under_fixed_dec
     assert got["score_draws"] == pytest.approx((first["score"] + second["score"]) / 2, abs=1e-4)
     assert got["draw_range"] == pytest.approx(first["score"] - second["score"], abs=1e-4)
     assert got["draws_real_alarms_found"] == "0/0"
+    assert got["draws_alarm_floor_met"] and got["draws_alarm_floor_failed"] == []
     with pytest.raises(ValueError, match="at least one draw"):
         scene_draws_score([], shared[0], shared[1], decisions)
+
+
+def test_the_alarm_floor_over_draws_needs_two_thirds_of_the_real_alarms_and_no_noisy_draw() -> None:
+    """61 of 90 real alarm events over five draws is 0.678, over the floor's 0.67; 60 of 90 is
+    under it. One draw with 1.1 false smoke alarms an hour fails the floor however many
+    alarms were found; a set of draws without real alarms is judged on false alarms only."""
+    def rows(found: list[int], fa: list[float], events: int = 18) -> list[dict[str, object]]:
+        return [{"seed": 11 + i, "found": {"smoke_alarm": f}, "events": {"smoke_alarm": events},
+                 "fa_per_hour": {"smoke_alarm": a}} for i, (f, a) in enumerate(zip(found, fa, strict=True))]
+
+    assert draws_alarm_floor_failed(rows([10, 13, 11, 13, 14], [0.0, 0.0, 0.22, 0.0, 0.0])) == []
+    short = draws_alarm_floor_failed(rows([10, 13, 11, 13, 13], [0.0] * 5))
+    assert short == ["real alarm events found over the draws 60/90 < 0.67"]
+    noisy = draws_alarm_floor_failed(rows([18] * 5, [0.0, 1.1, 0.0, 0.0, 1.0]))
+    assert noisy == ["draw 12: false smoke alarms 1.10/h > 1.0"]
+    assert draws_alarm_floor_failed(rows([0] * 5, [0.0] * 5, events=0)) == []
 
 
 def test_found_events_are_counted_per_event_to_background_ratio() -> None:
