@@ -427,8 +427,7 @@ def scene_draws_score(
             "events": {c: m["tp"] + m["fn"] for c, m in per_class.items()},
         })
     figures = [r["score"] for r in rows]
-    alarms_found = sum(r["found"]["smoke_alarm"] for r in rows)
-    alarm_events = sum(r["events"]["smoke_alarm"] for r in rows)
+    alarms_found, alarm_events = _real_alarms_over(rows)
     failed = draws_alarm_floor_failed(rows)
     return {
         "score_draws": round(float(np.mean(figures)), 4),
@@ -446,8 +445,7 @@ def draws_alarm_floor_failed(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     of them, and no draw over `ALARM_FLOOR["fa_per_hour"]` false smoke alarms an hour.
     Draws without a real alarm event cannot fail the first line. What failed, or []."""
     failed = []
-    found = sum(r["found"]["smoke_alarm"] for r in rows)
-    events = sum(r["events"]["smoke_alarm"] for r in rows)
+    found, events = _real_alarms_over(rows)
     if events and found / events < ALARM_FLOOR["real_recall"]:
         failed.append(f"real alarm events found over the draws {found}/{events} < {ALARM_FLOOR['real_recall']}")
     for r in rows:
@@ -455,6 +453,11 @@ def draws_alarm_floor_failed(rows: Sequence[Mapping[str, Any]]) -> list[str]:
             failed.append(f"draw {r['seed']}: false smoke alarms {r['fa_per_hour']['smoke_alarm']:.2f}/h "
                           f"> {ALARM_FLOOR['fa_per_hour']}")
     return failed
+
+
+def _real_alarms_over(rows: Sequence[Mapping[str, Any]]) -> tuple[int, int]:
+    """Real alarm events found, and there, summed over rule 5's draws."""
+    return sum(r["found"]["smoke_alarm"] for r in rows), sum(r["events"]["smoke_alarm"] for r in rows)
 
 
 def dev_fold(item: D.DevItem, folds: int) -> int:
