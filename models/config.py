@@ -55,6 +55,10 @@ class OptConfig:
     workers: int = 1
     #: Stop cleanly (checkpoint saved, resumable) after this much wall time.
     max_minutes: float | None = None
+    #: Train only these classes' rows of the network's output head, e.g. [glass_break]:
+    #: every other weight and normalisation statistic is held exactly, so the other classes'
+    #: scores (and decisions) stay bit for bit those of `--init`. None: train everything.
+    train_head_rows: list[str] | None = None
 
 
 @dataclass

@@ -28,6 +28,7 @@ import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -288,6 +289,19 @@ class SceneConfig:
     n_rirs: int = 32
     licences: str = "all"
     seed: int = 1234
+    #: Per class, a [low, high] range of playback speed factors, e.g. {baby_cry: [0.85, 1.15]}:
+    #: each of the class's events is resampled by a factor drawn from it (pitch and tempo
+    #: together, its labelled spans scaled with it): more voices and rhythms from few clips.
+    speed: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, pair in self.speed.items():
+            if name not in CLASSES:
+                raise ValueError(f"data.speed: unknown class {name!r} (classes: {', '.join(CLASSES)})")
+            if len(pair) != 2 or not 0.5 <= float(pair[0]) <= float(pair[1]) <= 2.0:
+                raise ValueError(
+                    f"data.speed.{name}: a [low, high] pair of speed factors within 0.5..2.0, got {list(pair)}"
+                )
 
 
 class ClipBank:
@@ -407,6 +421,18 @@ def procedural_event(
     return sig, [(0.0, min(sig.shape[0] / SAMPLE_RATE, 0.6))]
 
 
+def change_speed(
+    sig: np.ndarray, spans: Sequence[tuple[float, float]], factor: float
+) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """`sig` played `factor` times as fast (band-limited resampling: pitch up and length down
+    together, as a tape runs faster) and its spans in seconds on the new time axis."""
+    ratio = Fraction(factor).limit_denominator(200)
+    up, down = ratio.denominator, ratio.numerator
+    out = scipy.signal.resample_poly(sig, up, down).astype(np.float32)
+    exact = down / up
+    return out, [(a / exact, b / exact) for a, b in spans]
+
+
 class SceneMaker:
     """Random labelled scenes from a ClipBank (audio domain, then shared log-mel)."""
 
@@ -419,6 +445,16 @@ class SceneMaker:
         self.rirs = simulated_rirs(cfg.n_rirs, cfg.seed) if cfg.reverb_prob > 0 else []
 
     def pick_event(
+        self, class_name: str, rng: np.random.Generator
+    ) -> tuple[np.ndarray, list[tuple[float, float]], bool]:
+        """An event of `class_name` (real or procedural), its labelled spans in seconds, and
+        whether its labels are weak; at a drawn speed where `data.speed` names the class."""
+        sig, spans, weak = self._pick_clip(class_name, rng)
+        if class_name in self.cfg.speed:
+            sig, spans = change_speed(sig, spans, float(rng.uniform(*self.cfg.speed[class_name])))
+        return sig, spans, weak
+
+    def _pick_clip(
         self, class_name: str, rng: np.random.Generator
     ) -> tuple[np.ndarray, list[tuple[float, float]], bool]:
         real = self.bank.targets[class_name]

@@ -104,6 +104,20 @@ def _fit_teacher_head(net: torch.nn.Module, head: torch.nn.Module, maker: LiveSc
                f"(mean squared error {before:.3f} -> {after:.3f})")
 
 
+def hold_head_rows(net: torch.nn.Module, trained_rows: Sequence[int]) -> Callable[[], None]:
+    """A function that puts back the rows of `net.head` not in `trained_rows` as they are now."""
+    head = net.head  # type: ignore[union-attr]
+    held = [i for i in range(head.weight.shape[0]) if i not in set(trained_rows)]
+    weight, bias = head.weight.detach()[held].clone(), head.bias.detach()[held].clone()
+
+    def put_back() -> None:
+        with torch.no_grad():
+            head.weight[held] = weight
+            head.bias[held] = bias
+
+    return put_back
+
+
 def train_live(
     net: torch.nn.Module,
     loss_fn: EventAwareLoss,
@@ -132,6 +146,7 @@ def train_live(
     distil_classes: Sequence[int] | None = None,
     distil_positive: float = 1.0,
     teacher_head_fit_batches: int = 0,
+    head_rows: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Train (or resume from OUT_DIR/last.pt); returns the run's summary. OUT_DIR/best.pt holds
     the best network state by the `evaluate` selection metric. `teacher_head` (training
@@ -141,10 +156,20 @@ def train_live(
     the network learns with weight `distil_weight` (of the class indices `distil_classes`,
     or all), frames it scores above 0.5 weighing `distil_positive`. Fine-tuning from
     `init_state` with a teacher head and `teacher_head_fit_batches` > 0 fits the head to the
-    starting network first (`loss.teacher_head_fit_batches`)."""
+    starting network first (`loss.teacher_head_fit_batches`). `head_rows` (class indices,
+    `opt.train_head_rows`): only those rows of `net.head` learn; the rest of the network,
+    its normalisation statistics included, is held as it starts."""
     out_dir.mkdir(parents=True, exist_ok=True)
     last_file, best_file = out_dir / "last.pt", out_dir / "best-state.pt"
-    trained = list(net.parameters()) + (list(teacher_head.parameters()) if teacher_head is not None else [])
+    if head_rows is not None:
+        for param in net.parameters():
+            param.requires_grad_(False)
+        head_params = [net.head.weight, net.head.bias]  # type: ignore[union-attr]
+        for param in head_params:
+            param.requires_grad_(True)
+        trained = head_params + (list(teacher_head.parameters()) if teacher_head is not None else [])
+    else:
+        trained = list(net.parameters()) + (list(teacher_head.parameters()) if teacher_head is not None else [])
     opt = torch.optim.AdamW(trained, lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 2), pct_start=0.05)
     state: dict[str, Any] = {"step": 0, "best": -1.0, "best_step": 0, "bad": 0, "history": [], "seconds": 0.0}
@@ -164,6 +189,7 @@ def train_live(
             _fit_teacher_head(net, teacher_head, maker, batch, seed, teacher_head_fit_batches, label)
     else:
         torch.manual_seed(seed)
+    hold_rows = hold_head_rows(net, head_rows) if head_rows is not None else None
     started = time.monotonic()
     seconds_before = float(state["seconds"])
     deadline = None if max_minutes is None else started + 60 * max_minutes
@@ -189,7 +215,8 @@ def train_live(
         tmp.replace(last_file)
 
     while state["step"] < steps:
-        net.train()
+        # Held normalisation statistics when only head rows learn (eval mode keeps them).
+        net.train(hold_rows is None)
         x, y, w, events, onsets, teacher, teacher_mask = next(stream)
         if teacher_head is not None and teacher is not None and teacher_mask is not None:
             features = net.features(x)  # type: ignore[operator]
@@ -212,6 +239,8 @@ def train_live(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained, 5.0)
         opt.step()
+        if hold_rows is not None:
+            hold_rows()  # AdamW's weight decay moves rows without a gradient too
         sched.step()
         state["step"] += 1
         step = state["step"]
@@ -456,6 +485,15 @@ def train_live_command(
         if unknown:
             raise ValueError(f"config: loss.distil_classes names unknown classes {unknown} (classes: {list(CLASSES)})")
         distil_classes = [CLASSES.index(c) for c in cfg.loss.distil_classes]
+    head_rows = None
+    if cfg.opt.train_head_rows is not None:
+        unknown = sorted(set(cfg.opt.train_head_rows) - set(CLASSES))
+        if unknown or not cfg.opt.train_head_rows:
+            raise ValueError(f"config: opt.train_head_rows names unknown classes {unknown} or none "
+                             f"(classes: {list(CLASSES)})")
+        if not args.init:
+            raise ValueError("config: opt.train_head_rows needs --init (the network whose other rows are held)")
+        head_rows = [CLASSES.index(c) for c in cfg.opt.train_head_rows]
     maker = LiveSceneMaker(
         bank, pool, cfg.data, cfg.live, cfg.opt.crop_frames, net.receptive_field,
         cfg.net.lookahead_frames, params, hard, confuser_reports, teacher, hard_classes,
@@ -537,6 +575,7 @@ def train_live_command(
         teacher_head_fit_batches=cfg.loss.teacher_head_fit_batches,
         distil_classes=distil_classes,
         distil_positive=cfg.loss.distil_positive,
+        head_rows=head_rows,
     )
     scores = dev_scores(net, dev, cfg.net.lookahead_frames)
     metrics_default = evaluate(scores, dev, cfg.decision)

@@ -726,3 +726,77 @@ def test_absolute_levels_make_quiet_rooms_without_events_too(maker: LiveSceneMak
     assert floor_with and floor_without
     assert abs(np.median(floor_with) - np.median(floor_without)) < 2.0  # natural-log units
     assert max(floor_without) < LogMel().silence_frame[0] + 8.0  # rooms below about -45 dBFS
+
+
+def test_change_speed_moves_pitch_and_length_together() -> None:
+    """`data.speed`'s resampling: a 1 kHz tone played 1.25 times as fast is 1.25 kHz and
+    lasts 0.8 of the time; its labelled spans shrink with it."""
+    t = np.arange(16000) / 16000
+    tone = np.sin(2 * np.pi * 1000 * t).astype(np.float32)
+    fast, spans = D.change_speed(tone, [(0.2, 0.6)], 1.25)
+    assert fast.dtype == np.float32 and fast.shape[0] == 12800
+    assert spans == [pytest.approx((0.16, 0.48))]
+    spectrum = np.abs(np.fft.rfft(fast[1000:-1000] * np.hanning(fast.shape[0] - 2000)))
+    peak_hz = np.argmax(spectrum) * 16000 / (fast.shape[0] - 2000)
+    assert peak_hz == pytest.approx(1250, abs=5)
+    slow, _ = D.change_speed(tone, [], 0.8)
+    assert slow.shape[0] == 20000
+
+
+def test_speed_changes_only_the_named_class(maker: LiveSceneMaker) -> None:
+    """`data.speed: {baby_cry: [1.2, 1.2]}`: every cry is picked as before and then played
+    faster; glass is picked with the same draws and left as it was."""
+    from dataclasses import replace
+
+    fast_cries = D.SceneMaker(maker.bank, replace(maker.scene_cfg, speed={"baby_cry": (1.2, 1.2)}))
+    plain = D.SceneMaker(maker.bank, maker.scene_cfg)
+    for seed in range(6):
+        cry, cry_spans, _ = plain.pick_event("baby_cry", np.random.default_rng(seed))
+        faster, faster_spans, _ = fast_cries.pick_event("baby_cry", np.random.default_rng(seed))
+        assert faster.shape[0] == pytest.approx(cry.shape[0] / 1.2, abs=2)
+        assert faster_spans == [pytest.approx((a / 1.2, b / 1.2)) for a, b in cry_spans]
+        glass = [m.pick_event("glass_break", np.random.default_rng(seed)) for m in (plain, fast_cries)]
+        np.testing.assert_array_equal(glass[0][0], glass[1][0])
+        assert glass[0][1] == glass[1][1]
+    with pytest.raises(ValueError, match=r"data\.speed: unknown class 'cry'"):
+        D.SceneConfig(speed={"cry": (0.9, 1.1)})
+    with pytest.raises(ValueError, match=r"data\.speed\.baby_cry: a \[low, high\] pair"):
+        D.SceneConfig(speed={"baby_cry": (1.1, 0.9)})
+    with pytest.raises(ValueError, match=r"within 0\.5\.\.2\.0"):
+        D.SceneConfig(speed={"baby_cry": (0.1, 1.0)})
+
+
+def test_train_head_rows_holds_every_other_weight_bit_for_bit(
+    tiny: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`opt.train_head_rows: [glass_break]` from `--init`: the glass row of the head learns;
+    every other weight and normalisation statistic is the starting network's exactly, so the
+    cry and alarm scores are unchanged."""
+    config = tmp_path / "live.yaml"
+    config.write_text(LIVE_CONFIG)
+    base = ["train", "--data", str(tiny["data"]), "--negatives", str(tiny["negatives"]),
+            "--cache", str(tmp_path / "cache"), "--steps", "4"]
+    assert cli.main([*base, "--config", str(config), "--out", str(tmp_path / "start")]) == 0
+    glass_only = tmp_path / "glass-only.yaml"
+    glass_only.write_text(LIVE_CONFIG.replace("threads: 1,", "threads: 1, train_head_rows: [glass_break],"))
+    start = tmp_path / "start" / "best.pt"
+    assert cli.main([*base, "--config", str(glass_only), "--init", str(start), "--seed", "4",
+                     "--out", str(tmp_path / "glass")]) == 0
+    before = torch.load(start, weights_only=False)["state"]
+    after = torch.load(tmp_path / "glass" / "evals" / "step-4.pt", weights_only=True)
+    assert set(before) == set(after)
+    glass = CLASSES.index("glass_break")
+    for name, value in before.items():
+        if name in ("head.weight", "head.bias"):
+            rows = [i for i in range(len(CLASSES)) if i != glass]
+            assert torch.equal(after[name][rows], value[rows]), name
+            assert not torch.equal(after[name][glass], value[glass]), f"{name}: the glass row did not learn"
+        else:
+            assert torch.equal(after[name], value), f"{name} moved"
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text(LIVE_CONFIG.replace("threads: 1,", "threads: 1, train_head_rows: [glass],"))
+    capsys.readouterr()
+    assert cli.main([*base, "--config", str(unknown), "--init", str(start), "--out", str(tmp_path / "x")]) != 0
+    assert "opt.train_head_rows names unknown classes ['glass']" in capsys.readouterr().err
+    assert cli.main([*base, "--config", str(glass_only), "--out", str(tmp_path / "y")]) != 0
+    assert "opt.train_head_rows needs --init" in capsys.readouterr().err
