@@ -57,7 +57,8 @@ class OptConfig:
     max_minutes: float | None = None
     #: Train only these classes' rows of the network's output head, e.g. [glass_break]:
     #: every other weight and normalisation statistic is held exactly, so the other classes'
-    #: scores (and decisions) stay bit for bit those of `--init`. None: train everything.
+    #: scores stay those of `--init` (from a `.onnx`, to the rounding of unfolding its
+    #: folded normalisation: below 1e-6). None: train everything.
     train_head_rows: list[str] | None = None
 
 

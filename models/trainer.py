@@ -488,9 +488,10 @@ def train_live_command(
     head_rows = None
     if cfg.opt.train_head_rows is not None:
         unknown = sorted(set(cfg.opt.train_head_rows) - set(CLASSES))
-        if unknown or not cfg.opt.train_head_rows:
-            raise ValueError(f"config: opt.train_head_rows names unknown classes {unknown} or none "
-                             f"(classes: {list(CLASSES)})")
+        if unknown:
+            raise ValueError(f"config: opt.train_head_rows names unknown classes {unknown} (classes: {list(CLASSES)})")
+        if not cfg.opt.train_head_rows:
+            raise ValueError("config: opt.train_head_rows is empty (name a class, or leave it out to train everything)")
         if not args.init:
             raise ValueError("config: opt.train_head_rows needs --init (the network whose other rows are held)")
         head_rows = [CLASSES.index(c) for c in cfg.opt.train_head_rows]

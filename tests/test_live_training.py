@@ -800,3 +800,6 @@ def test_train_head_rows_holds_every_other_weight_bit_for_bit(
     assert "opt.train_head_rows names unknown classes ['glass']" in capsys.readouterr().err
     assert cli.main([*base, "--config", str(glass_only), "--out", str(tmp_path / "y")]) != 0
     assert "opt.train_head_rows needs --init" in capsys.readouterr().err
+    unknown.write_text(LIVE_CONFIG.replace("threads: 1,", "threads: 1, train_head_rows: [],"))
+    assert cli.main([*base, "--config", str(unknown), "--init", str(start), "--out", str(tmp_path / "z")]) != 0
+    assert "opt.train_head_rows is empty" in capsys.readouterr().err
