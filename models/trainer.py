@@ -104,6 +104,14 @@ def _fit_teacher_head(net: torch.nn.Module, head: torch.nn.Module, maker: LiveSc
                f"(mean squared error {before:.3f} -> {after:.3f})")
 
 
+def _class_indices(names: Sequence[str], key: str) -> list[int]:
+    """The class indices of a recipe option that names classes; unknown names are refused."""
+    unknown = sorted(set(names) - set(CLASSES))
+    if unknown:
+        raise ValueError(f"config: {key} names unknown classes {unknown} (classes: {list(CLASSES)})")
+    return [CLASSES.index(c) for c in names]
+
+
 def hold_head_rows(net: torch.nn.Module, trained_rows: Sequence[int]) -> Callable[[], None]:
     """A function that puts back the rows of `net.head` not in `trained_rows` as they are now."""
     head = net.head  # type: ignore[union-attr]
@@ -161,15 +169,14 @@ def train_live(
     its normalisation statistics included, is held as it starts."""
     out_dir.mkdir(parents=True, exist_ok=True)
     last_file, best_file = out_dir / "last.pt", out_dir / "best-state.pt"
+    learning = list(net.parameters())
     if head_rows is not None:
-        for param in net.parameters():
+        for param in learning:
             param.requires_grad_(False)
-        head_params = [net.head.weight, net.head.bias]  # type: ignore[union-attr]
-        for param in head_params:
+        learning = [net.head.weight, net.head.bias]  # type: ignore[union-attr]
+        for param in learning:
             param.requires_grad_(True)
-        trained = head_params + (list(teacher_head.parameters()) if teacher_head is not None else [])
-    else:
-        trained = list(net.parameters()) + (list(teacher_head.parameters()) if teacher_head is not None else [])
+    trained = learning + (list(teacher_head.parameters()) if teacher_head is not None else [])
     opt = torch.optim.AdamW(trained, lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 2), pct_start=0.05)
     state: dict[str, Any] = {"step": 0, "best": -1.0, "best_step": 0, "bad": 0, "history": [], "seconds": 0.0}
@@ -481,20 +488,14 @@ def train_live_command(
         distil_from = harken_scorer(args.distil_from, net.receptive_field, cfg.net.lookahead_frames)
     distil_classes = None
     if cfg.loss.distil_classes is not None:
-        unknown = sorted(set(cfg.loss.distil_classes) - set(CLASSES))
-        if unknown:
-            raise ValueError(f"config: loss.distil_classes names unknown classes {unknown} (classes: {list(CLASSES)})")
-        distil_classes = [CLASSES.index(c) for c in cfg.loss.distil_classes]
+        distil_classes = _class_indices(cfg.loss.distil_classes, "loss.distil_classes")
     head_rows = None
     if cfg.opt.train_head_rows is not None:
-        unknown = sorted(set(cfg.opt.train_head_rows) - set(CLASSES))
-        if unknown:
-            raise ValueError(f"config: opt.train_head_rows names unknown classes {unknown} (classes: {list(CLASSES)})")
-        if not cfg.opt.train_head_rows:
+        head_rows = _class_indices(cfg.opt.train_head_rows, "opt.train_head_rows")
+        if not head_rows:
             raise ValueError("config: opt.train_head_rows is empty (name a class, or leave it out to train everything)")
         if not args.init:
             raise ValueError("config: opt.train_head_rows needs --init (the network whose other rows are held)")
-        head_rows = [CLASSES.index(c) for c in cfg.opt.train_head_rows]
     maker = LiveSceneMaker(
         bank, pool, cfg.data, cfg.live, cfg.opt.crop_frames, net.receptive_field,
         cfg.net.lookahead_frames, params, hard, confuser_reports, teacher, hard_classes,
