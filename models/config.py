@@ -41,6 +41,10 @@ class NetConfig:
     dilations: tuple[int, ...] = (1, 2, 4, 8, 16)
     kernel: int = 3
     lookahead_frames: int = 8
+    #: freqconv only: frames (0.02 s each) over which each mel band's background floor is
+    #: taken; with it the network reads a second plane, the band's level over that floor
+    #: (`models.net.over_floor`), and remembers that much longer. 0: off.
+    floor_frames: int = 0
 
 
 @dataclass
@@ -192,8 +196,11 @@ def build_net(cfg: TrainConfig, params: FeatureParams) -> CompactTCN | FreqConvT
             channels=cfg.net.channels,
             dilations=tuple(cfg.net.dilations),
             kernel=cfg.net.kernel,
+            floor_frames=cfg.net.floor_frames,
         )
     elif cfg.net.kind == "tcn":
+        if cfg.net.floor_frames:
+            raise ValueError("net.floor_frames needs net.kind 'freqconv'")
         net = CompactTCN(
             n_mels=params.n_mels,
             n_classes=len(CLASSES),

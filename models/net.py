@@ -11,7 +11,28 @@ from __future__ import annotations
 import itertools
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+#: Frames averaged before a band's floor is taken (100 ms): the minimum of single frames
+#: sits at the bottom of the background's frame-to-frame fluctuation, not at its level.
+FLOOR_SMOOTH_FRAMES = 5
+
+
+def over_floor(x: torch.Tensor, floor_frames: int) -> torch.Tensor:
+    """Each band's level over its own background floor, (B, F, T) -> (B, F, T - shrink):
+    the frame minus the lowest 100-ms mean of the band in the `floor_frames` frames up to
+    it (causal minimum statistics, the noise-floor estimate of speech enhancement). An
+    event over a steady bed reads the same over any bed level; the minimum, unlike a running
+    mean, is not raised by the event itself until it has lasted the whole window."""
+    smooth = F.avg_pool1d(x, FLOOR_SMOOTH_FRAMES, stride=1)
+    floor = -F.max_pool1d(-smooth, floor_frames, stride=1)
+    return x[:, :, x.shape[-1] - floor.shape[-1] :] - floor
+
+
+def floor_shrink(floor_frames: int) -> int:
+    """Frames `over_floor` takes from the start of its input (0 when it is off)."""
+    return FLOOR_SMOOTH_FRAMES - 1 + floor_frames - 1 if floor_frames else 0
 
 
 class TemporalBlock(nn.Module):
@@ -96,11 +117,17 @@ class FreqConvTCN(nn.Module):
         channels: int = 56,
         dilations: tuple[int, ...] = (1, 2, 4, 8, 16),
         kernel: int = 3,
+        floor_frames: int = 0,
     ) -> None:
         super().__init__()
+        if floor_frames < 0 or floor_frames == 1:
+            raise ValueError(f"net.floor_frames must be 0 (off) or at least 2 frames, got {floor_frames}")
         self.register_buffer("feature_mean", torch.zeros(n_mels))
         self.register_buffer("feature_std", torch.ones(n_mels))
-        self.stem = nn.Conv2d(1, freq_channels[0], (3, 3), stride=(2, 1), padding=(1, 0))
+        # With floor_frames, a second input plane: each band over its own recent floor.
+        self.floor_frames = floor_frames
+        planes = 2 if floor_frames else 1
+        self.stem = nn.Conv2d(planes, freq_channels[0], (3, 3), stride=(2, 1), padding=(1, 0))
         self.stem_norm = nn.BatchNorm2d(freq_channels[0])
         self.freq_blocks = nn.ModuleList(
             SeparableFreqConv(a, b) for a, b in itertools.pairwise(freq_channels)
@@ -113,7 +140,7 @@ class FreqConvTCN(nn.Module):
         self.project_norm = nn.BatchNorm1d(channels)
         self.blocks = nn.ModuleList(TemporalBlock(channels, d, kernel) for d in dilations)
         self.head = nn.Conv1d(channels, n_classes, 1)
-        self.receptive_field = 2 * len(freq_channels) + (kernel - 1) * sum(dilations)
+        self.receptive_field = 2 * len(freq_channels) + (kernel - 1) * sum(dilations) + floor_shrink(floor_frames)
         self.n_mels, self.n_classes, self.channels = n_mels, n_classes, channels
         self.freq_channels, self.dilations, self.kernel = freq_channels, dilations, kernel
 
@@ -122,7 +149,12 @@ class FreqConvTCN(nn.Module):
 
     def features(self, logmel: torch.Tensor) -> torch.Tensor:
         """The temporal features the head reads, (B, channels, T'): a teacher head reads them too."""
-        x = ((logmel - self.feature_mean) / self.feature_std).transpose(1, 2)[:, None]  # (B, 1, F, T)
+        x = ((logmel - self.feature_mean) / self.feature_std).transpose(1, 2)  # (B, F, T)
+        if self.floor_frames:  # in normalised units: the mean cancels, the per-band scale stays
+            over = over_floor(x, self.floor_frames)
+            x = torch.stack([x[:, :, x.shape[-1] - over.shape[-1] :], over], dim=1)  # (B, 2, F, T')
+        else:
+            x = x[:, None]  # (B, 1, F, T)
         x = torch.relu(self.stem_norm(self.stem(x)))
         for block in self.freq_blocks:
             x = block(x)
@@ -136,7 +168,7 @@ class FreqConvTCN(nn.Module):
         """Multiply-accumulates per output frame (convolutions only)."""
         fc, k = self.freq_channels, self.kernel
         bands = (self.n_mels + 1) // 2
-        macs = bands * fc[0] * 9
+        macs = bands * fc[0] * 9 * (2 if self.floor_frames else 1)
         for a, b in itertools.pairwise(fc):
             bands = (bands + 1) // 2
             macs += bands * (a * 9 + a * b)

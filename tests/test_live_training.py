@@ -187,10 +187,11 @@ def test_live_scene_edges_label_gaps_negative_and_pad_stream_starts(maker: LiveS
 
 
 def _freqconv_with_running_stats(
-    seed: int, freq_channels: tuple[int, ...] = (4, 8, 8), dilations: tuple[int, ...] = (1, 2, 4)
+    seed: int, freq_channels: tuple[int, ...] = (4, 8, 8), dilations: tuple[int, ...] = (1, 2, 4),
+    floor_frames: int = 0,
 ) -> FreqConvTCN:
     torch.manual_seed(seed)
-    net = FreqConvTCN(freq_channels=freq_channels, channels=12, dilations=dilations).eval()
+    net = FreqConvTCN(freq_channels=freq_channels, channels=12, dilations=dilations, floor_frames=floor_frames).eval()
     with torch.no_grad():
         for m in net.modules():
             if isinstance(m, torch.nn.BatchNorm1d | torch.nn.BatchNorm2d):
@@ -199,25 +200,33 @@ def _freqconv_with_running_stats(
     return net
 
 
-@pytest.mark.parametrize("variant", ["one", "pair", "pair-own-stats", "pair-mixed-sizes", "pair-longer-memory"])
+@pytest.mark.parametrize(
+    "variant", ["one", "one-floor", "pair", "pair-own-stats", "pair-mixed-sizes", "pair-longer-memory", "pair-floor"]
+)
 def test_freqconv_network_streams_like_one_pass_after_export(tmp_path: Path, variant: str) -> None:
     """One exported network, or two joined as one (`ensemble_onnx`: the mean of their
     logits), streams in the daemon exactly as it scores in one pass. Members of one shape
     become one network (models/joined.py), with their own feature statistics if they
     differ; members of different shapes run side by side, and a member with a shorter
-    memory (receptive field) is aligned with the longer one on the same input frames."""
+    memory (receptive field) is aligned with the longer one on the same input frames. A
+    network reading each band over its floor (`floor_frames`) remembers that much longer
+    and streams alike, alone or beside a plain one."""
     from models.export import ensemble_onnx, export_onnx
+    from models.unfold import read_member
     from service.decision import DecisionParams
 
-    members = 1 if variant == "one" else 2
+    members = 1 if variant.startswith("one") else 2
     sizes = [(4, 8, 8), (8, 8, 8) if variant == "pair-mixed-sizes" else (4, 8, 8)]
     dilations = [(1, 2, 4), (1, 2, 4, 8) if variant == "pair-longer-memory" else (1, 2, 4)]
-    nets = [_freqconv_with_running_stats(seed, sizes[seed], dilations[seed]) for seed in range(members)]
+    floors = [12 if variant == "one-floor" else 0, 12 if variant == "pair-floor" else 0]
+    nets = [
+        _freqconv_with_running_stats(seed, sizes[seed], dilations[seed], floors[seed]) for seed in range(members)
+    ]
     if variant == "pair-own-stats":
         with torch.no_grad():
             nets[1].feature_mean.uniform_(-0.5, 0.5)
             nets[1].feature_std.uniform_(0.5, 2.0)
-    assert nets[0].receptive_field == 2 * 3 + 2 * 7
+    assert nets[0].receptive_field == 2 * 3 + 2 * 7 + (4 + 11 if floors[0] else 0)
     assert nets[0].macs_per_frame() > 0
     decisions = {c: DecisionParams() for c in D.CLASSES}
     paths = [tmp_path / f"fc{i}.onnx" for i in range(members)]
@@ -233,10 +242,13 @@ def test_freqconv_network_streams_like_one_pass_after_export(tmp_path: Path, var
         convs = sum(n.op_type == "Conv" for n in model.graph.node)
         one = sum(n.op_type == "Conv" for n in onnx.load(str(paths[0])).graph.node)
         own = sum(sum(n.op_type == "Conv" for n in onnx.load(str(p)).graph.node) for p in paths)
-        assert convs == (own if variant in ("pair-mixed-sizes", "pair-longer-memory") else one)
+        assert convs == (own if variant in ("pair-mixed-sizes", "pair-longer-memory", "pair-floor") else one)
         assert contract.receptive_field_frames == max(net.receptive_field for net in nets)
         path = tmp_path / "pair.onnx"
         onnx.save(model, str(path))
+    if any(floors):  # its extra input plane is not a shape the join or --init reads back
+        with pytest.raises(ValueError, match="background-floor plane"):
+            read_member(paths[floors.index(12)])
     detector = Detector.load(path)
     feats = LogMel().frames(synth.background(6.0, np.random.default_rng(2)).astype(np.float32) * 0.1)
     whole = detector.scores(feats)
@@ -251,6 +263,39 @@ def test_freqconv_network_streams_like_one_pass_after_export(tmp_path: Path, var
         parts = [scorer.push(feats[i : i + chunk]) for i in range(0, feats.shape[0], chunk)]
         parts.append(scorer.flush())
         np.testing.assert_allclose(np.concatenate(parts), whole, atol=1e-5)
+
+
+def test_over_floor_reads_an_event_alike_over_any_steady_bed() -> None:
+    """Each band over its own floor: a steady bed reads near 0 whatever its level, an
+    event over it reads its height over the bed, and the plane is the same when every
+    level moves by the same amount (a louder room, a nearer microphone)."""
+    from models.net import FLOOR_SMOOTH_FRAMES, floor_shrink, over_floor
+
+    rng = np.random.default_rng(0)
+    bed = rng.normal(0.0, 0.1, (1, 4, 300)).astype(np.float32)
+    bed[:, :2, 200:240] += 3.0  # an event in the low bands, 0.8 s long
+    x = torch.from_numpy(bed)
+    plane = over_floor(x, 50)
+    assert plane.shape == (1, 4, 300 - floor_shrink(50)) and floor_shrink(50) == FLOOR_SMOOTH_FRAMES - 1 + 49
+    start = 300 - plane.shape[-1]
+    event = plane[0, :2, 200 - start + 5 : 240 - start].numpy()
+    assert 2.5 < event.mean() < 3.5  # the event's height over its bed
+    assert abs(plane[0, 2:].numpy().mean()) < 0.3 and plane[0, :2, : 200 - start].abs().mean() < 0.3
+    np.testing.assert_allclose(over_floor(x + 5.0, 50).numpy(), plane.numpy(), atol=1e-5)
+    assert floor_shrink(0) == 0
+    with pytest.raises(ValueError, match="floor_frames"):
+        FreqConvTCN(floor_frames=1)
+
+
+def test_a_floor_plane_needs_the_freqconv_network() -> None:
+    from models.config import TrainConfig, build_net
+
+    cfg = TrainConfig()
+    cfg.net.kind, cfg.net.floor_frames = "tcn", 100
+    with pytest.raises(ValueError, match="net.floor_frames needs net.kind 'freqconv'"):
+        build_net(cfg, FeatureParams())
+    cfg.net.kind = "freqconv"
+    assert build_net(cfg, FeatureParams()).receptive_field == 2 * 4 + 2 * 31 + 4 + 99
 
 
 @pytest.mark.parametrize("second", [(4, 8, 8), (8, 8, 8)], ids=["joined", "side-by-side"])
