@@ -75,9 +75,7 @@ def read_freqconv(model: onnx.ModelProto, prefix: str = "") -> FreqConvWeights:
     two_d = [c for c in convs if c.weight.ndim == 4]
     if len(stats["feature_mean"]) != 1 or len(stats["feature_std"]) != 1 or len(two_d) % 2 != 1:
         raise ValueError("not an exported FreqConvTCN (stem, depthwise-separable blocks, temporal convolutions)")
-    if two_d[0].weight.shape[1] != 1 or any(
-        n.op_type == "MaxPool" and n.output[0].startswith(prefix) for n in model.graph.node
-    ):
+    if two_d[0].weight.shape[1] != 1:  # the stem reads a second plane (models/net.py over_floor)
         raise ValueError("a FreqConvTCN with a background-floor plane (net.floor_frames) is not read back here")
     n_blocks = (len(two_d) - 1) // 2
     one_d = convs[len(two_d) :]

@@ -152,7 +152,7 @@ class FreqConvTCN(nn.Module):
         x = ((logmel - self.feature_mean) / self.feature_std).transpose(1, 2)  # (B, F, T)
         if self.floor_frames:  # in normalised units: the mean cancels, the per-band scale stays
             over = over_floor(x, self.floor_frames)
-            x = torch.stack([x[:, :, x.shape[-1] - over.shape[-1] :], over], dim=1)  # (B, 2, F, T')
+            x = torch.stack([x[:, :, floor_shrink(self.floor_frames) :], over], dim=1)  # (B, 2, F, T')
         else:
             x = x[:, None]  # (B, 1, F, T)
         x = torch.relu(self.stem_norm(self.stem(x)))
@@ -168,7 +168,7 @@ class FreqConvTCN(nn.Module):
         """Multiply-accumulates per output frame (convolutions only)."""
         fc, k = self.freq_channels, self.kernel
         bands = (self.n_mels + 1) // 2
-        macs = bands * fc[0] * 9 * (2 if self.floor_frames else 1)
+        macs = bands * fc[0] * 9 * self.stem.in_channels  # a floor plane doubles the stem's input
         for a, b in itertools.pairwise(fc):
             bands = (bands + 1) // 2
             macs += bands * (a * 9 + a * b)
