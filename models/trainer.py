@@ -529,13 +529,14 @@ def train_live_command(
         member = getattr(args, "init_member", None)
         init_state = state_from_onnx(net, args.init, torch.from_numpy(scene_sample()), member, grow)
     elif args.init:
+        from models.unfold import grown_state, state_with_floor_plane
+
         saved = torch.load(args.init, map_location="cpu", weights_only=False)
         # best.pt keeps the network under "state"; a run's resumable last.pt under "net".
         # best-state.pt (the best network while a run goes on) is the state dict itself.
-        init_state = saved.get("net", saved.get("state", saved))
+        # A recipe with the background-floor plane takes a network without it (plane at zero).
+        init_state = state_with_floor_plane(net, saved.get("net", saved.get("state", saved)))
         if grow:
-            from models.unfold import grown_state
-
             init_state = grown_state(net, init_state, torch.from_numpy(scene_sample()))
     else:
         # Normalisation statistics (inside the graph) from a sample of training scenes.

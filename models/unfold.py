@@ -19,11 +19,18 @@ a recipe with more temporal blocks than the weights it starts from (one more dil
 longer memory) takes the weights for the blocks they have, and its extra blocks, last in
 the stack, start near the identity (`start_near_identity`), so the grown network first
 scores almost as the one it grew from and learns what the extra context is worth.
+
+A network can also gain the background-floor plane (`net.floor_frames`, models/net.py
+`over_floor`) while it is fine-tuned: the recipe asks for the plane, the weights have none,
+and the stem's weights for the plane start at zero (`add_floor_plane`). The plain plane is
+cropped to the floor's start, so the network scores exactly as the one it came from (from
+frame `floor_shrink` on) and learns what each band's height over its floor is worth.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +143,8 @@ def unfold_into(net: FreqConvTCN, weights: FreqConvWeights, sample: torch.Tensor
         raise ValueError(f"the model reads {weights.feature_mean.shape[0]} mel bands, the recipe {net.n_mels}")
     pairs = _pairs(net, weights, grow)
     for name, conv, _, exported in pairs:
+        if name == "stem":
+            exported = replace(exported, weight=add_floor_plane(net, torch.from_numpy(exported.weight)).numpy())
         if tuple(conv.weight.shape) != exported.weight.shape or conv.dilation[-1] != exported.dilation:
             raise ValueError(
                 f"layer {name}: the model has weights {exported.weight.shape} (dilation {exported.dilation}), "
@@ -162,6 +171,25 @@ def unfold_into(net: FreqConvTCN, weights: FreqConvWeights, sample: torch.Tensor
         norm.bias.copy_(mean)
     if len(weights.temporal) < len(net.blocks):
         start_near_identity(net, len(weights.temporal), sample)
+
+
+def add_floor_plane(net: FreqConvTCN, stem_weight: torch.Tensor) -> torch.Tensor:
+    """`stem_weight` as `net`'s stem takes it: the weights of a network without the
+    background-floor plane given a zero plane when `net` reads one (so it first scores as
+    the network they came from), anything else unchanged."""
+    planes = net.stem.in_channels
+    if stem_weight.ndim != 4 or stem_weight.shape[1] != 1 or planes == 1:
+        return stem_weight
+    zeros = torch.zeros((stem_weight.shape[0], planes - 1, *stem_weight.shape[2:]), dtype=stem_weight.dtype)
+    return torch.cat([stem_weight, zeros], dim=1)
+
+
+def state_with_floor_plane(net: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A saved network's `state` as `net` loads it (`harken train --init RUN/best.pt`): its
+    stem given the zero floor plane when `net` reads one and the state has none."""
+    if not isinstance(net, FreqConvTCN) or "stem.weight" not in state:
+        return state
+    return {**state, "stem.weight": add_floor_plane(net, state["stem.weight"])}
 
 
 def _check_growth(net: FreqConvTCN, first_new: int) -> None:

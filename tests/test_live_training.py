@@ -543,6 +543,50 @@ def test_a_network_grows_a_longer_memory_from_exported_or_saved_weights(tmp_path
                     sample, grow=True)
 
 
+def test_a_network_gains_the_floor_plane_from_exported_or_saved_weights(tmp_path: Path) -> None:
+    """`harken train --init ...` with a recipe that reads each band over its floor
+    (`net.floor_frames`) and weights without that plane (models/unfold.py `add_floor_plane`):
+    the stem's weights for the new plane start at zero, so the network scores exactly as the
+    one it came from (from the floor's first frame on), and the plane learns (its weights
+    have a gradient). Weights that already have two planes, or a stem of other channels,
+    are not reshaped."""
+    from models.export import export_onnx
+    from models.net import floor_shrink
+    from models.unfold import add_floor_plane, read_member, state_with_floor_plane, unfold_into
+    from service.decision import DecisionParams
+
+    original = _freqconv_with_running_stats(9)
+    path = tmp_path / "fc.onnx"
+    export_onnx(original, path, D.CLASSES, 3, {c: DecisionParams() for c in D.CLASSES}, "fc", "0.0.0",
+                {"parameters": 100, "macs_per_frame": 7})
+    rng = np.random.default_rng(6)
+    sample = torch.from_numpy(np.stack([
+        LogMel().frames(synth.background(1.0, rng).astype(np.float32) * 0.1) for _ in range(6)
+    ]))
+    floor = 12
+    with torch.no_grad():
+        expected = original.eval()(sample)[:, floor_shrink(floor):]
+    for source in ("onnx", "checkpoint"):
+        gained = FreqConvTCN(freq_channels=(4, 8, 8), channels=12, dilations=(1, 2, 4), floor_frames=floor)
+        if source == "onnx":
+            unfold_into(gained, read_member(path), sample)
+        else:
+            gained.load_state_dict(state_with_floor_plane(gained, original.state_dict()))
+        assert float(gained.stem.weight[:, 1].abs().max()) == 0.0
+        with torch.no_grad():
+            scores = gained.eval()(sample)
+        assert scores.shape == expected.shape
+        np.testing.assert_allclose(scores.numpy(), expected.numpy(), atol=1e-4, err_msg=source)
+        gained.train()
+        gained(sample).square().mean().backward()
+        assert gained.stem.weight.grad is not None
+        assert float(gained.stem.weight.grad[:, 1].abs().sum()) > 0.0, source
+    two_planes = torch.ones((4, 2, 3, 3))
+    assert add_floor_plane(gained, two_planes) is two_planes
+    plain = _freqconv_with_running_stats(9)
+    assert state_with_floor_plane(plain, original.state_dict())["stem.weight"].shape == (4, 1, 3, 3)
+
+
 def test_live_training_resumes_exports_and_mines(tiny: dict[str, Path]) -> None:
     root = tiny["root"]
     config = root / "live.yaml"
