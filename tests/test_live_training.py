@@ -496,24 +496,33 @@ def test_a_joined_member_comes_back_with_the_other_members_models(
         assert reason in capsys.readouterr().err
 
 
+def _exported_freqconv_and_sample(
+    tmp_path: Path, seed: int, sample_seed: int
+) -> tuple[FreqConvTCN, Path, torch.Tensor]:
+    """A small FreqConvTCN, its exported `.onnx`, and six 1-s background log-mels to score."""
+    from models.export import export_onnx
+    from service.decision import DecisionParams
+
+    original = _freqconv_with_running_stats(seed)
+    path = tmp_path / "fc.onnx"
+    export_onnx(original, path, D.CLASSES, 3, {c: DecisionParams() for c in D.CLASSES}, "fc", "0.0.0",
+                {"parameters": 100, "macs_per_frame": 7})
+    rng = np.random.default_rng(sample_seed)
+    sample = torch.from_numpy(np.stack([
+        LogMel().frames(synth.background(1.0, rng).astype(np.float32) * 0.1) for _ in range(6)
+    ]))
+    return original, path, sample
+
+
 def test_a_network_grows_a_longer_memory_from_exported_or_saved_weights(tmp_path: Path) -> None:
     """`harken train --init ... --init-grow` (models/unfold.py): a recipe with one more
     dilated block than the weights takes the weights for the blocks they have; the new last
     block starts near the identity, so the grown network scores almost as the one it grew
     from (its receptive field longer by the new block's reach, into the past), and the new
     block learns (it has a gradient). A recipe that does not grow is refused by name."""
-    from models.export import export_onnx
     from models.unfold import NEW_BLOCK_SCALE, grown_state, read_member, unfold_into
-    from service.decision import DecisionParams
 
-    original = _freqconv_with_running_stats(8)
-    path = tmp_path / "fc.onnx"
-    export_onnx(original, path, D.CLASSES, 3, {c: DecisionParams() for c in D.CLASSES}, "fc", "0.0.0",
-                {"parameters": 100, "macs_per_frame": 7})
-    rng = np.random.default_rng(5)
-    sample = torch.from_numpy(np.stack([
-        LogMel().frames(synth.background(1.0, rng).astype(np.float32) * 0.1) for _ in range(6)
-    ]))
+    original, path, sample = _exported_freqconv_and_sample(tmp_path, 8, 5)
     reach = 2 * 8  # the new block's kernel 3 at dilation 8: 16 more frames of the past
     with torch.no_grad():
         expected = original.eval()(sample)[:, reach:]
@@ -550,19 +559,10 @@ def test_a_network_gains_the_floor_plane_from_exported_or_saved_weights(tmp_path
     one it came from (from the floor's first frame on), and the plane learns (its weights
     have a gradient). Weights that already have two planes, or a stem of other channels,
     are not reshaped."""
-    from models.export import export_onnx
     from models.net import floor_shrink
     from models.unfold import add_floor_plane, read_member, state_with_floor_plane, unfold_into
-    from service.decision import DecisionParams
 
-    original = _freqconv_with_running_stats(9)
-    path = tmp_path / "fc.onnx"
-    export_onnx(original, path, D.CLASSES, 3, {c: DecisionParams() for c in D.CLASSES}, "fc", "0.0.0",
-                {"parameters": 100, "macs_per_frame": 7})
-    rng = np.random.default_rng(6)
-    sample = torch.from_numpy(np.stack([
-        LogMel().frames(synth.background(1.0, rng).astype(np.float32) * 0.1) for _ in range(6)
-    ]))
+    original, path, sample = _exported_freqconv_and_sample(tmp_path, 9, 6)
     floor = 12
     with torch.no_grad():
         expected = original.eval()(sample)[:, floor_shrink(floor):]
