@@ -96,7 +96,9 @@ def _pairs(
     """(name, convolution, the batch norm folded into it, exported weights) in graph order;
     with `grow`, the network may have more temporal blocks than the weights (the extra
     ones are not in the list)."""
-    pairs: list[tuple[str, nn.Module, nn.Module | None, Conv]] = [("stem", net.stem, net.stem_norm, weights.stem)]
+    # A recipe with the background-floor plane takes a stem without it (the plane at zero).
+    stem = replace(weights.stem, weight=add_floor_plane(net, torch.from_numpy(weights.stem.weight)).numpy())
+    pairs: list[tuple[str, nn.Module, nn.Module | None, Conv]] = [("stem", net.stem, net.stem_norm, stem)]
     fewer_ok = grow and len(weights.temporal) < len(net.blocks)
     if len(weights.freq_blocks) != len(net.freq_blocks) or (len(weights.temporal) != len(net.blocks) and not fewer_ok):
         raise ValueError(
@@ -143,8 +145,6 @@ def unfold_into(net: FreqConvTCN, weights: FreqConvWeights, sample: torch.Tensor
         raise ValueError(f"the model reads {weights.feature_mean.shape[0]} mel bands, the recipe {net.n_mels}")
     pairs = _pairs(net, weights, grow)
     for name, conv, _, exported in pairs:
-        if name == "stem":
-            exported = replace(exported, weight=add_floor_plane(net, torch.from_numpy(exported.weight)).numpy())
         if tuple(conv.weight.shape) != exported.weight.shape or conv.dilation[-1] != exported.dilation:
             raise ValueError(
                 f"layer {name}: the model has weights {exported.weight.shape} (dilation {exported.dilation}), "
