@@ -195,6 +195,29 @@ def at_on_threshold(params: DecisionParams, on: float) -> DecisionParams:
     return replace(params, on_threshold=on, off_threshold=off)
 
 
+def selection_terms(
+    scores: Sequence[np.ndarray],
+    dev: Sequence[D.DevItem],
+    base: Mapping[str, DecisionParams],
+    thresholds: Sequence[float] = (0.5, 0.7, 0.9, 0.97, 0.99),
+    fa_cost: float = 0.01,
+) -> dict[str, float]:
+    """The early-stopping metric's class terms: per class the best dev event F1 less
+    `fa_cost` per false alarm an hour on dev negatives, over a few on-thresholds. A quick
+    stand-in for the full tuning (`tune_decisions`) that ranks settings the same way: its
+    grid reaches the 0.97 and 0.99 the tuned decisions end on (with 0.5-0.9 only, run E's
+    in-run ranking disagreed with the tuned one), and false alarms cost what they cost there."""
+    terms = {}
+    for ci, c in enumerate(CLASSES):
+        single = [s[:, ci : ci + 1] for s in scores]
+        best = -np.inf
+        for on in thresholds:
+            pc = class_metrics(single, dev, c, at_on_threshold(base[c], on))
+            best = max(best, pc["f1"] - fa_cost * pc["fa_per_hour"])
+        terms[c] = float(best)
+    return terms
+
+
 def selection_f1(
     scores: Sequence[np.ndarray],
     dev: Sequence[D.DevItem],
@@ -202,20 +225,8 @@ def selection_f1(
     thresholds: Sequence[float] = (0.5, 0.7, 0.9, 0.97, 0.99),
     fa_cost: float = 0.01,
 ) -> float:
-    """Early-stopping metric: per class the best dev event F1 less `fa_cost` per false alarm
-    an hour on dev negatives, over a few on-thresholds, averaged over classes. A quick
-    stand-in for the full tuning (`tune_decisions`) that ranks settings the same way: its
-    grid reaches the 0.97 and 0.99 the tuned decisions end on (with 0.5-0.9 only, run E's
-    in-run ranking disagreed with the tuned one), and false alarms cost what they cost there."""
-    f1s = []
-    for ci, c in enumerate(CLASSES):
-        single = [s[:, ci : ci + 1] for s in scores]
-        best = -np.inf
-        for on in thresholds:
-            pc = class_metrics(single, dev, c, at_on_threshold(base[c], on))
-            best = max(best, pc["f1"] - fa_cost * pc["fa_per_hour"])
-        f1s.append(best)
-    return float(np.mean(f1s))
+    """Early-stopping metric: the mean over classes of `selection_terms`."""
+    return float(np.mean(list(selection_terms(scores, dev, base, thresholds, fa_cost).values())))
 
 
 #: On-thresholds the tuning always tries. 0.995 and 0.998 were tried (2.2 is tuned to 0.99,

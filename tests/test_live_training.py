@@ -892,3 +892,55 @@ def test_train_head_rows_holds_every_other_weight_bit_for_bit(
     unknown.write_text(LIVE_CONFIG.replace("threads: 1,", "threads: 1, train_head_rows: [],"))
     assert cli.main([*base, "--config", str(unknown), "--init", str(start), "--out", str(tmp_path / "z")]) != 0
     assert "opt.train_head_rows is empty" in capsys.readouterr().err
+
+
+def test_a_run_s_kept_networks_are_picked_on_fresh_draws(
+    tiny: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from models import pick_step
+
+    config = tmp_path / "live.yaml"
+    config.write_text(LIVE_CONFIG)
+    run, cache = tmp_path / "run", tiny["root"] / "cache"
+    assert cli.main(["train", "--config", str(config), "--data", str(tiny["data"]), "--negatives",
+                     str(tiny["negatives"]), "--cache", str(cache), "--out", str(run)]) == 0
+    args = ["--run", str(run), "--data", str(tiny["data"]), "--negatives", str(tiny["negatives"]),
+            "--cache", str(cache)]
+    out = tmp_path / "picks.json"
+    assert pick_step.main([*args, "--pick-draws", "11", "--judge-draws", "12", "13", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "pick: " in printed and "Spearman" in printed
+    picks = json.loads(out.read_text())
+    terms = {int(step): t for step, t in picks["terms"].items()}
+    assert sorted(terms) == [4, 8]  # the run keeps its network at every evaluation
+    assert all(set(t) == {"selection", "pick", "judge"} and set(t["pick"]) == set(D.CLASSES) for t in terms.values())
+    assert picks["scene_items"]["judge"] == 2 * picks["scene_items"]["pick"] == 2 * picks["scene_items"]["selection"]
+    for c in D.CLASSES:
+        chosen = picks["choices"]["pick"][c]
+        assert terms[chosen]["pick"][c] == max(t["pick"][c] for t in terms.values())
+        assert picks["on_judge_draws"]["pick"][c] == pytest.approx(terms[chosen]["judge"][c], abs=1e-4)
+    assert picks["choices"]["last"] == dict.fromkeys(D.CLASSES, 8)
+    run_step = torch.load(run / "best.pt", weights_only=False)["best_step"]
+    assert picks["choices"]["run"] == dict.fromkeys(D.CLASSES, run_step)
+    # The run's own scenes are not a fresh draw, and no draw is both picked on and judged on.
+    with pytest.raises(SystemExit):
+        pick_step.main([*args, "--pick-draws", "6"])
+    assert "selection's scenes" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        pick_step.main([*args, "--pick-draws", "11", "--judge-draws", "11"])
+    assert "both pick and judge" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        pick_step.main(["--run", str(tmp_path), "--data", str(tiny["data"]), "--pick-draws", "11"])
+    assert "no kept networks" in capsys.readouterr().err
+
+
+def test_picks_take_the_earlier_step_on_a_tie_and_rank_agreement_needs_spread() -> None:
+    from models.pick_step import best_steps, rank_agreement
+
+    flat = dict.fromkeys(D.CLASSES, 0.5)
+    rising = {step: {"pick": {c: 0.1 * step for c in D.CLASSES}, "judge": {c: -0.1 * step for c in D.CLASSES},
+                     "selection": flat} for step in (1, 2, 3)}
+    assert best_steps(rising, "pick") == dict.fromkeys(D.CLASSES, 3)
+    assert best_steps(rising, "selection") == dict.fromkeys(D.CLASSES, 1)
+    assert rank_agreement(rising, "pick", "judge") == pytest.approx(dict.fromkeys(D.CLASSES, -1.0))
+    assert all(np.isnan(v) for v in rank_agreement(rising, "selection", "judge").values())
