@@ -81,7 +81,7 @@ def network_terms(
 
     from models.config import build_net, config_from_dict
     from models.trainer import dev_scene_draw, live_dev_set
-    from models.tuning import dev_scores, selection_terms
+    from models.tuning import dev_scores, selection_terms_of_sets
     from service.audio.features import FeatureParams
 
     files = kept_networks(run)
@@ -106,12 +106,10 @@ def network_terms(
     out: dict[int, Terms] = {}
     for path in files:
         net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        shared_scores = dev_scores(net, shared, cfg.net.lookahead_frames)
-        out[step_of(path)] = {
-            name: selection_terms([*dev_scores(net, items, cfg.net.lookahead_frames), *shared_scores],
-                                  [*items, *shared], cfg.decision, fa_cost=cfg.eval.fa_cost)
-            for name, items in scenes.items()
-        }
+        scored = {name: (dev_scores(net, items, cfg.net.lookahead_frames), items) for name, items in scenes.items()}
+        out[step_of(path)] = selection_terms_of_sets(
+            scored, dev_scores(net, shared, cfg.net.lookahead_frames), shared, cfg.decision, fa_cost=cfg.eval.fa_cost
+        )
     about = {"scene_items": {name: len(items) for name, items in scenes.items()},
              "shared_items": len(shared), "negative_hours": info.get("dev_negatives_hours", 0.0)}
     return out, about

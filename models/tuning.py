@@ -195,11 +195,14 @@ def at_on_threshold(params: DecisionParams, on: float) -> DecisionParams:
     return replace(params, on_threshold=on, off_threshold=off)
 
 
+SELECTION_THRESHOLDS = (0.5, 0.7, 0.9, 0.97, 0.99)
+
+
 def selection_terms(
     scores: Sequence[np.ndarray],
     dev: Sequence[D.DevItem],
     base: Mapping[str, DecisionParams],
-    thresholds: Sequence[float] = (0.5, 0.7, 0.9, 0.97, 0.99),
+    thresholds: Sequence[float] = SELECTION_THRESHOLDS,
     fa_cost: float = 0.01,
 ) -> dict[str, float]:
     """The early-stopping metric's class terms: per class the best dev event F1 less
@@ -207,14 +210,32 @@ def selection_terms(
     stand-in for the full tuning (`tune_decisions`) that ranks settings the same way: its
     grid reaches the 0.97 and 0.99 the tuned decisions end on (with 0.5-0.9 only, run E's
     in-run ranking disagreed with the tuned one), and false alarms cost what they cost there."""
-    terms = {}
+    return selection_terms_of_sets({"dev": (scores, dev)}, [], [], base, thresholds, fa_cost)["dev"]
+
+
+def selection_terms_of_sets(
+    sets: Mapping[str, tuple[Sequence[np.ndarray], Sequence[D.DevItem]]],
+    shared_scores: Sequence[np.ndarray],
+    shared_items: Sequence[D.DevItem],
+    base: Mapping[str, DecisionParams],
+    thresholds: Sequence[float] = SELECTION_THRESHOLDS,
+    fa_cost: float = 0.01,
+) -> dict[str, dict[str, float]]:
+    """`selection_terms` of each named set of scenes (its scores and items), each counted
+    together with the shared items (the negatives every draw of scenes shares), whose
+    decisions are run once for all sets: most of the hours are theirs."""
+    terms: dict[str, dict[str, float]] = {name: {} for name in sets}
     for ci, c in enumerate(CLASSES):
-        single = [s[:, ci : ci + 1] for s in scores]
-        best = -np.inf
+        best = dict.fromkeys(sets, -np.inf)
         for on in thresholds:
-            pc = class_metrics(single, dev, c, at_on_threshold(base[c], on))
-            best = max(best, pc["f1"] - fa_cost * pc["fa_per_hour"])
-        terms[c] = float(best)
+            params = {c: at_on_threshold(base[c], on)}
+            shared_found = run_decisions([s[:, ci : ci + 1] for s in shared_scores], params, (c,))
+            for name, (scores, items) in sets.items():
+                found = run_decisions([s[:, ci : ci + 1] for s in scores], params, (c,))
+                pc = event_metrics([*items, *shared_items], [*found, *shared_found], (c,))["per_class"][c]
+                best[name] = max(best[name], pc["f1"] - fa_cost * pc["fa_per_hour"])
+        for name in sets:
+            terms[name][c] = float(best[name])
     return terms
 
 
@@ -222,7 +243,7 @@ def selection_f1(
     scores: Sequence[np.ndarray],
     dev: Sequence[D.DevItem],
     base: Mapping[str, DecisionParams],
-    thresholds: Sequence[float] = (0.5, 0.7, 0.9, 0.97, 0.99),
+    thresholds: Sequence[float] = SELECTION_THRESHOLDS,
     fa_cost: float = 0.01,
 ) -> float:
     """Early-stopping metric: the mean over classes of `selection_terms`."""

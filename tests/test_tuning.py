@@ -20,6 +20,8 @@ from models.tuning import (  # noqa: E402
     run_decisions,
     scene_draws_score,
     selection_f1,
+    selection_terms,
+    selection_terms_of_sets,
     shipping_score,
     ships_over,
     tune_decisions,
@@ -109,6 +111,21 @@ def test_selection_reaches_the_thresholds_tuning_ends_on() -> None:
     worse = selection_f1(inseparable, dev, base)
     f1_at_60_fa = 2 * (10 / 70) * 1.0 / (10 / 70 + 1.0)
     assert worse == pytest.approx((f1_at_60_fa - 0.01 * 60) / 3, abs=1e-3)
+
+
+def test_sets_of_scenes_share_their_negatives_as_if_each_were_counted_with_them() -> None:
+    """Terms of two sets of scenes over one shared hour of negatives are each the terms of
+    that set and the negatives scored together (the negatives' decisions run once)."""
+    base = {c: DecisionParams(0.5, 0.3, 1, 3, 3, 0.0, 0.1, 0.0) for c in CLASSES}
+    dev, scores = _confident_dev(negative_peak=0.96)
+    shared, shared_scores = dev[-1:], scores[-1:]
+    unsure_items, unsure_scores = _cries(0.8)
+    terms = selection_terms_of_sets(
+        {"sure": (scores[:10], dev[:10]), "unsure": (unsure_scores, unsure_items)}, shared_scores, shared, base
+    )
+    assert terms["sure"] == selection_terms(scores, dev, base)
+    assert terms["unsure"] == selection_terms([*unsure_scores, *shared_scores], [*unsure_items, *shared], base)
+    assert terms["sure"]["baby_cry"] > terms["unsure"]["baby_cry"]  # 0.8 stays under the 0.97 that avoids the confuser
 
 
 def _shaped_cries(runs: list[tuple[int, int, float]]) -> tuple[list[D.DevItem], list[np.ndarray]]:
