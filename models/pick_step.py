@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,9 @@ def network_terms(
         out[step_of(path)] = selection_terms_of_sets(
             scored, dev_scores(net, shared, cfg.net.lookahead_frames), shared, cfg.decision, fa_cost=cfg.eval.fa_cost
         )
+        # A dozen networks over 16 draws take a quarter of an hour on two cores: say where it is.
+        print(f"{path.name}: " + ", ".join(f"{c} {t:.3f}" for c, t in out[step_of(path)]["pick"].items()),
+              file=sys.stderr, flush=True)
     about = {"scene_items": {name: len(items) for name, items in scenes.items()},
              "shared_items": len(shared), "negative_hours": info.get("dev_negatives_hours", 0.0)}
     return out, about

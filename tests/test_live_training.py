@@ -908,8 +908,9 @@ def test_a_run_s_kept_networks_are_picked_on_fresh_draws(
             "--cache", str(cache)]
     out = tmp_path / "picks.json"
     assert pick_step.main([*args, "--pick-draws", "11", "--judge-draws", "12", "13", "--json", str(out)]) == 0
-    printed = capsys.readouterr().out
-    assert "pick: " in printed and "Spearman" in printed
+    printed = capsys.readouterr()
+    assert "pick: " in printed.out and "Spearman" in printed.out
+    assert "step-4.pt: baby_cry" in printed.err and "step-8.pt: baby_cry" in printed.err  # progress per network
     picks = json.loads(out.read_text())
     terms = {int(step): t for step, t in picks["terms"].items()}
     assert sorted(terms) == [4, 8]  # the run keeps its network at every evaluation
