@@ -57,19 +57,26 @@ def best_steps(terms_by_step: Mapping[int, Terms], scenes: str) -> dict[str, int
     return {c: max(steps, key=lambda s: (terms_by_step[s][scenes][c], -s)) for c in CLASSES}
 
 
+def spearman_or_nan(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman's rank correlation of two equally long sequences; nan where either is the
+    same throughout (no order to agree with)."""
+    from scipy.stats import spearmanr
+
+    if len(a) != len(b):
+        raise ValueError(f"rank agreement of {len(a)} against {len(b)} figures")
+    if len(set(a)) < 2 or len(set(b)) < 2:
+        return float("nan")
+    return float(spearmanr(a, b).statistic)
+
+
 def rank_agreement(terms_by_step: Mapping[int, Terms], chooser: str, judge: str) -> dict[str, float]:
     """Per class, Spearman's rank correlation over the steps between the terms on `chooser`
     scenes and on `judge` scenes (nan where either is the same for every step)."""
-    from scipy.stats import spearmanr
-
     steps = sorted(terms_by_step)
-    out = {}
-    for c in CLASSES:
-        a = [terms_by_step[s][chooser][c] for s in steps]
-        b = [terms_by_step[s][judge][c] for s in steps]
-        same = len(set(a)) < 2 or len(set(b)) < 2
-        out[c] = float("nan") if same else float(spearmanr(a, b).statistic)
-    return out
+    return {
+        c: spearman_or_nan([terms_by_step[s][chooser][c] for s in steps], [terms_by_step[s][judge][c] for s in steps])
+        for c in CLASSES
+    }
 
 
 def network_terms(

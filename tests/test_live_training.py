@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -709,6 +710,18 @@ def test_live_training_resumes_exports_and_mines(tiny: dict[str, Path]) -> None:
     assert all(sum(d["events"].values()) == selection_events for d in shipping["draws"])
     assert drawn["dev_tuned"]["per_class"]["baby_cry"]["fa_per_hour"] == pytest.approx(
         shipping["draws"][0]["fa_per_hour"]["baby_cry"], abs=1.0)  # same negatives hours, nearly the same count
+    # python -m models.pick_export reads what the export wrote: the mean over named draws.
+    from models import pick_export
+
+    picked = root / "picked.json"
+    assert pick_export.main([str(pair.with_suffix(".dev.json")), "--pick-draws", "11", "--judge-draws", "12",
+                             "--json", str(picked)]) == 0
+    figures = json.loads(picked.read_text())["figures"]["pair"]
+    assert figures["pick"]["score"] == shipping["draws"][0]["score"]
+    assert figures["judge"]["score"] == shipping["draws"][1]["score"]
+    assert figures["selection"] == shipping["score"]
+    with pytest.raises(SystemExit):
+        pick_export.main([str(pair.with_suffix(".dev.json")), "--pick-draws", "13"])  # not scored: clear error
     # --tune-draws: the decisions tuned on more draws of scenes; a scored draw cannot be one of them.
     assert cli.main([*retune, "--out", str(pair), "--ensemble", str(other), "--scene-draws", "11",
                      "--tune-draws", "7"]) == 0
@@ -933,6 +946,52 @@ def test_a_run_s_kept_networks_are_picked_on_fresh_draws(
     with pytest.raises(SystemExit):
         pick_step.main(["--run", str(tmp_path), "--data", str(tiny["data"]), "--pick-draws", "11"])
     assert "no kept networks" in capsys.readouterr().err
+
+
+def _export_report(selection: float, draws: dict[int, float], cry: float = 0.5) -> dict[str, Any]:
+    """What harken export --scene-draws writes, as far as python -m models.pick_export reads it."""
+    rows = [{"seed": seed, "score": score, "f1": {c: cry for c in D.CLASSES}} for seed, score in draws.items()]
+    return {"shipping": {"score": selection, "draws": rows}}
+
+
+def test_the_export_pick_is_the_best_mean_on_pick_draws_and_is_judged_on_the_others(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from models.pick_export import candidate_figures, choose, main
+
+    reports = {
+        "early": _export_report(0.40, {31: 0.30, 32: 0.32, 11: 0.31, 12: 0.29}),
+        "middle": _export_report(0.35, {31: 0.34, 32: 0.36, 11: 0.36, 12: 0.34}, cry=0.6),
+        "late": _export_report(0.38, {31: 0.35, 32: 0.35, 11: 0.33, 12: 0.33}),
+    }
+    figures = candidate_figures(reports, [31, 32], [11, 12])
+    assert figures["middle"]["pick"] == {"score": 0.35, "f1": dict.fromkeys(D.CLASSES, 0.6)}
+    assert figures["late"]["judge"]["score"] == 0.33
+    chosen = choose(figures)
+    # middle and late tie on the pick draws (0.35): the earlier named is kept.
+    assert chosen["pick"] == "middle" and chosen["selection"] == "early" and chosen["judge_best"] == "middle"
+    assert chosen["short_of_judge_best"] == {"pick": 0.0, "selection": 0.05}
+    assert chosen["rank_agreement_with_judge"] == {"pick": 0.866, "selection": -1.0}
+    assert "judge_best" not in choose(candidate_figures(reports, [31, 32], []))
+    with pytest.raises(ValueError, match="both pick and judge"):
+        candidate_figures(reports, [31], [31])
+    with pytest.raises(ValueError, match=r"late: draws \[33\] were not scored"):
+        candidate_figures({"late": reports["late"]}, [33], [])
+    with pytest.raises(ValueError, match="no scored draws"):
+        candidate_figures({"plain": {"shipping": {"score": 0.4}}}, [31], [])
+    paths = []
+    for name, report in reports.items():
+        paths.append(tmp_path / f"{name}.dev.json")
+        paths[-1].write_text(json.dumps(report))
+    assert main([*map(str, paths), "--pick-draws", "31", "32", "--judge-draws", "11", "12"]) == 0
+    printed = capsys.readouterr().out
+    assert "the pick (best mean over draws 31 32): middle" in printed
+    assert "rule 4 on the selection's scenes would keep: early" in printed
+    broken = tmp_path / "broken.dev.json"
+    broken.write_text("{not json")
+    with pytest.raises(SystemExit):
+        main([str(broken), "--pick-draws", "31"])
+    assert "broken.dev.json: cannot read an export report" in capsys.readouterr().err
 
 
 def test_picks_take_the_earlier_step_on_a_tie_and_rank_agreement_needs_spread() -> None:
