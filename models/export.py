@@ -508,6 +508,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     if Path(args.checkpoint).suffix == ".onnx":
         return retune_onnx(args)
     ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    if "tuned" not in ckpt:
+        # A run's resume file (last.pt, written while it trains) has no tuned decisions
+        # or figures: the export file of a run is best.pt, written when it ends.
+        raise ValueError(f"{args.checkpoint}: not an exportable checkpoint (a run's resume file, last.pt?): export "
+                         "the run's best.pt, written when it ends, with --weights RUN/evals/step-N.pt for another step")
     cfg = config_from_dict({k: v for k, v in ckpt["config"].items()}, str(args.checkpoint))
     net = build_net(cfg, FeatureParams())
     weights = list(getattr(args, "weights", None) or [])  # service.cli checks that --data comes with them

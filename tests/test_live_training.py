@@ -588,7 +588,9 @@ def test_a_network_gains_the_floor_plane_from_exported_or_saved_weights(tmp_path
     assert state_with_floor_plane(plain, original.state_dict())["stem.weight"].shape == (4, 1, 3, 3)
 
 
-def test_live_training_resumes_exports_and_mines(tiny: dict[str, Path]) -> None:
+def test_live_training_resumes_exports_and_mines(
+    tiny: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     root = tiny["root"]
     config = root / "live.yaml"
     config.write_text(LIVE_CONFIG)
@@ -685,6 +687,10 @@ def test_live_training_resumes_exports_and_mines(tiny: dict[str, Path]) -> None:
     # Two runs of one recipe, exported, join as one network (--ensemble), tuned for it.
     other, pair = root / "round2.onnx", root / "pair.onnx"
     assert cli.main(["export", "--checkpoint", str(root / "round2" / "best.pt"), "--out", str(other)]) == 0
+    # A run's resume file is not an export: a clear error, not a traceback.
+    capsys.readouterr()
+    assert cli.main(["export", "--checkpoint", str(root / "round2" / "last.pt"), "--out", str(other)]) != 0
+    assert "not an exportable checkpoint (a run's resume file, last.pt?)" in capsys.readouterr().err
     assert cli.main([*retune[:5], "--out", str(pair), "--ensemble", str(other)]) != 0  # no --data: clear error
     assert cli.main([*retune, "--out", str(pair), "--ensemble", str(other)]) == 0
     joined = Detector.load(pair).contract
