@@ -74,9 +74,10 @@ def choose(figures: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     if not figures:
         raise ValueError("no candidates")
     names = list(figures)
+    order = {name: position for position, name in enumerate(names)}
 
     def best(figure_of: Any) -> str:
-        return max(names, key=lambda n: (figure_of(figures[n]), -names.index(n)))
+        return max(names, key=lambda n: (figure_of(figures[n]), -order[n]))
 
     out: dict[str, Any] = {
         "pick": best(lambda f: f["pick"]["score"]),
@@ -85,7 +86,7 @@ def choose(figures: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     if all("judge" in f for f in figures.values()):
         judged = [figures[n]["judge"]["score"] for n in names]
         out["judge_best"] = best(lambda f: f["judge"]["score"])
-        top = max(judged)
+        top = figures[out["judge_best"]]["judge"]["score"]
         out["short_of_judge_best"] = {
             way: round(top - figures[out[way]]["judge"]["score"], 4) for way in ("pick", "selection")
         }
