@@ -18,7 +18,7 @@ from tqdm import tqdm
 from models import data as D
 from models.config import CLASSES, TrainConfig, build_net
 from models.losses import EventAwareLoss, EventSpan
-from models.tuning import dev_scores, evaluate, selection_f1, tune_for_recipe
+from models.tuning import dev_scores, evaluate, recipe_selection, tune_for_recipe
 from service.audio.features import FeatureParams
 from service.decision import DecisionParams
 
@@ -227,7 +227,7 @@ def train_run(
         if step % cfg.eval.every_steps == 0 or step == steps:
             scores = dev_scores(net, dev, lookahead)
             m = evaluate(scores, dev, cfg.decision)
-            sel = selection_f1(scores, dev, cfg.decision, fa_cost=cfg.eval.fa_cost)
+            sel, _ = recipe_selection(scores, dev, cfg)
             history.append(
                 {
                     "step": step,

@@ -111,6 +111,12 @@ class EvalConfig:
     #: {smoke_alarm: [0.995, 0.998]}: the alarm alone above 0.99, where the budget tier
     #: once chose settings that find 6 % of cries (model card, rule 2's fifth round).
     class_on_thresholds: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    #: How a run chooses the network it keeps at each evaluation (models.tuning.recipe_selection):
+    #: "terms", the quick selection terms over a few on-thresholds; "tuned", the export's own
+    #: figure (decisions tuned with the settings above, F1 less 0.05 per false alarm an hour)
+    #: for `select_classes`, the classes the network will serve in the shipped shape.
+    select: str = "terms"
+    select_classes: tuple[str, ...] = CLASSES
 
 
 @dataclass
@@ -171,7 +177,7 @@ def config_from_dict(raw: Mapping[str, Any], where: str = "config") -> TrainConf
                 f"{where}: decision.{name}: unknown class (classes: {', '.join(CLASSES)})"
             )
         decisions[name] = DecisionParams.from_dict({**decisions[name].to_dict(), **values})
-    return TrainConfig(
+    cfg = TrainConfig(
         name=str(raw.get("name", "harken-tcn")),
         version=str(raw.get("version", "1.0.0")),
         seed=int(raw.get("seed", 7)),
@@ -183,6 +189,15 @@ def config_from_dict(raw: Mapping[str, Any], where: str = "config") -> TrainConf
         eval=_section(EvalConfig, raw.get("eval"), f"{where}: eval"),
         decision=decisions,
     )
+    if cfg.eval.select not in ("terms", "tuned"):
+        raise ValueError(f"{where}: eval.select must be 'terms' or 'tuned', got {cfg.eval.select!r}")
+    unknown_classes = [c for c in cfg.eval.select_classes if c not in CLASSES]
+    if unknown_classes or not cfg.eval.select_classes:
+        raise ValueError(
+            f"{where}: eval.select_classes must name one or more of {', '.join(CLASSES)}, "
+            f"got {list(cfg.eval.select_classes)}"
+        )
+    return cfg
 
 
 # --------------------------------------------------------------------------- data

@@ -29,7 +29,7 @@ from models.cached import RunResult
 from models.config import CLASSES, TrainConfig, build_net
 from models.live_scenes import LiveScene, LiveSceneMaker
 from models.losses import EventAwareLoss, EventSpan, distil_loss, teacher_embedding_loss, teacher_loss
-from models.tuning import dev_scores, evaluate, selection_f1, tune_for_recipe
+from models.tuning import dev_scores, evaluate, recipe_selection, tune_for_recipe
 from service.audio.features import FeatureParams
 
 log = logging.getLogger(__name__)
@@ -547,9 +547,11 @@ def train_live_command(
     def evaluate_net(model: torch.nn.Module) -> tuple[float, dict[str, Any]]:
         scores = dev_scores(model, dev, cfg.net.lookahead_frames)  # type: ignore[arg-type]
         m = evaluate(scores, dev, cfg.decision)
-        return selection_f1(scores, dev, cfg.decision, fa_cost=cfg.eval.fa_cost), {
+        selection, made_of = recipe_selection(scores, dev, cfg)
+        return selection, {
             "default_f1": {c: v["f1"] for c, v in m["per_class"].items()},
             "default_fa_per_hour": m["fa_per_hour"],
+            **made_of,
         }
 
     summary = train_live(

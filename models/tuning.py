@@ -272,10 +272,12 @@ def tune_decisions(
     max_fa_per_hour: Mapping[str, float] | None = None,
     class_on_thresholds: Mapping[str, Sequence[float]] | None = None,
     onset_rises: Sequence[tuple[float, float]] = ((0.0, 0.0),),
+    classes: Sequence[str] = CLASSES,
 ) -> dict[str, DecisionParams]:
-    """Per class, the on-threshold, minimum duration, smoothing and onset window with the best dev F1 among those
-    whose false alarms on dev negatives stay within `fa_budget` per hour; when none does
-    (or `fa_budget` is None), the best of F1 - `fa_cost` * FA/h (each false alarm per hour costs that much F1). Settings
+    """Per class of `classes` (the others keep `base`'s), the on-threshold, minimum duration,
+    smoothing and onset window with the best dev F1 among those whose false alarms on dev
+    negatives stay within `fa_budget` per hour; when none does (or `fa_budget` is None), the
+    best of F1 - `fa_cost` * FA/h (each false alarm per hour costs that much F1). Settings
     whose median decision latency exceeds the class's bound in `max_latency_s` rank below
     every setting that keeps it, and so do settings whose false alarms per hour exceed the
     class's ceiling in `max_fa_per_hour` (the shipping rule's alarm floor as a constraint:
@@ -307,6 +309,8 @@ def tune_decisions(
     tuned = dict(base)
     grid = set(on_thresholds) | set(HIGH_ON_THRESHOLDS)
     for ci, c in enumerate(CLASSES):
+        if c not in classes:
+            continue
         single = [s[:, ci : ci + 1] for s in scores]
         best: tuple[tuple[float, ...], DecisionParams] | None = None
         for on in sorted(grid | set((class_on_thresholds or {}).get(c, ()))):
@@ -347,16 +351,45 @@ def tune_decisions(
 
 
 def tune_for_recipe(
-    scores: Sequence[np.ndarray], dev: Sequence[D.DevItem], cfg: Any
+    scores: Sequence[np.ndarray], dev: Sequence[D.DevItem], cfg: Any, classes: Sequence[str] = CLASSES
 ) -> dict[str, DecisionParams]:
-    """`tune_decisions` with a training recipe's `eval:` settings (a `models.config.TrainConfig`)."""
+    """`tune_decisions` with a training recipe's `eval:` settings (a `models.config.TrainConfig`),
+    for `classes` (the others keep the recipe's decisions)."""
     e = cfg.eval
     return tune_decisions(
         scores, dev, cfg.decision, e.on_thresholds, e.fa_per_hour_budget,
         e.min_duration_scales, e.max_min_duration_s, e.max_latency_s, e.onset_windows,
         e.fa_cost, e.onset_lookbacks_s, e.max_fa_per_hour, e.class_on_thresholds,
-        e.onset_rises,
+        e.onset_rises, classes,
     )
+
+
+def recipe_selection(
+    scores: Sequence[np.ndarray], dev: Sequence[D.DevItem], cfg: Any
+) -> tuple[float, dict[str, Any]]:
+    """A run's early-stopping figure under its recipe's `eval.select` (a
+    `models.config.TrainConfig`), and what it was made of.
+
+    "terms": `selection_f1`, the quick stand-in. "tuned": the export's own figure for the
+    classes the network will serve (`eval.select_classes`): their decisions tuned on the
+    selection's scenes as `tune_for_recipe` tunes them, then per class tuned F1 less
+    `SHIPPING_FA_COST` per false alarm an hour, averaged. For a member that serves one class
+    in the shipped shape (the cry member: per-class member weights give it the cry row
+    alone), this ranks networks as rule 4 on the selection's scenes ranks the joined model,
+    cross-triggers aside: the other members' classes and decisions do not move. The
+    twenty-first and twenty-second rounds found that the quick terms rank close networks
+    otherwise (model card)."""
+    e = cfg.eval
+    if e.select == "terms":
+        return selection_f1(scores, dev, cfg.decision, fa_cost=e.fa_cost), {}
+    classes = tuple(e.select_classes)
+    decisions = tune_for_recipe(scores, dev, cfg, classes)
+    per_class = evaluate(scores, dev, decisions)["per_class"]
+    terms = {c: per_class[c]["f1"] - SHIPPING_FA_COST * per_class[c]["fa_per_hour"] for c in classes}
+    return float(np.mean(list(terms.values()))), {
+        "tuned_f1": {c: round(per_class[c]["f1"], 4) for c in classes},
+        "tuned_fa_per_hour": {c: round(per_class[c]["fa_per_hour"], 3) for c in classes},
+    }
 
 
 #: The shipping rule (model card, "The shipping rule"), fixed on 2026-12-01 before the runs

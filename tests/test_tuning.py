@@ -417,3 +417,54 @@ def test_found_events_are_counted_per_event_to_background_ratio() -> None:
         "+9 dB": {"found": 2, "heard": 2, "events": 2},
     }
     assert found["smoke_alarm"] == {} and found["glass_break"] == {}
+
+
+def _select_config(select: str, classes: list[str]) -> object:
+    """A recipe whose decisions smooth nothing and whose tuning may widen the onset window:
+    only the tuning can tell `_dev()`'s bursts from its cries."""
+    from models.config import config_from_dict
+
+    base = DecisionParams(0.5, 0.3, 1, 3, 5, 0.0, 0.1, 0.0).to_dict()
+    return config_from_dict({
+        "decision": dict.fromkeys(CLASSES, base),
+        "eval": {
+            "select": select, "select_classes": classes, "fa_per_hour_budget": None, "fa_cost": 0.05,
+            "on_thresholds": [0.5], "min_duration_scales": [1.0], "onset_windows": [[1, 1], [4, 4]],
+            "onset_lookbacks_s": [0.0],
+        },
+    })
+
+
+def test_tuned_selection_is_the_exports_figure_for_the_classes_a_member_serves() -> None:
+    """The quick terms see confident bursts on negatives as false cries they cannot avoid;
+    the export's tuning widens the onset window and reports none. "tuned" ranks by what the
+    export will measure, for the served classes only, and leaves the others' decisions."""
+    from models.tuning import recipe_selection, tune_for_recipe
+
+    dev, scores = _dev()
+    quick, made_of = recipe_selection(scores, dev, _select_config("terms", list(CLASSES)))
+    assert made_of == {}
+    assert quick == pytest.approx(selection_f1(scores, dev, _select_config("terms", list(CLASSES)).decision,
+                                               fa_cost=0.05))
+    cfg = _select_config("tuned", ["baby_cry"])
+    figure, made_of = recipe_selection(scores, dev, cfg)
+    assert made_of == {"tuned_f1": {"baby_cry": 1.0}, "tuned_fa_per_hour": {"baby_cry": 0.0}}
+    quick_cry = selection_terms(scores, dev, cfg.decision, fa_cost=0.05)["baby_cry"]
+    assert figure == 1.0 and quick_cry < 0
+    tuned = tune_for_recipe(scores, dev, cfg, ("baby_cry",))
+    assert (tuned["baby_cry"].onset_k, tuned["baby_cry"].onset_n) == (12, 20)
+    assert tuned["glass_break"] == cfg.decision["glass_break"]
+    assert tuned["smoke_alarm"] == cfg.decision["smoke_alarm"]
+    # Each served class counts alike: the alarm and glass find nothing here (F1 0).
+    both, _ = recipe_selection(scores, dev, _select_config("tuned", ["baby_cry", "glass_break"]))
+    assert both == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(
+    ("select", "classes", "named"),
+    [("best", ["baby_cry"], "eval.select must be"), ("tuned", ["dog_bark"], "eval.select_classes"),
+     ("tuned", [], "eval.select_classes")],
+)
+def test_a_recipe_with_an_unknown_selection_is_refused_by_name(select: str, classes: list[str], named: str) -> None:
+    with pytest.raises(ValueError, match=named):
+        _select_config(select, classes)
