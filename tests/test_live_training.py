@@ -1010,3 +1010,32 @@ def test_picks_take_the_earlier_step_on_a_tie_and_rank_agreement_needs_spread() 
     assert best_steps(rising, "selection") == dict.fromkeys(D.CLASSES, 1)
     assert rank_agreement(rising, "pick", "judge") == pytest.approx(dict.fromkeys(D.CLASSES, -1.0))
     assert all(np.isnan(v) for v in rank_agreement(rising, "selection", "judge").values())
+
+
+def test_a_run_can_keep_its_network_by_the_exports_figure_for_the_classes_it_serves(
+    tiny: dict[str, Path],
+) -> None:
+    """eval.select: tuned records, at every evaluation, the served classes' tuned F1 and false
+    alarms an hour, and keeps the network whose tuned figure (F1 less 0.05 per false alarm an
+    hour) is best."""
+    root = tiny["root"]
+    config = root / "select.yaml"
+    config.write_text(LIVE_CONFIG.replace(
+        "on_thresholds: [0.5, 0.7],",
+        "on_thresholds: [0.5, 0.7], select: tuned, select_classes: [baby_cry], fa_per_hour_budget: null,",
+    ))
+    out = root / "select"
+    assert cli.main(["train", "--config", str(config), "--data", str(tiny["data"]), "--negatives",
+                     str(tiny["negatives"]), "--cache", str(root / "cache"), "--out", str(out)]) == 0
+    history = json.loads((out / "history.json").read_text())
+    assert [e["step"] for e in history["history"]] == [4, 8]
+    for entry in history["history"]:
+        assert set(entry["tuned_f1"]) == set(entry["tuned_fa_per_hour"]) == {"baby_cry"}
+        figure = entry["tuned_f1"]["baby_cry"] - 0.05 * entry["tuned_fa_per_hour"]["baby_cry"]
+        assert entry["selection"] == pytest.approx(figure, abs=1e-3)
+    best = max(history["history"], key=lambda e: (e["selection"], -e["step"]))
+    assert history["best_step"] == best["step"]
+    kept = torch.load(out / "best.pt", weights_only=False)
+    chosen = torch.load(out / "evals" / f"step-{best['step']}.pt", weights_only=True)
+    for name, value in chosen.items():
+        torch.testing.assert_close(kept["state"][name], value, msg=name)
