@@ -384,7 +384,12 @@ def recipe_selection(
         return selection_f1(scores, dev, cfg.decision, fa_cost=e.fa_cost), {}
     classes = tuple(e.select_classes)
     decisions = tune_for_recipe(scores, dev, cfg, classes)
-    per_class = evaluate(scores, dev, decisions)["per_class"]
+    # Each served class from its own score column, as the tuning ranked it: the other
+    # classes' decisions would be run over every dev hour for nothing.
+    per_class = {
+        c: class_metrics([s[:, CLASSES.index(c) : CLASSES.index(c) + 1] for s in scores], dev, c, decisions[c])
+        for c in classes
+    }
     terms = {c: per_class[c]["f1"] - SHIPPING_FA_COST * per_class[c]["fa_per_hour"] for c in classes}
     return float(np.mean(list(terms.values()))), {
         "tuned_f1": {c: round(per_class[c]["f1"], 4) for c in classes},
