@@ -117,6 +117,11 @@ class EvalConfig:
     #: for `select_classes`, the classes the network will serve in the shipped shape.
     select: str = "terms"
     select_classes: tuple[str, ...] = CLASSES
+    #: With "tuned": fresh draws of the dev scenes (scene seeds) the tuned figure is scored on
+    #: too, beside the selection's scenes it is tuned on, each with the shared negatives (rule
+    #: 5's way): the figure is the mean over those sets. The selection's scenes read optimistic
+    #: (model card, twenty-third round); rule 5's judge draws are refused here.
+    select_draws: tuple[int, ...] = ()
 
 
 @dataclass
@@ -197,6 +202,20 @@ def config_from_dict(raw: Mapping[str, Any], where: str = "config") -> TrainConf
             f"{where}: eval.select_classes must name one or more of {', '.join(CLASSES)}, "
             f"got {list(cfg.eval.select_classes)}"
         )
+    if cfg.eval.select_draws:
+        from models.tuning import SCENE_DRAW_SEEDS
+
+        draws = list(cfg.eval.select_draws)
+        if cfg.eval.select != "tuned" or not cfg.live.enabled:
+            raise ValueError(f"{where}: eval.select_draws {draws} needs eval.select: tuned and live.enabled "
+                             "(fresh draws are live dev scenes scored by the tuned figure)")
+        reserved = sorted({*draws} & {*SCENE_DRAW_SEEDS, cfg.data.seed + 1})
+        if reserved or len(set(draws)) != len(draws):
+            raise ValueError(
+                f"{where}: eval.select_draws {draws} must be distinct fresh scene seeds, not the selection's "
+                f"scenes (seed {cfg.data.seed + 1}) nor rule 5's judge draws {list(SCENE_DRAW_SEEDS)}"
+                + (f" (got {reserved})" if reserved else "")
+            )
     return cfg
 
 

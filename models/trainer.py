@@ -544,10 +544,17 @@ def train_live_command(
         net.feature_mean.copy_(torch.from_numpy(sample.mean(axis=0)))
         net.feature_std.copy_(torch.from_numpy(sample.std(axis=0)).clamp_min(1e-3))
 
+    # Fresh draws of the dev scenes the tuned figure is scored on too (eval.select_draws).
+    select_draws = [(seed, dev_scene_draw(cfg, data_dir, seed, cache_dir)) for seed in cfg.eval.select_draws]
+
     def evaluate_net(model: torch.nn.Module) -> tuple[float, dict[str, Any]]:
         scores = dev_scores(model, dev, cfg.net.lookahead_frames)  # type: ignore[arg-type]
         m = evaluate(scores, dev, cfg.decision)
-        selection, made_of = recipe_selection(scores, dev, cfg)
+        draws = [
+            (seed, dev_scores(model, items, cfg.net.lookahead_frames), items)  # type: ignore[arg-type]
+            for seed, items in select_draws
+        ]
+        selection, made_of = recipe_selection(scores, dev, cfg, draws, dev_info["scene_items"])
         return selection, {
             "default_f1": {c: v["f1"] for c, v in m["per_class"].items()},
             "default_fa_per_hour": m["fa_per_hour"],

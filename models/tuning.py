@@ -365,7 +365,11 @@ def tune_for_recipe(
 
 
 def recipe_selection(
-    scores: Sequence[np.ndarray], dev: Sequence[D.DevItem], cfg: Any
+    scores: Sequence[np.ndarray],
+    dev: Sequence[D.DevItem],
+    cfg: Any,
+    draws: Sequence[tuple[int, Sequence[np.ndarray], Sequence[D.DevItem]]] = (),
+    scene_items: int | None = None,
 ) -> tuple[float, dict[str, Any]]:
     """A run's early-stopping figure under its recipe's `eval.select` (a
     `models.config.TrainConfig`), and what it was made of.
@@ -378,23 +382,50 @@ def recipe_selection(
     alone), this ranks networks as rule 4 on the selection's scenes ranks the joined model,
     cross-triggers aside: the other members' classes and decisions do not move. The
     twenty-first and twenty-second rounds found that the quick terms rank close networks
-    otherwise (model card)."""
+    otherwise (model card).
+
+    `draws` (`eval.select_draws`: scene seed, scores, scenes of fresh draws of the dev
+    scenes): the same decisions are scored on each draw too, with the items every draw shares
+    (`dev[scene_items:]`, the quiet rooms and Debian dev negatives), and the figure is the
+    mean over the selection's scenes and the draws, as rule 5 scores fresh draws."""
     e = cfg.eval
     if e.select == "terms":
         return selection_f1(scores, dev, cfg.decision, fa_cost=e.fa_cost), {}
+    if bool(draws) != bool(e.select_draws) or (draws and scene_items is None):
+        raise ValueError(f"eval.select_draws {list(e.select_draws)}: the run must score those draws "
+                         f"(got {len(draws)} draws, scene_items {scene_items})")
     classes = tuple(e.select_classes)
     decisions = tune_for_recipe(scores, dev, cfg, classes)
-    # Each served class from its own score column, as the tuning ranked it: the other
-    # classes' decisions would be run over every dev hour for nothing.
-    per_class = {
-        c: class_metrics([s[:, CLASSES.index(c) : CLASSES.index(c) + 1] for s in scores], dev, c, decisions[c])
-        for c in classes
+    n = len(dev) if scene_items is None else scene_items
+    sets: dict[str, tuple[Sequence[np.ndarray], Sequence[D.DevItem]]] = {"selection": (scores[:n], dev[:n])}
+    sets.update({f"draw {seed}": (draw_scores, items) for seed, draw_scores, items in draws})
+    shared_scores, shared_items = scores[n:], dev[n:]
+    per_class: dict[str, dict[str, Any]] = {name: {} for name in sets}
+    for c in classes:
+        # Each served class from its own score column, as the tuning ranked it; the shared
+        # negatives' decisions (most of the hours) are run once for every set.
+        column = CLASSES.index(c)
+        params = {c: decisions[c]}
+        shared_found = run_decisions([s[:, column : column + 1] for s in shared_scores], params, (c,))
+        for name, (set_scores, items) in sets.items():
+            found = run_decisions([s[:, column : column + 1] for s in set_scores], params, (c,))
+            metrics = event_metrics([*items, *shared_items], [*found, *shared_found], (c,))
+            per_class[name][c] = metrics["per_class"][c]
+    figures = {
+        name: float(np.mean([m[c]["f1"] - SHIPPING_FA_COST * m[c]["fa_per_hour"] for c in classes]))
+        for name, m in per_class.items()
     }
-    terms = {c: per_class[c]["f1"] - SHIPPING_FA_COST * per_class[c]["fa_per_hour"] for c in classes}
-    return float(np.mean(list(terms.values()))), {
-        "tuned_f1": {c: round(per_class[c]["f1"], 4) for c in classes},
-        "tuned_fa_per_hour": {c: round(per_class[c]["fa_per_hour"], 3) for c in classes},
+    made_of: dict[str, Any] = {
+        "tuned_f1": {c: round(per_class["selection"][c]["f1"], 4) for c in classes},
+        "tuned_fa_per_hour": {c: round(per_class["selection"][c]["fa_per_hour"], 3) for c in classes},
     }
+    if draws:
+        made_of["figure_by_set"] = {name: round(f, 4) for name, f in figures.items()}
+        made_of["tuned_f1_by_set"] = {name: {c: round(m[c]["f1"], 4) for c in classes}
+                                      for name, m in per_class.items()}
+        made_of["tuned_fa_per_hour_by_set"] = {name: {c: round(m[c]["fa_per_hour"], 3) for c in classes}
+                                               for name, m in per_class.items()}
+    return float(np.mean(list(figures.values()))), made_of
 
 
 #: The shipping rule (model card, "The shipping rule"), fixed on 2026-12-01 before the runs

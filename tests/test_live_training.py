@@ -1012,19 +1012,22 @@ def test_picks_take_the_earlier_step_on_a_tie_and_rank_agreement_needs_spread() 
     assert all(np.isnan(v) for v in rank_agreement(rising, "selection", "judge").values())
 
 
+@pytest.mark.parametrize("draws", [[], [31, 32]])
 def test_a_run_can_keep_its_network_by_the_exports_figure_for_the_classes_it_serves(
-    tiny: dict[str, Path],
+    tiny: dict[str, Path], draws: list[int]
 ) -> None:
     """eval.select: tuned records, at every evaluation, the served classes' tuned F1 and false
     alarms an hour, and keeps the network whose tuned figure (F1 less 0.05 per false alarm an
-    hour) is best."""
+    hour) is best; with eval.select_draws that figure is the mean over the selection's scenes
+    and fresh draws of them."""
     root = tiny["root"]
-    config = root / "select.yaml"
+    config = root / f"select{len(draws)}.yaml"
     config.write_text(LIVE_CONFIG.replace(
         "on_thresholds: [0.5, 0.7],",
-        "on_thresholds: [0.5, 0.7], select: tuned, select_classes: [baby_cry], fa_per_hour_budget: null,",
+        "on_thresholds: [0.5, 0.7], select: tuned, select_classes: [baby_cry], fa_per_hour_budget: null,"
+        f" select_draws: {draws},",
     ))
-    out = root / "select"
+    out = root / f"select{len(draws)}"
     assert cli.main(["train", "--config", str(config), "--data", str(tiny["data"]), "--negatives",
                      str(tiny["negatives"]), "--cache", str(root / "cache"), "--out", str(out)]) == 0
     history = json.loads((out / "history.json").read_text())
@@ -1032,6 +1035,16 @@ def test_a_run_can_keep_its_network_by_the_exports_figure_for_the_classes_it_ser
     for entry in history["history"]:
         assert set(entry["tuned_f1"]) == set(entry["tuned_fa_per_hour"]) == {"baby_cry"}
         figure = entry["tuned_f1"]["baby_cry"] - 0.05 * entry["tuned_fa_per_hour"]["baby_cry"]
+        if draws:
+            by_set = entry["figure_by_set"]
+            assert list(by_set) == ["selection", *(f"draw {seed}" for seed in draws)]
+            assert by_set["selection"] == pytest.approx(figure, abs=1e-3)
+            for name, f1 in entry["tuned_f1_by_set"].items():
+                fa = entry["tuned_fa_per_hour_by_set"][name]["baby_cry"]
+                assert by_set[name] == pytest.approx(f1["baby_cry"] - 0.05 * fa, abs=1e-3)
+            figure = sum(by_set.values()) / len(by_set)
+        else:
+            assert "figure_by_set" not in entry
         assert entry["selection"] == pytest.approx(figure, abs=1e-3)
     best = max(history["history"], key=lambda e: (e["selection"], -e["step"]))
     assert history["best_step"] == best["step"]

@@ -419,7 +419,7 @@ def test_found_events_are_counted_per_event_to_background_ratio() -> None:
     assert found["smoke_alarm"] == {} and found["glass_break"] == {}
 
 
-def _select_config(select: str, classes: list[str]) -> object:
+def _select_config(select: str, classes: list[str], draws: list[int] | None = None, live: bool = False) -> object:
     """A recipe whose decisions smooth nothing and whose tuning may widen the onset window:
     only the tuning can tell `_dev()`'s bursts from its cries."""
     from models.config import config_from_dict
@@ -427,10 +427,12 @@ def _select_config(select: str, classes: list[str]) -> object:
     base = DecisionParams(0.5, 0.3, 1, 3, 5, 0.0, 0.1, 0.0).to_dict()
     return config_from_dict({
         "decision": dict.fromkeys(CLASSES, base),
+        "data": {"seed": 5},
+        "live": {"enabled": live},
         "eval": {
             "select": select, "select_classes": classes, "fa_per_hour_budget": None, "fa_cost": 0.05,
             "on_thresholds": [0.5], "min_duration_scales": [1.0], "onset_windows": [[1, 1], [4, 4]],
-            "onset_lookbacks_s": [0.0],
+            "onset_lookbacks_s": [0.0], "select_draws": draws or [],
         },
     })
 
@@ -460,11 +462,43 @@ def test_tuned_selection_is_the_exports_figure_for_the_classes_a_member_serves()
     assert both == pytest.approx(0.5)
 
 
+def test_the_tuned_figure_on_fresh_draws_is_tuned_on_the_selection_and_scored_on_each_draw() -> None:
+    """eval.select_draws: the decisions are tuned on the selection's scenes alone; each draw
+    (here its cries half as loud, under every on-threshold) is scored with the negatives every
+    draw shares, and the figure is the mean over the sets."""
+    from models.tuning import recipe_selection, tune_for_recipe
+
+    dev, scores = _dev()
+    scene_items = len(dev) - 1  # the cries; the hour of negatives is shared
+    quiet_items, quiet_scores = _cries(0.3)
+    cfg = _select_config("tuned", ["baby_cry"], draws=[31], live=True)
+    figure, made_of = recipe_selection(scores, dev, cfg, [(31, quiet_scores, quiet_items)], scene_items)
+    assert made_of["figure_by_set"] == {"selection": 1.0, "draw 31": 0.0}
+    assert made_of["tuned_f1_by_set"] == {"selection": {"baby_cry": 1.0}, "draw 31": {"baby_cry": 0.0}}
+    assert made_of["tuned_fa_per_hour_by_set"]["draw 31"] == {"baby_cry": 0.0}  # the shared hour, scored
+    assert made_of["tuned_f1"] == {"baby_cry": 1.0} and figure == pytest.approx(0.5)
+    # Tuned as without the draw: the quiet draw cannot pull the on-threshold down.
+    tuned = tune_for_recipe(scores, dev, cfg, ("baby_cry",))
+    assert tuned["baby_cry"] == tune_for_recipe(scores, dev, _select_config("tuned", ["baby_cry"]))["baby_cry"]
+    # Shared negatives that fire count against every set: the draw's figure falls with them.
+    noisy = [*scores[:-1], np.where(scores[-1] > 0.5, 1.0, 0.99).astype(np.float32)]
+    _, noisy_made_of = recipe_selection(noisy, dev, cfg, [(31, quiet_scores, quiet_items)], scene_items)
+    fa = noisy_made_of["tuned_fa_per_hour_by_set"]
+    assert fa["draw 31"]["baby_cry"] == fa["selection"]["baby_cry"] > 0
+    with pytest.raises(ValueError, match="must score those draws"):
+        recipe_selection(scores, dev, cfg)
+
+
 @pytest.mark.parametrize(
-    ("select", "classes", "named"),
-    [("best", ["baby_cry"], "eval.select must be"), ("tuned", ["dog_bark"], "eval.select_classes"),
-     ("tuned", [], "eval.select_classes")],
+    ("select", "classes", "draws", "named"),
+    [("best", ["baby_cry"], None, "eval.select must be"), ("tuned", ["dog_bark"], None, "eval.select_classes"),
+     ("tuned", [], None, "eval.select_classes"), ("terms", ["baby_cry"], [31], "needs eval.select: tuned"),
+     ("tuned", ["baby_cry"], [31, 12], r"judge draws \[11, 12, 13, 14, 15\] \(got \[12\]\)"),
+     ("tuned", ["baby_cry"], [6], r"selection's scenes \(seed 6\)"),
+     ("tuned", ["baby_cry"], [31, 31], "distinct")],
 )
-def test_a_recipe_with_an_unknown_selection_is_refused_by_name(select: str, classes: list[str], named: str) -> None:
+def test_a_recipe_with_an_unknown_selection_is_refused_by_name(
+    select: str, classes: list[str], draws: list[int] | None, named: str
+) -> None:
     with pytest.raises(ValueError, match=named):
-        _select_config(select, classes)
+        _select_config(select, classes, draws, live=True)
