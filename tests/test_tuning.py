@@ -464,7 +464,7 @@ def test_tuned_selection_is_the_exports_figure_for_the_classes_a_member_serves()
 
 def test_the_tuned_figure_on_fresh_draws_is_tuned_on_the_selection_and_scored_on_each_draw() -> None:
     """eval.select_draws: the decisions are tuned on the selection's scenes alone; each draw
-    (here its cries half as loud, under every on-threshold) is scored with the negatives every
+    (here its cries scored 0.3, under every on-threshold) is scored with the negatives every
     draw shares, and the figure is the mean over the sets."""
     from models.tuning import recipe_selection, tune_for_recipe
 
@@ -490,15 +490,18 @@ def test_the_tuned_figure_on_fresh_draws_is_tuned_on_the_selection_and_scored_on
 
 
 @pytest.mark.parametrize(
-    ("select", "classes", "draws", "named"),
-    [("best", ["baby_cry"], None, "eval.select must be"), ("tuned", ["dog_bark"], None, "eval.select_classes"),
-     ("tuned", [], None, "eval.select_classes"), ("terms", ["baby_cry"], [31], "needs eval.select: tuned"),
-     ("tuned", ["baby_cry"], [31, 12], r"judge draws \[11, 12, 13, 14, 15\] \(got \[12\]\)"),
-     ("tuned", ["baby_cry"], [6], r"selection's scenes \(seed 6\)"),
-     ("tuned", ["baby_cry"], [31, 31], "distinct")],
+    ("select", "classes", "draws", "live", "named"),
+    [("best", ["baby_cry"], None, True, "eval.select must be"),
+     ("tuned", ["dog_bark"], None, True, "eval.select_classes"),
+     ("tuned", [], None, True, "eval.select_classes"),
+     ("terms", ["baby_cry"], [31], True, "needs eval.select: tuned and live.enabled"),
+     ("tuned", ["baby_cry"], [31], False, "needs eval.select: tuned and live.enabled"),
+     ("tuned", ["baby_cry"], [31, 12], True, r"judge draws \[11, 12, 13, 14, 15\] \(got \[12\]\)"),
+     ("tuned", ["baby_cry"], [6], True, r"selection's scenes \(seed 6\)"),
+     ("tuned", ["baby_cry"], [31, 31], True, "distinct")],
 )
 def test_a_recipe_with_an_unknown_selection_is_refused_by_name(
-    select: str, classes: list[str], draws: list[int] | None, named: str
+    select: str, classes: list[str], draws: list[int] | None, live: bool, named: str
 ) -> None:
     with pytest.raises(ValueError, match=named):
-        _select_config(select, classes, draws, live=True)
+        _select_config(select, classes, draws, live)
