@@ -225,18 +225,35 @@ def selection_terms_of_sets(
     together with the shared items (the negatives every draw of scenes shares), whose
     decisions are run once for all sets: most of the hours are theirs."""
     terms: dict[str, dict[str, float]] = {name: {} for name in sets}
-    for ci, c in enumerate(CLASSES):
+    for c in CLASSES:
         best = dict.fromkeys(sets, -np.inf)
         for on in thresholds:
-            params = {c: at_on_threshold(base[c], on)}
-            shared_found = run_decisions([s[:, ci : ci + 1] for s in shared_scores], params, (c,))
-            for name, (scores, items) in sets.items():
-                found = run_decisions([s[:, ci : ci + 1] for s in scores], params, (c,))
-                pc = event_metrics([*items, *shared_items], [*found, *shared_found], (c,))["per_class"][c]
+            by_set = class_metrics_of_sets(sets, shared_scores, shared_items, c, at_on_threshold(base[c], on))
+            for name, pc in by_set.items():
                 best[name] = max(best[name], pc["f1"] - fa_cost * pc["fa_per_hour"])
         for name in sets:
             terms[name][c] = float(best[name])
     return terms
+
+
+def class_metrics_of_sets(
+    sets: Mapping[str, tuple[Sequence[np.ndarray], Sequence[D.DevItem]]],
+    shared_scores: Sequence[np.ndarray],
+    shared_items: Sequence[D.DevItem],
+    c: str,
+    params: DecisionParams,
+) -> dict[str, dict[str, Any]]:
+    """`class_metrics` of class `c` on each named set of scenes (its scores and items), each
+    counted together with the shared items, whose decisions are run once for all sets: most
+    of the hours are theirs."""
+    column = CLASSES.index(c)
+    decisions = {c: params}
+    shared_found = run_decisions([s[:, column : column + 1] for s in shared_scores], decisions, (c,))
+    out = {}
+    for name, (scores, items) in sets.items():
+        found = run_decisions([s[:, column : column + 1] for s in scores], decisions, (c,))
+        out[name] = event_metrics([*items, *shared_items], [*found, *shared_found], (c,))["per_class"][c]
+    return out
 
 
 def selection_f1(
@@ -402,15 +419,9 @@ def recipe_selection(
     shared_scores, shared_items = scores[n:], dev[n:]
     per_class: dict[str, dict[str, Any]] = {name: {} for name in sets}
     for c in classes:
-        # Each served class from its own score column, as the tuning ranked it; the shared
-        # negatives' decisions (most of the hours) are run once for every set.
-        column = CLASSES.index(c)
-        params = {c: decisions[c]}
-        shared_found = run_decisions([s[:, column : column + 1] for s in shared_scores], params, (c,))
-        for name, (set_scores, items) in sets.items():
-            found = run_decisions([s[:, column : column + 1] for s in set_scores], params, (c,))
-            metrics = event_metrics([*items, *shared_items], [*found, *shared_found], (c,))
-            per_class[name][c] = metrics["per_class"][c]
+        # Each served class from its own score column, as the tuning ranked it.
+        for name, metrics in class_metrics_of_sets(sets, shared_scores, shared_items, c, decisions[c]).items():
+            per_class[name][c] = metrics
     figures = {
         name: float(np.mean([m[c]["f1"] - SHIPPING_FA_COST * m[c]["fa_per_hour"] for c in classes]))
         for name, m in per_class.items()
