@@ -122,6 +122,11 @@ class EvalConfig:
     #: 5's way): the figure is the mean over those sets. The selection's scenes read optimistic
     #: (model card, twenty-third round); rule 5's judge draws are refused here.
     select_draws: tuple[int, ...] = ()
+    #: Each evaluation judges (and the run may keep) the element-wise mean of the network
+    #: states at the last N evaluations, this one included: 1 judges the network as it is.
+    #: In run STL11 every average of its evaluations made fewer false cries than the network it
+    #: grew from, the four ending at the kept one the most (model card, twenty-sixth round).
+    select_average: int = 1
 
 
 @dataclass
@@ -202,6 +207,8 @@ def config_from_dict(raw: Mapping[str, Any], where: str = "config") -> TrainConf
             f"{where}: eval.select_classes must name one or more of {', '.join(CLASSES)}, "
             f"got {list(cfg.eval.select_classes)}"
         )
+    if cfg.eval.select_average < 1:
+        raise ValueError(f"{where}: eval.select_average must be 1 or more evaluations, got {cfg.eval.select_average}")
     if cfg.eval.select_draws:
         from models.tuning import SCENE_DRAW_SEEDS
 

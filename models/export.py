@@ -19,6 +19,7 @@ import torch
 from models.config import CLASSES, TrainConfig, build_net, config_from_dict, load_config
 from models.data import DevItem, FramesOf
 from models.net import CompactTCN, FreqConvTCN, ScoresHead
+from models.trainer import average_states
 from service.audio.features import FeatureParams
 from service.contract import CONTRACT_KEY, ModelContract
 from service.decision import DecisionParams
@@ -69,18 +70,6 @@ def export_onnx(
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(out_path))
     return contract
-
-
-def average_states(files: list[Path]) -> dict[str, torch.Tensor]:
-    """The element-wise mean of network states (weight averaging of a run's late
-    evaluations; batch-norm statistics are averaged alike)."""
-    states = [torch.load(f, map_location="cpu", weights_only=True) for f in files]
-    for f, state in zip(files, states, strict=True):
-        if state.keys() != states[0].keys():
-            raise ValueError(f"{f}: not the same network as {files[0]}")
-    return {
-        k: (sum(s[k].double() for s in states) / len(states)).to(states[0][k].dtype) for k in states[0]
-    }
 
 
 def tune_on_dev(

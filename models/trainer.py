@@ -155,9 +155,12 @@ def train_live(
     distil_positive: float = 1.0,
     teacher_head_fit_batches: int = 0,
     head_rows: Sequence[int] | None = None,
+    select_average: int = 1,
 ) -> dict[str, Any]:
     """Train (or resume from OUT_DIR/last.pt); returns the run's summary. OUT_DIR/best.pt holds
-    the best network state by the `evaluate` selection metric. `teacher_head` (training
+    the best network state by the `evaluate` selection metric. With `select_average` N > 1
+    (`eval.select_average`) each evaluation judges, and may keep, the element-wise mean of the
+    network states at the last N evaluations (this one included; fewer at the run's start). `teacher_head` (training
     only, models/teacher.py) reads the network's temporal features and learns the teacher's
     scores (or embedding, `teacher_kind`) with weight `teacher_weight`. `distil_from`
     (models/teacher.harken_scorer) scores each batch with another harken model, whose scores
@@ -255,23 +258,27 @@ def train_live(
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}", best=f"{state['best']:.3f}")
         if step % every_steps == 0 or step == steps:
-            selection, metrics = evaluate(net)
+            # The network at every evaluation (230 kB each): candidates for weight averaging.
+            (out_dir / "evals").mkdir(exist_ok=True)
+            torch.save(net.state_dict(), out_dir / "evals" / f"step-{step}.pt")
+            averaged = [int(e["step"]) for e in state["history"]][-(select_average - 1):] if select_average > 1 else []
+            averaged.append(step)
+            judged = averaged_network(net, out_dir / "evals", averaged)
+            selection, metrics = evaluate(judged)
             entry = {
                 "step": step,
                 "loss": round(loss.item(), 4),
                 **{k: round(v, 4) for k, v in parts.items()},
                 "selection": round(selection, 4),
                 "seconds": round(seconds_before + time.monotonic() - started, 1),
+                **({"averaged_steps": averaged} if select_average > 1 else {}),
                 **metrics,
             }
             state["history"].append(entry)
             tqdm.write(f"{label} {json.dumps(entry)}")
-            # The network at every evaluation (230 kB each): candidates for weight averaging.
-            (out_dir / "evals").mkdir(exist_ok=True)
-            torch.save(net.state_dict(), out_dir / "evals" / f"step-{step}.pt")
             if selection > state["best"]:
                 state.update(best=selection, best_step=step, bad=0)
-                torch.save(copy.deepcopy(net.state_dict()), best_file)
+                torch.save(copy.deepcopy(judged.state_dict()), best_file)
             else:
                 state["bad"] += 1
             save_last()
@@ -300,6 +307,29 @@ def train_live(
     if best_file.is_file():
         net.load_state_dict(torch.load(best_file, map_location="cpu", weights_only=True))
     return summary
+
+
+def average_states(files: list[Path]) -> dict[str, torch.Tensor]:
+    """The element-wise mean of network states (weight averaging of a run's late
+    evaluations; batch-norm statistics are averaged alike)."""
+    states = [torch.load(f, map_location="cpu", weights_only=True) for f in files]
+    for f, state in zip(files, states, strict=True):
+        if state.keys() != states[0].keys():
+            raise ValueError(f"{f}: not the same network as {files[0]}")
+    return {
+        k: (sum(s[k].double() for s in states) / len(states)).to(states[0][k].dtype) for k in states[0]
+    }
+
+
+def averaged_network(net: torch.nn.Module, evals_dir: Path, steps: Sequence[int]) -> torch.nn.Module:
+    """The network to judge at an evaluation: `net` itself for one step, else a copy holding
+    the mean of the states a run saved at those steps (EVALS_DIR/step-N.pt); `net` keeps its
+    own weights either way, so training goes on from them."""
+    if len(steps) == 1:
+        return net
+    judged = copy.deepcopy(net)
+    judged.load_state_dict(average_states([evals_dir / f"step-{s}.pt" for s in steps]))
+    return judged
 
 
 def dev_negative_items(
@@ -588,6 +618,7 @@ def train_live_command(
         distil_classes=distil_classes,
         distil_positive=cfg.loss.distil_positive,
         head_rows=head_rows,
+        select_average=cfg.eval.select_average,
     )
     scores = dev_scores(net, dev, cfg.net.lookahead_frames)
     metrics_default = evaluate(scores, dev, cfg.decision)

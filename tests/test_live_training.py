@@ -3,6 +3,7 @@ live training (resumable) and hard-negative mining, on tiny generated data (no .
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,13 @@ from models import (  # noqa: E402
     synth,
 )
 from models import data as D  # noqa: E402
+from models.config import TrainConfig, build_net  # noqa: E402
 from models.data import CLASSES  # noqa: E402
 from models.live_scenes import LiveSceneConfig, LiveSceneMaker  # noqa: E402
 from models.losses import EventAwareLoss, LossConfig  # noqa: E402
 from models.negatives import NegativePool  # noqa: E402
 from models.net import FreqConvTCN  # noqa: E402
+from models.trainer import averaged_network  # noqa: E402
 from service import cli  # noqa: E402
 from service.audio.features import FeatureParams, LogMel  # noqa: E402
 from service.detector import Detector, pad_stream  # noqa: E402
@@ -1052,3 +1055,51 @@ def test_a_run_can_keep_its_network_by_the_exports_figure_for_the_classes_it_ser
     chosen = torch.load(out / "evals" / f"step-{best['step']}.pt", weights_only=True)
     for name, value in chosen.items():
         torch.testing.assert_close(kept["state"][name], value, msg=name)
+
+
+def test_an_evaluation_judges_the_mean_of_the_states_it_names(tmp_path: Path) -> None:
+    """averaged_network: one step is the network itself; several are a copy holding the mean
+    of the saved states (integer counters averaged alike), the training network untouched."""
+    net = build_net(TrainConfig(), FeatureParams())
+    states = []
+    for step, shift in ((4, 0.0), (8, 1.0), (12, 3.0)):
+        state = {k: (v + shift if v.is_floating_point() else v + int(shift)) for k, v in net.state_dict().items()}
+        torch.save(state, tmp_path / f"step-{step}.pt")
+        states.append(state)
+    before = copy.deepcopy(net.state_dict())
+    assert averaged_network(net, tmp_path, [12]) is net
+    judged = averaged_network(net, tmp_path, [4, 8, 12])
+    for name, value in judged.state_dict().items():
+        expected = sum(s[name].double() for s in states) / 3
+        torch.testing.assert_close(value, expected.to(value.dtype), msg=name)
+    for name, value in net.state_dict().items():
+        assert torch.equal(value, before[name]), f"{name}: the training network moved"
+
+
+def test_a_run_can_judge_and_keep_the_mean_of_its_last_evaluations(
+    tiny: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """eval.select_average: 2 judges, at each evaluation, the element-wise mean of the states
+    at this evaluation and the one before (the first alone), records which steps it averaged,
+    and keeps that mean when it is the best; 0 is refused by name."""
+    root = tiny["root"]
+    config = root / "average.yaml"
+    thresholds = "on_thresholds: [0.5, 0.7],"
+    config.write_text(LIVE_CONFIG.replace(thresholds, f"{thresholds} select_average: 2,"))
+    out = root / "average"
+    base = ["train", "--data", str(tiny["data"]), "--negatives", str(tiny["negatives"]),
+            "--cache", str(root / "cache"), "--steps", "12"]
+    assert cli.main([*base, "--config", str(config), "--out", str(out)]) == 0
+    history = json.loads((out / "history.json").read_text())
+    assert [e["averaged_steps"] for e in history["history"]] == [[4], [4, 8], [8, 12]]
+    best = max(history["history"], key=lambda e: (e["selection"], -e["step"]))
+    assert history["best_step"] == best["step"]
+    states = [torch.load(out / "evals" / f"step-{s}.pt", weights_only=True) for s in best["averaged_steps"]]
+    kept = torch.load(out / "best.pt", weights_only=False)["state"]
+    for name, value in kept.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, sum(s[name] for s in states) / len(states), msg=name)
+    config.write_text(LIVE_CONFIG.replace(thresholds, f"{thresholds} select_average: 0,"))
+    capsys.readouterr()
+    assert cli.main([*base, "--config", str(config), "--out", str(root / "average0")]) != 0
+    assert "eval.select_average must be 1 or more evaluations, got 0" in capsys.readouterr().err
