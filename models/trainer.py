@@ -160,7 +160,8 @@ def train_live(
     """Train (or resume from OUT_DIR/last.pt); returns the run's summary. OUT_DIR/best.pt holds
     the best network state by the `evaluate` selection metric. With `select_average` N > 1
     (`eval.select_average`) each evaluation judges, and may keep, the element-wise mean of the
-    network states at the last N evaluations (this one included; fewer at the run's start). `teacher_head` (training
+    network states at the last N evaluations (this one included; fewer at the run's start);
+    training goes on from the network as it is. `teacher_head` (training
     only, models/teacher.py) reads the network's temporal features and learns the teacher's
     scores (or embedding, `teacher_kind`) with weight `teacher_weight`. `distil_from`
     (models/teacher.harken_scorer) scores each batch with another harken model, whose scores
