@@ -262,8 +262,7 @@ def train_live(
             # The network at every evaluation (230 kB each): candidates for weight averaging.
             (out_dir / "evals").mkdir(exist_ok=True)
             torch.save(net.state_dict(), out_dir / "evals" / f"step-{step}.pt")
-            averaged = [int(e["step"]) for e in state["history"]][-(select_average - 1):] if select_average > 1 else []
-            averaged.append(step)
+            averaged = [*(int(e["step"]) for e in state["history"]), step][-select_average:]
             judged = averaged_network(net, out_dir / "evals", averaged)
             selection, metrics = evaluate(judged)
             entry = {
