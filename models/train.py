@@ -1,7 +1,7 @@
 """`harken train`, `harken export` and `harken mine`: the command line of the training rooms.
 
     harken train --config models/configs/live.yaml --data DIR --negatives NEG [--out runs/NAME]
-                 [--max-minutes M] [--init CKPT] [--hard-negatives JSON]
+                 [--max-minutes M] [--init CKPT] [--hard-negatives JSON] [--threads N]
     harken train --config models/configs/default.yaml --data DIR [--ablation]   (cached scenes)
     harken mine --checkpoint runs/NAME/best.pt --negatives NEG --out hard.json
     harken export --checkpoint runs/NAME/best.pt [--out models/harken.onnx] [--data DIR]
@@ -33,6 +33,7 @@ from models.config import CLASSES, build_net, config_from_dict, load_config
 from models.export import cmd_export
 from models.trainer import save_checkpoint, train_live_command
 from service.audio.features import FeatureParams
+from service.cli import positive_threads
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     if args.steps:
         cfg = replace(cfg, opt=replace(cfg.opt, steps=args.steps))
+    if args.threads is not None:
+        # Two runs side by side on two cores train faster each on one thread than both on
+        # two (a small network parallelises poorly); the recipe's other settings stay.
+        cfg = replace(cfg, opt=replace(cfg.opt, threads=args.threads))
     if args.seed is not None:
         # Another seed of the same recipe: initial weights and every batch's scenes change,
         # the dev set (data.seed) does not, so seeds of one recipe are scored alike.
@@ -144,6 +149,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--negatives", type=Path, help="built negatives folder (NEGATIVES.csv) for backgrounds and dev FA/h"
     )
     parser.add_argument("--max-minutes", type=float, help="stop cleanly after this wall time (resumable)")
+    parser.add_argument(
+        "--threads", type=positive_threads, help="override opt.threads (the training process's torch threads)"
+    )
     parser.add_argument("--stop-at-step", type=int, help="stop at this step (at an evaluation), resumable")
     parser.add_argument(
         "--init", type=Path, help="start from these weights (fine-tuning): a checkpoint (.pt) or a model (.onnx)"

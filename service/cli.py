@@ -263,6 +263,17 @@ def _bad_input_as_config_error(
         raise ConfigError(str(exc)) from None
 
 
+def positive_threads(text: str) -> int:
+    """`harken train --threads`: a whole number, 1 or more, refused by name otherwise."""
+    try:
+        threads = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--threads must be a whole number of threads, got {text!r}") from None
+    if threads < 1:
+        raise argparse.ArgumentTypeError(f"--threads must be 1 or more, got {threads}")
+    return threads
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     train = _training_module("train")
     return _bad_input_as_config_error(train.cmd_train, args)
@@ -521,6 +532,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="built negatives folder (NEGATIVES.csv): backgrounds and dev false alarms")
     train.add_argument("--max-minutes", type=float,
                        help="stop cleanly after this wall time; run again to resume")
+    train.add_argument("--threads", type=positive_threads,
+                       help="override opt.threads, the training process's torch threads (two runs side by "
+                       "side on two cores: 1 each)")
     train.add_argument("--stop-at-step", type=int,
                        help="stop at this step (checked at evaluations) keeping the schedule; resumable")
     train.add_argument("--init", type=Path,

@@ -1103,3 +1103,30 @@ def test_a_run_can_judge_and_keep_the_mean_of_its_last_evaluations(
     capsys.readouterr()
     assert cli.main([*base, "--config", str(config), "--out", str(root / "average0")]) != 0
     assert "eval.select_average must be 1 or more evaluations, got 0" in capsys.readouterr().err
+
+
+def test_threads_override_the_recipe_and_are_refused_below_one(
+    tiny: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--threads N replaces opt.threads (the kept checkpoint's recipe says so, the torch
+    setting follows); 0 and words are refused by name before anything runs."""
+    root = tiny["root"]
+    config = root / "threads.yaml"
+    config.write_text(LIVE_CONFIG.replace("threads: 1,", "threads: 3,"))
+    base = ["train", "--config", str(config), "--data", str(tiny["data"]), "--negatives", str(tiny["negatives"]),
+            "--cache", str(root / "cache"), "--steps", "4"]
+    before = torch.get_num_threads()
+    try:
+        assert cli.main([*base, "--out", str(root / "threads"), "--threads", "2"]) == 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    kept = torch.load(root / "threads" / "best.pt", weights_only=False)
+    assert kept["config"]["opt"]["threads"] == 2
+    for bad, message in (("0", "--threads must be 1 or more, got 0"),
+                         ("two", "--threads must be a whole number of threads, got 'two'")):
+        capsys.readouterr()
+        with pytest.raises(SystemExit):
+            cli.main([*base, "--out", str(root / "threads-bad"), "--threads", bad])
+        assert message in capsys.readouterr().err
+    assert not (root / "threads-bad").exists()
