@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -166,10 +167,15 @@ class TeacherTrack:
         if not classes:
             raise ValueError("the teacher found no class present in the negatives (is the pool silent?)")
         array_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = array_file.with_suffix(".tmp.npy")
+        # Names of this build's own, moved into place whole: two runs started together on one
+        # cache each score the pool, and neither trips over or reads the other's half file.
+        unique = uuid.uuid4().hex
+        tmp = array_file.with_suffix(f".{unique}.tmp.npy")
         np.save(tmp, np.ascontiguousarray(full[:, classes]))
-        tmp.rename(array_file)
-        index_file.write_text(json.dumps({"classes": classes, "frames": int(full.shape[0])}))
+        tmp.replace(array_file)
+        tmp_index = index_file.with_suffix(f".{unique}.tmp.json")
+        tmp_index.write_text(json.dumps({"classes": classes, "frames": int(full.shape[0])}))
+        tmp_index.replace(index_file)
         log.info("teacher: %d frames, %d of %d classes present", full.shape[0], len(classes), full.shape[1])
         return cls(np.load(array_file, mmap_mode="r"), classes)
 

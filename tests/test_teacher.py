@@ -61,6 +61,8 @@ def test_teacher_scores_are_cached_and_keep_present_classes(tiny: dict[str, Path
 
     again = TeacherTrack.for_pool(pool, tiny["model"], cache, score=never)
     np.testing.assert_array_equal(np.asarray(again.scores), np.asarray(track.scores))
+    # Written under names of their own and moved into place: no half file is left behind.
+    assert not [f.name for f in cache.iterdir() if ".tmp." in f.name]
     # Frame k's centre at window k's centre picks row k; before the pool and after it clip.
     centres = WINDOW_SAMPLES / 2 + HOP_SAMPLES * np.array([0, 1, 5])
     np.testing.assert_array_equal(track.frames(0, centres), np.asarray(track.scores)[[0, 1, 5]])
