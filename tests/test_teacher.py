@@ -23,6 +23,7 @@ from models.teacher import (  # noqa: E402
     TeacherTrack,
     fit_linear_head,
     principal_components,
+    with_first_output,
     yamnet_embedder,
     yamnet_scorer,
 )
@@ -320,3 +321,63 @@ def test_distillation_weighs_the_elders_positive_frames_up() -> None:
     torch.testing.assert_close(plain_change, weighted_change)
     with pytest.raises(ValueError, match=r"loss\.distil_positive must be >= 1"):
         LossConfig(distil_positive=0.5)
+
+
+def _graph_outputs(model: bytes) -> list[int]:
+    """The first subgraph's outputs of a TFLite-shaped flatbuffer, read with flatbuffers' own
+    tables (Model field 2 `subgraphs`, SubGraph field 2 `outputs`)."""
+    from flatbuffers.encode import Get
+    from flatbuffers.number_types import Int32Flags, UOffsetTFlags
+    from flatbuffers.table import Table
+
+    root = Table(bytearray(model), Get(UOffsetTFlags.packer_type, model, 0))
+    o = root.Offset(8)
+    subgraph = Table(root.Bytes, root.Indirect(root.Vector(o)))
+    o = subgraph.Offset(8)
+    return [subgraph.Get(Int32Flags, subgraph.Vector(o) + 4 * i) for i in range(subgraph.VectorLen(o))]
+
+
+def _tflite_shaped(outputs: list[int], with_subgraph: bool = True) -> bytes:
+    """A flatbuffer laid out as TFLite's schema where the edit reads it: a Model whose
+    field 2 holds one SubGraph whose field 2 holds `outputs` (inputs in field 1 beside)."""
+    import flatbuffers
+
+    builder = flatbuffers.Builder(64)
+
+    def int_vector(values: list[int]) -> int:
+        builder.StartVector(4, len(values), 4)
+        for v in reversed(values):
+            builder.PrependInt32(v)
+        return builder.EndVector()
+
+    inputs, outs = int_vector([0]), int_vector(outputs)
+    builder.StartObject(5)
+    builder.PrependUOffsetTRelativeSlot(1, inputs, 0)
+    builder.PrependUOffsetTRelativeSlot(2, outs, 0)
+    subgraph = builder.EndObject()
+    builder.StartVector(4, 1 if with_subgraph else 0, 4)
+    if with_subgraph:
+        builder.PrependUOffsetTRelative(subgraph)
+    subgraphs = builder.EndVector()
+    builder.StartObject(5)
+    builder.PrependUint32Slot(0, 3, 0)
+    builder.PrependUOffsetTRelativeSlot(2, subgraphs, 0)
+    builder.Finish(builder.EndObject())
+    return bytes(builder.Output())
+
+
+def test_the_embedding_is_read_as_the_graph_s_edited_first_output() -> None:
+    """`with_first_output` (YAMNet's embedding at full speed) overwrites the first output's
+    tensor index and nothing else; what is not a model with a subgraph is refused by name."""
+    model = _tflite_shaped([123, 89])
+    assert _graph_outputs(model) == [123, 89]
+    edited = with_first_output(model, 121)
+    assert _graph_outputs(edited) == [121, 89]
+    assert len(edited) == len(model)
+    assert sum(a != b for a, b in zip(edited, model, strict=True)) == 1  # 123 -> 121: one byte
+    with pytest.raises(ValueError, match="it has no subgraph"):
+        with_first_output(_tflite_shaped([1], with_subgraph=False), 0)
+    with pytest.raises(ValueError, match="its first subgraph has no output"):
+        with_first_output(_tflite_shaped([]), 0)
+    with pytest.raises(ValueError, match="not a TFLite flatbuffer"):
+        with_first_output(b"\xff\xff\xff\x7f", 0)
