@@ -10,7 +10,10 @@ onset to the first frame at or above the threshold is reported per split, with h
 the span's first half second is against the span's loud frames.
 
     python -m models.onset_probe --model models/members/STE2.onnx --data ../shared/data \
-        [--class baby_cry] [--threshold 0.99]
+        [--class baby_cry] [--threshold 0.99] [--split dev] [--pre-s 3.0]
+
+`--pre-s 0` plays each clip as a stream's first second, as `harken eval` plays dev clips:
+the difference to the default says how much of a late rise is the stream's start.
 """
 
 from __future__ import annotations
@@ -92,8 +95,9 @@ def summarise(probes: Sequence[ClipOnset]) -> dict[str, float]:
 
 
 def probe_clips(model: Path, data_dir: Path, class_name: str, threshold: float,
-                pre_s: float = 3.0, noise_dbfs: float = -60.0, seed: int = 0) -> list[ClipOnset]:
-    """Score every clip of `class_name` in the data set (all splits) with the model."""
+                pre_s: float = 3.0, noise_dbfs: float = -60.0, seed: int = 0,
+                split: str | None = None) -> list[ClipOnset]:
+    """Score every clip of `class_name` in the data set (in `split`, or all splits) with the model."""
     from models.data import load_audio
     from models.manifest import read_manifest
     from service.audio.features import FeatureParams, LogMel
@@ -106,6 +110,8 @@ def probe_clips(model: Path, data_dir: Path, class_name: str, threshold: float,
     rng = np.random.default_rng(seed)
     out: list[ClipOnset] = []
     for row in read_manifest(data_dir, classes=[class_name]):
+        if split is not None and row.split != split:
+            continue
         audio = load_audio(row.file)
         span = active_span(audio)
         if span is None:
@@ -127,10 +133,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, required=True, help="data folder (MANIFEST.csv)")
     parser.add_argument("--class", dest="class_name", default="baby_cry")
     parser.add_argument("--threshold", type=float, default=0.99, help="the score a frame must reach")
+    parser.add_argument("--split", choices=("train", "dev"), help="one split only (default both)")
+    parser.add_argument("--pre-s", type=float, default=3.0,
+                        help="seconds of quiet noise before each clip (0: the clip opens the stream)")
     args = parser.parse_args(argv)
-    probes = probe_clips(args.model, args.data, args.class_name, args.threshold)
+    if args.pre_s < 0:
+        parser.error(f"--pre-s must be 0 or more seconds, got {args.pre_s}")
+    probes = probe_clips(args.model, args.data, args.class_name, args.threshold, pre_s=args.pre_s,
+                         split=args.split)
     for split in ("train", "dev"):
-        print(split, summarise([p for p in probes if p.split == split]))
+        if args.split in (None, split):
+            print(split, summarise([p for p in probes if p.split == split]))
     return 0
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
+import pytest
 
-from models.onset_probe import ClipOnset, head_level_db, rise_delay, summarise
+from models.onset_probe import ClipOnset, head_level_db, main, played_alone, rise_delay, summarise
 
 
 def test_rise_delay_counts_from_the_onset_not_from_earlier_frames() -> None:
@@ -45,3 +47,20 @@ def test_summarise_splits_clips_by_delay_and_opening_level() -> None:
     assert s["head_db_on_time"] == -5.0 and s["head_db_late"] == -16.0
     assert s["opens_quietly"] == 0.5
     assert summarise([]) == {"clips": 0}
+
+
+def test_a_clip_played_with_no_lead_in_opens_the_stream() -> None:
+    """--pre-s 0: the clip is the stream's first sample (as `harken eval` plays dev clips),
+    with the quiet noise under it; a lead-in shifts it by its length."""
+    clip = np.ones(1600, dtype=np.float32) * 0.5
+    rng = np.random.default_rng(0)
+    opened = played_alone(clip, rng, pre_s=0.0)
+    assert opened.shape == clip.shape and abs(float(opened[0]) - 0.5) < 1e-2
+    led = played_alone(clip, rng, pre_s=0.5)
+    assert led.shape == (8000 + 1600,) and float(np.abs(led[:8000]).max()) < 1e-2
+
+
+def test_a_negative_lead_in_is_refused_by_name(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        main(["--model", str(tmp_path / "m.onnx"), "--data", str(tmp_path), "--pre-s", "-1"])
+    assert "--pre-s must be 0 or more seconds, got -1.0" in capsys.readouterr().err
