@@ -95,6 +95,9 @@ class EvalConfig:
     #: pairs (service/decision.py, rule 7); (0, 0) is off, and the only pair by default,
     #: so recipes written before it tune exactly as they did.
     onset_rises: tuple[tuple[float, float], ...] = ((0.0, 0.0),)
+    #: Touch dating tuning tries last, as reaches in seconds (service/decision.py, rule 8);
+    #: 0 is off, and the only reach by default, so recipes written before it tune as they did.
+    onset_touches_s: tuple[float, ...] = (0.0,)
     dev_reps: dict[str, int] = field(
         default_factory=lambda: {"baby_cry": 1, "smoke_alarm": 6, "glass_break": 3}
     )

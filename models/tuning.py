@@ -290,6 +290,7 @@ def tune_decisions(
     class_on_thresholds: Mapping[str, Sequence[float]] | None = None,
     onset_rises: Sequence[tuple[float, float]] = ((0.0, 0.0),),
     classes: Sequence[str] = CLASSES,
+    onset_touches_s: Sequence[float] = (0.0,),
 ) -> dict[str, DecisionParams]:
     """Per class of `classes` (the others keep `base`'s), the on-threshold, minimum duration,
     smoothing and onset window with the best dev F1 among those whose false alarms on dev
@@ -306,7 +307,8 @@ def tune_decisions(
     negatives do not reach, without moving the reported onset. Then, on the chosen setting,
     the onset look-back (`onset_lookbacks_s`): it moves reported onsets only, never what
     is reported or when, so it is tuned last and alone; so is rise dating (`onset_rises`,
-    pairs of rise threshold and reach in seconds), after it. `class_on_thresholds` offers more
+    pairs of rise threshold and reach in seconds), after it, and touch dating
+    (`onset_touches_s`, reaches in seconds) after that. `class_on_thresholds` offers more
     on-thresholds to one class only (the alarm above 0.99: a change that cannot touch
     cries and glass, model card, rule 2's fifth-round clause)."""
     def rank(single: list[np.ndarray], c: str, cand: DecisionParams) -> tuple[float, ...]:
@@ -360,6 +362,12 @@ def tune_decisions(
             key = rank(single, c, cand)
             if key > best[0]:
                 best = (key, cand)
+        chosen = best[1]
+        for touch_s in onset_touches_s:
+            cand = replace(chosen, onset_touch_s=touch_s)
+            key = rank(single, c, cand)
+            if key > best[0]:
+                best = (key, cand)
         tuned[c] = best[1]
     return tuned
 
@@ -377,7 +385,7 @@ def tune_for_recipe(
         scores, dev, cfg.decision, e.on_thresholds, e.fa_per_hour_budget,
         e.min_duration_scales, e.max_min_duration_s, e.max_latency_s, e.onset_windows,
         e.fa_cost, e.onset_lookbacks_s, e.max_fa_per_hour, e.class_on_thresholds,
-        e.onset_rises, classes,
+        e.onset_rises, classes, e.onset_touches_s,
     )
 
 

@@ -67,6 +67,10 @@ class DecisionOverrides(Section):
     onset_rise_s: float | None = Field(
         None, ge=0, description="Rise dating: how far back an onset may move over the score's rise (0: off)."
     )
+    onset_touch_s: float | None = Field(
+        None, ge=0,
+        description="Touch dating: how far back an onset may move to a frame that touched on_threshold (0: off).",
+    )
 
 
 class ClassConfig(Section):

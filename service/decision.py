@@ -25,6 +25,12 @@ Per class, each frame goes through:
    `onset_rise_s` and never into the class's previous event. A cry's score climbs through
    0.5-0.97 for a second before it reaches a 0.99 on-threshold; the cry began where the
    climb began. Like the look-back it moves the onset reported only.
+8. touch dating: when a candidate starts, its reported onset reaches back to the earliest
+   frame, at most `onset_touch_s` before it and never into the class's previous event,
+   whose smoothed score touched the on-threshold. A cry that comes in bursts with breaths
+   between them touches a 0.99 threshold at its first burst and meets the k-of-n rule
+   seconds later; no too-short candidate (rule 6) or unbroken climb (rule 7) dates it back.
+   Again only the onset reported moves.
 
 Across classes, arbitration stops a class from starting while another target class is
 active or starting with a smoothed score higher by `arbitration_margin` or more: a smoke
@@ -63,6 +69,9 @@ class DecisionParams:
     #: reported onset may reach over the frames just before it. 0 s: off.
     onset_rise_threshold: float = 0.0
     onset_rise_s: float = 0.0
+    #: Touch dating (rule 8): how far back a candidate's reported onset may reach to a frame
+    #: whose smoothed score touched the on-threshold. 0 s: off.
+    onset_touch_s: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.on_threshold <= 1.0:
@@ -77,7 +86,8 @@ class DecisionParams:
             raise ValueError(f"need 1 <= onset_k <= onset_n, got k={self.onset_k} n={self.onset_n}")
         if not 0.0 <= self.onset_rise_threshold <= 1.0:
             raise ValueError(f"onset_rise_threshold must be in [0, 1], got {self.onset_rise_threshold}")
-        for name in ("min_duration_s", "merge_gap_s", "cooldown_s", "onset_lookback_s", "onset_rise_s"):
+        for name in ("min_duration_s", "merge_gap_s", "cooldown_s", "onset_lookback_s", "onset_rise_s",
+                     "onset_touch_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
@@ -205,9 +215,13 @@ class EventDecider:
         self._keep_smoothed = self._smoothed_history_needed()
 
     def _smoothed_history_needed(self) -> int:
-        """Smoothed frames kept across blocks: k-of-n windows and rise dating reach back."""
+        """Smoothed frames kept across blocks: k-of-n windows, rise and touch dating reach back."""
         return max(
-            max(s.params.onset_n - 1 + round(s.params.onset_rise_s / self.hop_s), 0)
+            max(
+                s.params.onset_n - 1
+                + round(max(s.params.onset_rise_s, s.params.onset_touch_s) / self.hop_s),
+                0,
+            )
             for s in self._states
         )
 
@@ -357,9 +371,11 @@ class EventDecider:
                         and state.dropped_end_frame >= 0
                         and state.start_frame - state.dropped_end_frame <= lookback
                     )
+                    start_row = row - (frame - state.start_frame)
                     state.report_start_frame = min(
                         state.dropped_start_frame if reaches_back else state.start_frame,
-                        self._rise_start(state, c, row - (frame - state.start_frame)),
+                        self._rise_start(state, c, start_row),
+                        self._touch_start(state, c, start_row),
                     )
                     state.phase = _PENDING
                     state.score_sum, state.score_peak, state.n_frames = 0.0, 0.0, 0
@@ -403,6 +419,22 @@ class EventDecider:
         below = np.flatnonzero(before < p.onset_rise_threshold)
         risen = reach if below.size == 0 else reach - 1 - int(below[-1])
         return max(start_frame - risen, state.cooldown_until_frame, 0)
+
+    def _touch_start(self, state: _ClassState, c: int, start_row: int) -> int:
+        """Rule 8: the earliest of the frames just before a candidate's start (row `start_row`
+        of the history) whose smoothed score reached the on-threshold, at most `onset_touch_s`
+        back and not before the class's previous event ended."""
+        p = state.params
+        start_frame = state.start_frame
+        # Frames of the previous event (and its cooldown) touched the threshold too: they
+        # are out of reach, not clamped to its end.
+        reach = min(
+            round(p.onset_touch_s / self.hop_s), start_row, start_frame - max(state.cooldown_until_frame, 0)
+        )
+        if reach <= 0:
+            return start_frame
+        touched = np.flatnonzero(self._history[start_row - reach : start_row, c] >= p.on_threshold)
+        return start_frame if touched.size == 0 else start_frame - (reach - int(touched[0]))
 
     def _maybe_start(
         self, c: int, frame: int, smoothed: np.ndarray, starting: list[int], out: list[Decision]

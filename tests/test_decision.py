@@ -99,17 +99,21 @@ def test_arbitration_lets_the_louder_class_own_the_sound() -> None:
     assert len(decide(x, names, params, HOP)) == 2
 
 
-@pytest.mark.parametrize("rise", [False, True])
-def test_decisions_do_not_depend_on_block_size(rise: bool) -> None:
+@pytest.mark.parametrize("dating", ["none", "rise", "touch"])
+def test_decisions_do_not_depend_on_block_size(dating: str) -> None:
     rng = np.random.default_rng(5)
     x = np.clip(np.repeat(rng.random((60, 2)), 10, axis=0) ** 2, 0, 1)
     params = {
         "a": DecisionParams(0.5, 0.3, 3, 3, 5, 0.1, 0.3, 0.5),
         "b": DecisionParams(0.6, 0.2, 5, 2, 4, 0.0, 1.0, 0.0),
     }
-    if rise:  # rise dating reads smoothed scores from earlier blocks
+    if dating == "touch":  # runs of 4 frames, 5 of 5 to start: lone runs only touch
+        x = np.clip(np.repeat(rng.random((150, 2)), 4, axis=0) ** 2, 0, 1)
+        params = {k: replace(p, onset_k=p.onset_n) for k, p in params.items()}
+    if dating != "none":  # rise and touch dating read smoothed scores from earlier blocks
         without = decide(x, ["a", "b"], params, HOP)
-        params = {k: replace(p, onset_rise_threshold=0.1, onset_rise_s=0.6) for k, p in params.items()}
+        dated = {"onset_rise_threshold": 0.1, "onset_rise_s": 0.6} if dating == "rise" else {"onset_touch_s": 0.6}
+        params = {k: replace(p, **dated) for k, p in params.items()}
         assert decide(x, ["a", "b"], params, HOP) != without
     whole = decide(x, ["a", "b"], params, HOP)
     for block in (1, 7, 64):
@@ -166,7 +170,8 @@ def test_nan_scores_count_as_silence_and_bad_shapes_are_refused() -> None:
     ("changes", "message"),
     [({"on_threshold": 0.0}, "on_threshold"), ({"off_threshold": 0.6}, "off_threshold"),
      ({"onset_k": 6, "onset_n": 5}, "onset_k"), ({"merge_gap_s": -1}, "merge_gap_s"),
-     ({"onset_rise_threshold": 1.5}, "onset_rise_threshold"), ({"onset_rise_s": -0.5}, "onset_rise_s")],
+     ({"onset_rise_threshold": 1.5}, "onset_rise_threshold"), ({"onset_rise_s": -0.5}, "onset_rise_s"),
+     ({"onset_touch_s": -0.5}, "onset_touch_s")],
 )
 def test_invalid_parameters_name_the_parameter(changes: dict[str, float], message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -231,6 +236,37 @@ def test_rise_dating_never_reaches_into_the_previous_event_or_makes_events() -> 
     assert run(scores((0.9, 300)), on_threshold=0.99, onset_rise_threshold=0.3, onset_rise_s=5.0) == []
 
 
+def test_touch_dating_dates_a_cry_at_the_first_burst_that_touched_the_threshold() -> None:
+    # 1 s of silence, a 0.1 s sob at 1.0 (too few frames for 10 of 24), 0.5 s of breath under
+    # the off-threshold, then 2 s of crying: the k-of-n rule fires on the crying only.
+    x = scores((0.0, 50), (1.0, 5), (0.2, 25), (1.0, 100), (0.0, 50))
+    rule = {"on_threshold": 0.99, "off_threshold": 0.5, "onset_k": 10, "onset_n": 24}
+    plain = run(x, **rule)
+    assert [e.start_s for e in plain] == [pytest.approx(80 * HOP)]
+    touched = run(x, **rule, onset_touch_s=1.0)
+    assert [e.start_s for e in touched] == [pytest.approx(50 * HOP)]
+    # Only the onset moves: the decision fires on the same frame, the event ends at the same one.
+    assert (touched[0].detected_s, touched[0].end_s) == (plain[0].detected_s, plain[0].end_s)
+    # The reach bounds it: the sob ended 0.5 s before the crying and began 0.6 s before it;
+    # the onset is the earliest touch within reach.
+    assert run(x, **rule, onset_touch_s=0.4)[0].start_s == pytest.approx(80 * HOP)
+    assert run(x, **rule, onset_touch_s=0.58)[0].start_s == pytest.approx(51 * HOP)
+    assert run(x, **rule, onset_touch_s=0.6)[0].start_s == pytest.approx(50 * HOP)
+    # Neither the look-back (no candidate was made) nor rise dating (the breath breaks the
+    # climb) reaches the sob.
+    assert run(x, **rule, onset_lookback_s=3.0)[0].start_s == pytest.approx(80 * HOP)
+    assert run(x, **rule, onset_rise_threshold=0.5, onset_rise_s=3.0)[0].start_s == pytest.approx(80 * HOP)
+
+
+def test_touch_dating_never_reaches_into_the_previous_event_or_makes_events() -> None:
+    x = scores((1.0, 50), (0.0, 40), (1.0, 50), (0.0, 200))
+    events = run(x, on_threshold=0.99, off_threshold=0.5, merge_gap_s=0.2, onset_touch_s=5.0)
+    assert [e.start_s for e in events] == [pytest.approx(0.0), pytest.approx(90 * HOP)]
+    # Touches alone, too short for any event, report nothing however far the reach.
+    sobs = scores((0.0, 20), (1.0, 3), (0.0, 20), (1.0, 3), (0.0, 100))
+    assert run(sobs, on_threshold=0.99, onset_k=10, onset_n=24, onset_touch_s=5.0) == []
+
+
 class _FrameByFrame(EventDecider):
     """The decider without its bulk path: every non-idle frame goes through `_step`."""
 
@@ -265,6 +301,7 @@ def test_frames_taken_in_bulk_decide_exactly_as_frame_by_frame(seed: int) -> Non
                 merge_gap_s=float(rng.choice([0.0, 0.02, 0.05, 0.3, 1.0, 3.0])),
                 cooldown_s=float(rng.choice([0.0, 0.5, 2.0])), onset_lookback_s=float(rng.choice([0.0, 3.0])),
                 onset_rise_threshold=on * float(rng.uniform(0.2, 0.9)), onset_rise_s=float(rng.choice([0.0, 1.0])),
+                onset_touch_s=float(rng.choice([0.0, 2.0])),
             )
         blocks = [frames] if case % 3 == 0 else [int(b) for b in rng.integers(1, 200, size=frames)]
         found = []

@@ -153,6 +153,29 @@ def test_tuning_picks_an_onset_lookback_when_cries_open_with_a_short_sob() -> No
     assert evaluate(scores, items, tuned)["per_class"]["baby_cry"]["f1"] == 1.0
 
 
+def test_tuning_picks_touch_dating_when_cries_open_with_a_sob_too_short_for_a_candidate() -> None:
+    """Each cry: a 0.1 s sob at the labelled onset (5 frames: fewer than the 10 of 24 the
+    onset rule needs, so no candidate for the look-back), a 0.9 s breath, then crying: the
+    crying is decided 1 s late. Lone sobs in an event-free item stay silent, whatever the
+    reach: touch dating moves onsets only."""
+    items, scores = _shaped_cries([(100, 105, 0.999), (150, 300, 0.999)])
+    sobs = np.full((3000, 3), 0.02, np.float32)
+    for first in range(200, 2800, 100):
+        sobs[first : first + 5, 0] = 0.999
+    items.append(_item("sobs", sobs, [], True))
+    scores.append(sobs)
+    base = {c: DecisionParams(0.99, 0.5, 1, 10, 24, 0.1, 0.1, 0.0) for c in CLASSES}
+    plain = tune_decisions(scores, items, base, (0.99,), 0.5, dur_scales=(1.0,),
+                           onset_lookbacks_s=(0.0, 3.0))
+    assert plain["baby_cry"].onset_touch_s == 0.0
+    assert evaluate(scores, items, plain)["per_class"]["baby_cry"]["f1"] == 0.0
+    tuned = tune_decisions(scores, items, base, (0.99,), 0.5, dur_scales=(1.0,),
+                           onset_touches_s=(0.0, 0.5, 2.0))
+    assert tuned["baby_cry"].onset_touch_s == 2.0
+    figures = evaluate(scores, items, tuned)["per_class"]["baby_cry"]
+    assert (figures["f1"], figures["fa_per_hour"]) == (1.0, 0.0)
+
+
 def test_tuning_picks_rise_dating_when_cries_climb_before_they_are_certain() -> None:
     """Each cry's score climbs at 0.7 for 1.5 s from the labelled onset before it reaches
     0.99: decided on a 0.99 on-threshold, its onset is 1.5 s late, outside the collar.
