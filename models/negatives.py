@@ -24,6 +24,21 @@ log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 
+
+def write_cached_array(array_file: Path, array: np.ndarray, index_file: Path, index: object) -> None:
+    """A cache entry (an array and its JSON index) written under names of this build's own
+    and moved into place whole: two runs building one cache at once (a training run and an
+    export, or two runs started together) neither trip over nor read each other's half file.
+    Readers look for both files, and the index is moved last."""
+    array_file.parent.mkdir(parents=True, exist_ok=True)
+    unique = uuid.uuid4().hex
+    tmp = array_file.with_suffix(f".{unique}.tmp.npy")
+    np.save(tmp, array)
+    tmp.replace(array_file)
+    tmp_index = index_file.with_suffix(f".{unique}.tmp.json")
+    tmp_index.write_text(json.dumps(index))
+    tmp_index.replace(index_file)
+
 @dataclass(frozen=True)
 class NegativeChunk:
     """One row of NEGATIVES.csv: where its samples live in the split's array."""
@@ -98,17 +113,7 @@ class NegativePool:
             )
             pos += mono.shape[0]
         audio = np.concatenate(parts)
-        cache.mkdir(parents=True, exist_ok=True)
-        # Names of this build's own: two runs building one cache at once (a training run
-        # and an export) each write whole files and rename them into place atomically, so
-        # neither reads the other's half-written array.
-        unique = uuid.uuid4().hex
-        tmp = array_file.with_suffix(f".{unique}.tmp.npy")
-        np.save(tmp, audio)
-        tmp.replace(array_file)
-        tmp_index = index_file.with_suffix(f".{unique}.tmp.json")
-        tmp_index.write_text(json.dumps([c.__dict__ for c in chunks]))
-        tmp_index.replace(index_file)
+        write_cached_array(array_file, audio, index_file, [c.__dict__ for c in chunks])
         log.info("negatives %s: %.2f h decoded into %s", split, pos / SAMPLE_RATE / 3600, array_file)
         return cls(np.load(array_file, mmap_mode="r"), chunks, f"{split}-{key}")
 

@@ -22,14 +22,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from models.negatives import NegativePool
+from models.negatives import NegativePool, write_cached_array
 
 log = logging.getLogger(__name__)
 
@@ -204,16 +203,10 @@ class TeacherTrack:
             classes = [int(i) for i in np.flatnonzero(present)]
         if not classes:
             raise ValueError("the teacher found no class present in the negatives (is the pool silent?)")
-        array_file.parent.mkdir(parents=True, exist_ok=True)
-        # Names of this build's own, moved into place whole: two runs started together on one
-        # cache each score the pool, and neither trips over or reads the other's half file.
-        unique = uuid.uuid4().hex
-        tmp = array_file.with_suffix(f".{unique}.tmp.npy")
-        np.save(tmp, np.ascontiguousarray(full[:, classes]))
-        tmp.replace(array_file)
-        tmp_index = index_file.with_suffix(f".{unique}.tmp.json")
-        tmp_index.write_text(json.dumps({"classes": classes, "frames": int(full.shape[0])}))
-        tmp_index.replace(index_file)
+        write_cached_array(
+            array_file, np.ascontiguousarray(full[:, classes]), index_file,
+            {"classes": classes, "frames": int(full.shape[0])},
+        )
         log.info("teacher: %d frames, %d of %d classes present", full.shape[0], len(classes), full.shape[1])
         return cls(np.load(array_file, mmap_mode="r"), classes)
 
