@@ -88,6 +88,7 @@ def tune_on_dev(
         evaluate,
         event_metrics,
         recall_by_ebr,
+        retune_onset_dating,
         run_decisions,
         scene_draws_score,
         shipping_score,
@@ -99,9 +100,11 @@ def tune_on_dev(
     if draw_seeds is not None and not draw_seeds:
         draw_seeds = list(SCENE_DRAW_SEEDS)
     tune_seeds = list(getattr(args, "tune_draws", None) or [])
-    if draw_seeds is not None and set(draw_seeds) & {*tune_seeds, cfg.data.seed + 1}:
+    onset_seeds = list(getattr(args, "tune_onset_draws", None) or [])
+    if draw_seeds is not None and set(draw_seeds) & {*tune_seeds, *onset_seeds, cfg.data.seed + 1}:
         raise ValueError(f"--scene-draws {draw_seeds}: a scored draw cannot be one the decisions are tuned on "
-                         f"(the selection's scenes are seed {cfg.data.seed + 1}; --tune-draws {tune_seeds})")
+                         f"(the selection's scenes are seed {cfg.data.seed + 1}; --tune-draws {tune_seeds}; "
+                         f"--tune-onset-draws {onset_seeds})")
     negatives = Path(args.negatives) if getattr(args, "negatives", None) else None
     if cfg.live.enabled:
         from models.trainer import live_dev_set
@@ -110,8 +113,9 @@ def tune_on_dev(
     else:
         if frames is not None:
             raise ValueError(f"{args.config}: a reference scorer needs a live recipe (live.enabled)")
-        if draw_seeds is not None or tune_seeds:
-            raise ValueError(f"{args.config}: --scene-draws and --tune-draws need a live recipe (live.enabled)")
+        if draw_seeds is not None or tune_seeds or onset_seeds:
+            raise ValueError(f"{args.config}: --scene-draws, --tune-draws and --tune-onset-draws need a live "
+                             "recipe (live.enabled)")
         receptive_field = build_net(cfg, FeatureParams()).receptive_field
         _, dev, _ = prepare_data(cfg, Path(args.data), cache, receptive_field, cfg.net.lookahead_frames)
     scores = [score(item.features) for item in dev]
@@ -130,6 +134,13 @@ def tune_on_dev(
         tune_scores += draw_scores  # more scenes for the tuning; shared negatives counted once
         tune_items += draw_items
     decisions = tune_for_recipe(tune_scores, tune_items, cfg)
+    if onset_seeds:
+        # Onset-only parameters on more scenes: they move onsets and nothing else.
+        onset_scores, onset_items = list(tune_scores), list(tune_items)
+        for _seed, draw_scores, draw_items in drawn(onset_seeds):
+            onset_scores += draw_scores
+            onset_items += draw_items
+        decisions = retune_onset_dating(onset_scores, onset_items, decisions, cfg)
     detections = run_decisions(scores, decisions)
     report: dict[str, Any] = {
         "dev_tuned": event_metrics(dev, detections),
@@ -154,6 +165,8 @@ def tune_on_dev(
     report["shipping"] = shipping_score(report)
     if tune_seeds:
         report["shipping"]["tuned_on_draws"] = list(tune_seeds)
+    if onset_seeds:
+        report["shipping"]["onset_tuned_on_draws"] = list(onset_seeds)
     if draw_seeds is not None:
         n = info["scene_items"]
         report["shipping"].update(scene_draws_score(drawn(draw_seeds), scores[n:], dev[n:], decisions))
@@ -179,6 +192,8 @@ def tune_on_dev(
     if "score_draws" in ship:
         per_draw = ", ".join(f"{r['seed']}: {r['score']:.3f}" for r in ship["draws"])
         tuned_on = "the selection's scenes" + (f" and draws {tune_seeds}" if tune_seeds else "")
+        if onset_seeds:
+            tuned_on += f", onset dating also on draws {onset_seeds}"
         print(f"rule 5, decisions tuned on {tuned_on}, "
               f"scored on fresh draws of the dev scenes: {ship['score_draws']:.4f} (per draw {per_draw}; "
               f"range {ship['draw_range']:.3f}; real alarm events found {ship['draws_real_alarms_found']})")

@@ -7,6 +7,7 @@ import logging
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -312,18 +313,7 @@ def tune_decisions(
     on-thresholds to one class only (the alarm above 0.99: a change that cannot touch
     cries and glass, model card, rule 2's fifth-round clause)."""
     def rank(single: list[np.ndarray], c: str, cand: DecisionParams) -> tuple[float, ...]:
-        pc = class_metrics(single, dev, c, cand)
-        latency = pc["median_latency_s"]
-        bound = (max_latency_s or {}).get(c)
-        ceiling = (max_fa_per_hour or {}).get(c)
-        return (
-            0.0 if bound is not None and latency is not None and latency > bound else 1.0,
-            0.0 if ceiling is not None and pc["fa_per_hour"] > ceiling else 1.0,
-            # Within budget only counts for settings that find something:
-            # a threshold nothing reaches has no false alarms, and no use.
-            1.0 if fa_budget is not None and pc["fa_per_hour"] <= fa_budget and pc["tp"] > 0 else 0.0,
-            pc["f1"] - fa_cost * pc["fa_per_hour"],
-        )
+        return _tuning_rank(single, dev, c, cand, fa_budget, fa_cost, max_latency_s, max_fa_per_hour)
 
     tuned = dict(base)
     grid = set(on_thresholds) | set(HIGH_ON_THRESHOLDS)
@@ -351,25 +341,94 @@ def tune_decisions(
                 if best is None or key > best[0]:
                     best = (key, cand)
         assert best is not None
-        for lookback in onset_lookbacks_s:
-            cand = replace(best[1], onset_lookback_s=lookback)
-            key = rank(single, c, cand)
-            if key > best[0]:
-                best = (key, cand)
-        chosen = best[1]
-        for threshold, reach_s in onset_rises:
-            cand = replace(chosen, onset_rise_threshold=threshold, onset_rise_s=reach_s)
-            key = rank(single, c, cand)
-            if key > best[0]:
-                best = (key, cand)
-        chosen = best[1]
-        for touch_s in onset_touches_s:
-            cand = replace(chosen, onset_touch_s=touch_s)
-            key = rank(single, c, cand)
-            if key > best[0]:
-                best = (key, cand)
+        best = _onset_dating_stages(
+            partial(rank, single, c), best, onset_lookbacks_s, onset_rises, onset_touches_s
+        )
         tuned[c] = best[1]
     return tuned
+
+
+def _tuning_rank(
+    single: list[np.ndarray],
+    dev: Sequence[D.DevItem],
+    c: str,
+    cand: DecisionParams,
+    fa_budget: float | None,
+    fa_cost: float,
+    max_latency_s: Mapping[str, float] | None,
+    max_fa_per_hour: Mapping[str, float] | None,
+) -> tuple[float, ...]:
+    """The key `tune_decisions` ranks one class's settings by (higher is better)."""
+    pc = class_metrics(single, dev, c, cand)
+    latency = pc["median_latency_s"]
+    bound = (max_latency_s or {}).get(c)
+    ceiling = (max_fa_per_hour or {}).get(c)
+    return (
+        0.0 if bound is not None and latency is not None and latency > bound else 1.0,
+        0.0 if ceiling is not None and pc["fa_per_hour"] > ceiling else 1.0,
+        # Within budget only counts for settings that find something:
+        # a threshold nothing reaches has no false alarms, and no use.
+        1.0 if fa_budget is not None and pc["fa_per_hour"] <= fa_budget and pc["tp"] > 0 else 0.0,
+        pc["f1"] - fa_cost * pc["fa_per_hour"],
+    )
+
+
+def _onset_dating_stages(
+    rank: Callable[[DecisionParams], tuple[float, ...]],
+    best: tuple[tuple[float, ...], DecisionParams],
+    onset_lookbacks_s: Sequence[float],
+    onset_rises: Sequence[tuple[float, float]],
+    onset_touches_s: Sequence[float],
+) -> tuple[tuple[float, ...], DecisionParams]:
+    """From `best` (its key and setting), the onset-only parameters in turn: the look-back,
+    then rise dating, then touch dating, each kept only where it ranks strictly higher."""
+    for lookback in onset_lookbacks_s:
+        cand = replace(best[1], onset_lookback_s=lookback)
+        key = rank(cand)
+        if key > best[0]:
+            best = (key, cand)
+    chosen = best[1]
+    for threshold, reach_s in onset_rises:
+        cand = replace(chosen, onset_rise_threshold=threshold, onset_rise_s=reach_s)
+        key = rank(cand)
+        if key > best[0]:
+            best = (key, cand)
+    chosen = best[1]
+    for touch_s in onset_touches_s:
+        cand = replace(chosen, onset_touch_s=touch_s)
+        key = rank(cand)
+        if key > best[0]:
+            best = (key, cand)
+    return best
+
+
+def retune_onset_dating(
+    scores: Sequence[np.ndarray], dev: Sequence[D.DevItem], decisions: Mapping[str, DecisionParams], cfg: Any,
+    classes: Sequence[str] = CLASSES,
+) -> dict[str, DecisionParams]:
+    """`decisions` with only their onset-only parameters (look-back, rise and touch dating)
+    tuned again, on `scores`/`dev`, by the recipe's grids and ranking (a
+    `models.config.TrainConfig`). Those parameters move reported onsets and nothing else:
+    what is reported, and when, cannot change, so no false alarm can be added, and they can
+    be tuned on more scenes than the rest (the selection's scenes held no cry whose onset
+    touch dating would move; model card, twenty-seventh round). The search starts from each
+    class's setting in `decisions` and leaves it only for a strictly better rank."""
+    e = cfg.eval
+    out = dict(decisions)
+    for ci, c in enumerate(CLASSES):
+        if c not in classes:
+            continue
+        single = [s[:, ci : ci + 1] for s in scores]
+
+        def rank(cand: DecisionParams, single: list[np.ndarray] = single, c: str = c) -> tuple[float, ...]:
+            return _tuning_rank(single, dev, c, cand, e.fa_per_hour_budget, e.fa_cost, e.max_latency_s,
+                                e.max_fa_per_hour)
+
+        start = decisions[c]
+        out[c] = _onset_dating_stages(
+            rank, (rank(start), start), e.onset_lookbacks_s, e.onset_rises, e.onset_touches_s
+        )[1]
+    return out
 
 
 # --------------------------------------------------------------------------- training

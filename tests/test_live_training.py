@@ -737,6 +737,18 @@ def test_live_training_resumes_exports_and_mines(
     assert json.loads(pair.with_suffix(".dev.json").read_text())["shipping"]["tuned_on_draws"] == [7]
     assert cli.main([*retune, "--out", str(pair), "--ensemble", str(other), "--scene-draws", "7",
                      "--tune-draws", "7"]) != 0
+    # --tune-onset-draws: the onset-only parameters tuned on more draws, nothing else moved.
+    tuned_before = json.loads(pair.with_suffix(".dev.json").read_text())["tuned_decisions"]
+    assert cli.main([*retune, "--out", str(pair), "--ensemble", str(other), "--scene-draws", "11",
+                     "--tune-draws", "7", "--tune-onset-draws", "8"]) == 0
+    onset_tuned = json.loads(pair.with_suffix(".dev.json").read_text())
+    assert onset_tuned["shipping"]["onset_tuned_on_draws"] == [8]
+    onset_only = {"onset_lookback_s", "onset_rise_threshold", "onset_rise_s", "onset_touch_s"}
+    for c, params in onset_tuned["tuned_decisions"].items():
+        assert {k: v for k, v in params.items() if k not in onset_only} == {
+            k: v for k, v in tuned_before[c].items() if k not in onset_only}
+    assert cli.main([*retune, "--out", str(pair), "--ensemble", str(other), "--scene-draws", "8",
+                     "--tune-onset-draws", "8"]) != 0
 
 
 def test_mined_confusers_weigh_more_in_confuser_beds(maker: LiveSceneMaker) -> None:

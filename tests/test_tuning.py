@@ -17,6 +17,7 @@ from models.tuning import (  # noqa: E402
     draws_alarm_floor_failed,
     evaluate,
     recall_by_ebr,
+    retune_onset_dating,
     run_decisions,
     scene_draws_score,
     selection_f1,
@@ -174,6 +175,34 @@ def test_tuning_picks_touch_dating_when_cries_open_with_a_sob_too_short_for_a_ca
     assert tuned["baby_cry"].onset_touch_s == 2.0
     figures = evaluate(scores, items, tuned)["per_class"]["baby_cry"]
     assert (figures["f1"], figures["fa_per_hour"]) == (1.0, 0.0)
+
+
+def test_onset_dating_retuned_on_more_scenes_moves_onsets_alone() -> None:
+    """The selection's cries hold no sob (every reach ties, so tuning keeps 0); a draw's
+    cries open with a sob too short for a candidate. Tuned again on both, the onset-only
+    parameters take the reach and every other parameter stays as it was chosen; on the
+    selection alone they stay put, since a tie never moves them."""
+    from dataclasses import replace
+
+    from models.config import EvalConfig, TrainConfig
+
+    selection, selection_scores = _shaped_cries([(100, 300, 0.999)])
+    drawn, drawn_scores = _shaped_cries([(100, 105, 0.999), (150, 300, 0.999)])
+    base = {c: DecisionParams(0.99, 0.5, 1, 10, 24, 0.1, 0.1, 0.0) for c in CLASSES}
+    cfg = replace(TrainConfig(), decision=base, eval=EvalConfig(
+        on_thresholds=(0.99,), min_duration_scales=(1.0,), onset_lookbacks_s=(0.0, 3.0),
+        onset_touches_s=(0.0, 0.5, 2.0), fa_per_hour_budget=None, fa_cost=0.05))
+    chosen = {c: replace(p, smoothing_frames=2) for c, p in base.items()}  # a setting the tuning chose
+    assert retune_onset_dating(selection_scores, selection, chosen, cfg) == chosen
+    both = retune_onset_dating([*selection_scores, *drawn_scores], [*selection, *drawn], chosen, cfg,
+                               classes=("baby_cry",))
+    assert both["baby_cry"] == replace(chosen["baby_cry"], onset_touch_s=2.0)
+    others = ("smoke_alarm", "glass_break")
+    assert {c: both[c] for c in others} == {c: chosen[c] for c in others}
+    before = evaluate(drawn_scores, drawn, chosen)["per_class"]["baby_cry"]
+    after = evaluate(drawn_scores, drawn, both)["per_class"]["baby_cry"]
+    assert (before["f1"], after["f1"]) == (0.0, 1.0)
+    assert before["fa_per_hour"] == after["fa_per_hour"]
 
 
 def test_tuning_picks_rise_dating_when_cries_climb_before_they_are_certain() -> None:
