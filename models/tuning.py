@@ -418,12 +418,10 @@ def retune_onset_dating(
     for ci, c in enumerate(CLASSES):
         if c not in classes:
             continue
-        single = [s[:, ci : ci + 1] for s in scores]
-
-        def rank(cand: DecisionParams, single: list[np.ndarray] = single, c: str = c) -> tuple[float, ...]:
-            return _tuning_rank(single, dev, c, cand, e.fa_per_hour_budget, e.fa_cost, e.max_latency_s,
-                                e.max_fa_per_hour)
-
+        rank = partial(
+            _tuning_rank, [s[:, ci : ci + 1] for s in scores], dev, c, fa_budget=e.fa_per_hour_budget,
+            fa_cost=e.fa_cost, max_latency_s=e.max_latency_s, max_fa_per_hour=e.max_fa_per_hour,
+        )
         start = decisions[c]
         out[c] = _onset_dating_stages(
             rank, (rank(start), start), e.onset_lookbacks_s, e.onset_rises, e.onset_touches_s
