@@ -121,26 +121,23 @@ def tune_on_dev(
     scores = [score(item.features) for item in dev]
 
     def drawn(seeds: Sequence[int]) -> list[tuple[int, list[np.ndarray], list[DevItem]]]:
-        from models.trainer import dev_scene_draw
+        from models.trainer import scored_scene_draws
 
-        out = []
-        for seed in seeds:
-            items = dev_scene_draw(cfg, Path(args.data), seed, cache, frames, frames_key)
-            out.append((seed, [score(item.features) for item in items], items))
-        return out
+        return scored_scene_draws(cfg, Path(args.data), seeds, cache, score, frames, frames_key)
 
-    tune_scores, tune_items = list(scores), list(dev)
-    for _seed, draw_scores, draw_items in drawn(tune_seeds):
-        tune_scores += draw_scores  # more scenes for the tuning; shared negatives counted once
-        tune_items += draw_items
+    def with_draws(
+        base_scores: list[np.ndarray], base_items: list[DevItem], seeds: Sequence[int]
+    ) -> tuple[list[np.ndarray], list[DevItem]]:
+        # More scenes for the tuning; the shared negatives stay counted once.
+        more = drawn(seeds)
+        return ([*base_scores, *(s for _, ss, _ in more for s in ss)],
+                [*base_items, *(i for _, _, items in more for i in items)])
+
+    tune_scores, tune_items = with_draws(scores, dev, tune_seeds)
     decisions = tune_for_recipe(tune_scores, tune_items, cfg)
     if onset_seeds:
         # Onset-only parameters on more scenes: they move onsets and nothing else.
-        onset_scores, onset_items = list(tune_scores), list(tune_items)
-        for _seed, draw_scores, draw_items in drawn(onset_seeds):
-            onset_scores += draw_scores
-            onset_items += draw_items
-        decisions = retune_onset_dating(onset_scores, onset_items, decisions, cfg)
+        decisions = retune_onset_dating(*with_draws(tune_scores, tune_items, onset_seeds), decisions, cfg)
     detections = run_decisions(scores, decisions)
     report: dict[str, Any] = {
         "dev_tuned": event_metrics(dev, detections),

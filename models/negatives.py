@@ -39,6 +39,7 @@ def write_cached_array(array_file: Path, array: np.ndarray, index_file: Path, in
     tmp_index.write_text(json.dumps(index))
     tmp_index.replace(index_file)
 
+
 @dataclass(frozen=True)
 class NegativeChunk:
     """One row of NEGATIVES.csv: where its samples live in the split's array."""

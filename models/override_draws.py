@@ -55,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
 
     from models.config import load_config
-    from models.trainer import dev_scene_draw, live_dev_set
+    from models.trainer import live_dev_set, scored_scene_draws
     from models.tuning import SCENE_DRAW_SEEDS, event_metrics, run_decisions, scene_draws_score
     from service.detector import Detector
 
@@ -70,10 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     dev, info = live_dev_set(cfg, args.data, args.negatives, args.cache)
     scores = [score(item.features) for item in dev]
     shared = slice(info["scene_items"], len(dev))  # quiet rooms and negatives: every draw's
-    draws = []
-    for seed in args.draws or SCENE_DRAW_SEEDS:
-        items = dev_scene_draw(cfg, args.data, seed, args.cache)
-        draws.append((seed, [score(item.features) for item in items], items))
+    draws = scored_scene_draws(cfg, args.data, args.draws or SCENE_DRAW_SEEDS, args.cache, score)
     base = dict(detector.contract.decision)
     c = args.class_name
     print(f"| {c} {name} | selection: on time | selection: F1 | rule 5 | {c} F1, draws | on time, draws | "

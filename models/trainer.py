@@ -385,6 +385,19 @@ def _dev_key(cfg: TrainConfig, data_dir: Path, params: FeatureParams, *more: Any
     )
 
 
+def scored_scene_draws(
+    cfg: TrainConfig, data_dir: Path, seeds: Sequence[int], cache_dir: Path,
+    score: Callable[[np.ndarray], np.ndarray], frames: D.FramesOf | None = None, frames_key: str | None = None,
+) -> list[tuple[int, list[np.ndarray], list[D.DevItem]]]:
+    """`dev_scene_draw` for each of `seeds`, each item scored by `score` (its rows -> scores):
+    (seed, scores, items) per draw, as rule 5 and the tuning read them."""
+    out = []
+    for seed in seeds:
+        items = dev_scene_draw(cfg, data_dir, seed, cache_dir, frames, frames_key)
+        out.append((seed, [score(item.features) for item in items], items))
+    return out
+
+
 def dev_scene_draw(
     cfg: TrainConfig, data_dir: Path, seed: int, cache_dir: Path,
     frames: D.FramesOf | None = None, frames_key: str | None = None, dev_bank: D.ClipBank | None = None,
