@@ -181,6 +181,41 @@ def confuser_name(clip: Any, data_dir: Path) -> str:
     return os.path.relpath(clip.path, data_dir)
 
 
+def load_mined(paths: list[Path], confuser_clips: list[Any], data_dir: Path) -> tuple[
+    list[tuple[int, int]], list[str], list[int]
+]:
+    """The windows of one or more mining runs (`harken mine --out`), joined for training.
+
+    A window mined in several runs is kept once, so joining rounds does not draw it more
+    often. The windows' classes are kept only when every run recorded them (older mining
+    runs did not). Reports per household confuser clip are summed over the runs; an empty
+    list when none of them scored the confusers (`harken mine --data`).
+    """
+    windows: list[tuple[int, int]] = []
+    classes: list[str] = []
+    seen: set[tuple[int, int]] = set()
+    every_run_has_classes = True
+    reports: Counter[str] = Counter()
+    for path in paths:
+        try:
+            mined = json.loads(Path(path).read_text())
+            run_windows = [(int(a), int(n)) for a, n in mined["windows"]]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"--hard-negatives {path}: not a `harken mine` result ({exc})") from exc
+        run_classes = list(mined.get("window_classes", []))
+        if len(run_classes) != len(run_windows):
+            every_run_has_classes = False
+            run_classes = [""] * len(run_windows)
+        for window, cls in zip(run_windows, run_classes, strict=True):
+            if window not in seen:
+                seen.add(window)
+                windows.append(window)
+                classes.append(cls)
+        reports.update({name: int(n) for name, n in mined.get("confusers", {}).items()})
+    confuser_reports = [reports[confuser_name(c, data_dir)] for c in confuser_clips] if reports else []
+    return windows, (classes if every_run_has_classes else []), confuser_reports
+
+
 def _report(result: dict[str, Any], args: Any) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """`harken train`, `harken export` and `harken mine`: the command line of the training rooms.
 
     harken train --config models/configs/live.yaml --data DIR --negatives NEG [--out runs/NAME]
-                 [--max-minutes M] [--init CKPT] [--hard-negatives JSON] [--threads N]
+                 [--max-minutes M] [--init CKPT] [--hard-negatives JSON ...] [--threads N]
     harken train --config models/configs/default.yaml --data DIR [--ablation]   (cached scenes)
     harken mine --checkpoint runs/NAME/best.pt --negatives NEG --out hard.json
     harken export --checkpoint runs/NAME/best.pt [--out models/harken.onnx] [--data DIR]
@@ -162,7 +162,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="the recipe's network has more temporal blocks than the --init weights: the extra (last) "
              "blocks start near the identity",
     )
-    parser.add_argument("--hard-negatives", type=Path, help="mined hard-negative windows (JSON)")
+    parser.add_argument(
+        "--hard-negatives", type=Path, nargs="+", help="mined hard-negative windows (JSON); several runs are joined"
+    )
     parser.add_argument(
         "--distil-from", type=Path, help="a harken .onnx model whose scores the network learns (loss.distil)"
     )

@@ -497,16 +497,13 @@ def train_live_command(
     hard: list[tuple[int, int]] = []
     hard_classes: list[str] = []
     confuser_reports: list[int] = []
-    if args.hard_negatives:
-        from models.mining import confuser_name
+    # One mining run or several (the command line takes a list; callers may pass one path).
+    mined = args.hard_negatives or []
+    mined_paths = [Path(p) for p in (mined if isinstance(mined, list | tuple) else [mined])]
+    if mined_paths:
+        from models.mining import load_mined
 
-        mined = json.loads(Path(args.hard_negatives).read_text())
-        hard = [tuple(h) for h in mined["windows"]]
-        hard_classes = list(mined.get("window_classes", []))  # older mining runs did not record them
-        if "confusers" in mined:  # `harken mine --data`: reports per household confuser clip
-            confuser_reports = [
-                int(mined["confusers"].get(confuser_name(c, data_dir), 0)) for c in bank.negative_clips
-            ]
+        hard, hard_classes, confuser_reports = load_mined(mined_paths, bank.negative_clips, data_dir)
     teacher, teacher_head = None, None
     if cfg.loss.teacher > 0:
         from models.teacher import TeacherTrack
@@ -551,6 +548,7 @@ def train_live_command(
         "licences": cfg.data.licences,
         "sources": sorted({f"{c.source} | {c.licence}" for c in clips if c.split in ("train", "dev")}),
         "hard_negative_windows": len(hard),
+        "hard_negative_files": [p.name for p in mined_paths],
         "hard_confuser_clips": sum(1 for r in confuser_reports if r > 0),
         "teacher_classes": teacher.n_classes if teacher is not None else 0,
         "distilled_from": Path(args.distil_from).name if distil_from is not None else "",

@@ -544,7 +544,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--init-grow", action="store_true",
                        help="the recipe's network has more temporal blocks (dilations) than the --init "
                        "weights: the extra, last blocks start near the identity")
-    train.add_argument("--hard-negatives", type=Path, help="windows mined by `harken mine` (JSON)")
+    train.add_argument("--hard-negatives", type=Path, nargs="+",
+                       help="windows mined by `harken mine` (JSON); several mining runs are joined")
     train.add_argument("--teacher", type=Path,
                        help="YAMNet's yamnet.tflite, for recipes with loss.teacher (training only)")
     train.add_argument("--distil-from", type=Path,

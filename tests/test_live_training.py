@@ -672,12 +672,14 @@ def test_live_training_resumes_exports_and_mines(
     assert "confusers" not in by_torch
     # A fine-tuning round with the mined windows starts from the checkpoint.
     assert cli.main([*base, "--out", str(root / "round2"), "--init", str(root / "whole" / "best.pt"),
-                     "--hard-negatives", str(mined_onnx), "--steps", "4", "--seed", "11"]) == 0
+                     "--hard-negatives", str(mined_onnx), str(mined), "--steps", "4", "--seed", "11"]) == 0
     round2 = json.loads((root / "round2" / "report.json").read_text())["data"]
+    # Two mining runs are joined, a window both found kept once.
+    assert round2["hard_negative_files"] == ["hard-onnx.json", "hard.json"]
     # --seed: another seed of the same recipe, recorded with the run.
     assert torch.load(root / "round2" / "best.pt", weights_only=False)["config"]["seed"] == 11
     assert torch.load(root / "whole" / "best.pt", weights_only=False)["config"]["seed"] == 3
-    assert round2["hard_negative_windows"] == len(by_onnx["windows"])
+    assert round2["hard_negative_windows"] == len({tuple(w) for w in by_onnx["windows"] + by_torch["windows"]})
     assert round2["hard_confuser_clips"] == len(by_onnx["confusers"])
     # --init-grow: a recipe with one more dilated block starts from the exported model.
     grown_recipe = root / "grown.yaml"
