@@ -47,5 +47,5 @@ def test_confuser_reports_summed_per_clip(tmp_path: Path) -> None:
 def test_not_a_mining_result_is_named(tmp_path: Path) -> None:
     bad = tmp_path / "report.json"
     bad.write_text(json.dumps({"steps": 10}))
-    with pytest.raises(ValueError, match="report.json: not a `harken mine` result"):
+    with pytest.raises(ValueError, match=r"report\.json: not a `harken mine` result"):
         load_mined([bad], [], tmp_path)
