@@ -42,6 +42,9 @@ __all__ = ["CLASSES", "build_net", "config_from_dict", "load_config", "main"]
 
 def cmd_train(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING)
+    for mined in getattr(args, "hard_negatives", None) or []:  # before minutes of data preparation
+        if not Path(mined).is_file():
+            raise ValueError(f"--hard-negatives {mined} not found (write one with `harken mine`)")
     cfg = load_config(args.config)
     if args.steps:
         cfg = replace(cfg, opt=replace(cfg.opt, steps=args.steps))

@@ -676,6 +676,10 @@ def test_live_training_resumes_exports_and_mines(
     round2 = json.loads((root / "round2" / "report.json").read_text())["data"]
     # Two mining runs are joined, a window both found kept once.
     assert round2["hard_negative_files"] == ["hard-onnx.json", "hard.json"]
+    capsys.readouterr()
+    assert cli.main([*base, "--out", str(root / "round2-missing"), "--hard-negatives", str(mined),
+                     str(root / "missing.json"), "--steps", "4"]) != 0
+    assert f"--hard-negatives {root / 'missing.json'} not found" in capsys.readouterr().err
     # --seed: another seed of the same recipe, recorded with the run.
     assert torch.load(root / "round2" / "best.pt", weights_only=False)["config"]["seed"] == 11
     assert torch.load(root / "whole" / "best.pt", weights_only=False)["config"]["seed"] == 3
