@@ -187,9 +187,9 @@ def load_mined(paths: list[Path], confuser_clips: list[Any], data_dir: Path) -> 
     """The windows of one or more mining runs (`harken mine --out`), joined for training.
 
     A window found more than once (by several runs, or twice by one) is kept once, so joining
-    rounds does not draw it more often. The windows' classes are kept only when every run recorded them (older mining
-    runs did not). Reports per household confuser clip are summed over the runs; an empty
-    list when none of them scored the confusers (`harken mine --data`).
+    rounds does not draw it more often. The windows' classes are kept only when every run
+    recorded them (older mining runs did not). Reports per household confuser clip are summed
+    over the runs; an empty list when none of them scored the confusers (`harken mine --data`).
     """
     windows: list[tuple[int, int]] = []
     classes: list[str] = []

@@ -497,9 +497,7 @@ def train_live_command(
     hard: list[tuple[int, int]] = []
     hard_classes: list[str] = []
     confuser_reports: list[int] = []
-    # One mining run or several (the command line takes a list; callers may pass one path).
-    mined = args.hard_negatives or []
-    mined_paths = [Path(p) for p in (mined if isinstance(mined, list | tuple) else [mined])]
+    mined_paths = [Path(p) for p in args.hard_negatives or []]  # one mining run or several
     if mined_paths:
         from models.mining import load_mined
 
