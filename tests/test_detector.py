@@ -39,9 +39,9 @@ def test_the_bundled_model_is_a_joined_quadruple_and_the_lite_option_keeps_its_c
     """models/harken.onnx (model card: S4DP + STG7 + STD9 + STL11A, 2.7.1) is four members
     joined into one network, each class taken from the members that hold it, its cries and alarms
     dated back to the first frame that touched the threshold (the card's rule 6, thirtieth round);
-    models/harken-lite.onnx
-    (S3DP, one network, a quarter of the compute) loads through the same contract, streams
-    like one pass and finds a T3 alarm, so `model:` can point at it on a slow machine."""
+    models/harken-lite.onnx (S3DP, one network, a quarter of the compute) loads through the same
+    contract, streams like one pass and finds a T3 alarm, so `model:` can point at it on a slow
+    machine."""
     c = detector.contract
     assert c.model_name.endswith("-x4") and len(c.training["members"]) == 4
     assert c.training["member_weights"] == {
