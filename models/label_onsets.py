@@ -16,6 +16,7 @@ so the late reports can be split into labels that open early and networks that h
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 from collections.abc import Mapping, Sequence
@@ -43,15 +44,22 @@ class ClipOnsets:
     kind: str  # one of KINDS, by the reported onset against the label and the collar
 
 
-def band_level_db(features: np.ndarray, params: FeatureParams,
-                  band_hz: tuple[float, float] = VOICED_BAND_HZ) -> np.ndarray:
-    """Per frame, the mean power (dB) of the log-mel bands whose centre lies in `band_hz`."""
+@functools.lru_cache(maxsize=8)
+def _bands_in(params: FeatureParams, band_hz: tuple[float, float]) -> np.ndarray:
+    """Which log-mel bands have their centre in `band_hz` (built once, not once per clip)."""
     filters = mel_filterbank(params)
     bin_hz = np.linspace(0.0, params.sample_rate / 2, filters.shape[1])
     centre_hz = bin_hz[np.argmax(filters, axis=1)]
     bands = (centre_hz >= band_hz[0]) & (centre_hz <= band_hz[1])
     if not bands.any():
         raise ValueError(f"no mel band has its centre in {band_hz} Hz")
+    return bands
+
+
+def band_level_db(features: np.ndarray, params: FeatureParams,
+                  band_hz: tuple[float, float] = VOICED_BAND_HZ) -> np.ndarray:
+    """Per frame, the mean power (dB) of the log-mel bands whose centre lies in `band_hz`."""
+    bands = _bands_in(params, band_hz)
     return 10.0 * np.log10(np.mean(np.exp(features[:, bands]), axis=1) + 1e-12)
 
 
