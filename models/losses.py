@@ -60,6 +60,14 @@ def non_target_loss(
     return _per_class(_neg_log_not(logits) * mask, class_weights).sum() / mask.sum().clamp_min(1.0)
 
 
+#: How an event's frame scores become one probability. genmean: (mean s^r)^(1/r), near the
+#: maximum for large r, so a few confident frames go far; lse: a soft maximum of the
+#: logits; topk: the mean of the top k_frac of frames; geomean: exp(mean log s), the
+#: geometric mean, which every frame must be confident to satisfy (its loss is the frames'
+#: mean -log s, frame-wise cross-entropy over the event).
+POOLINGS = ("genmean", "lse", "topk", "geomean")
+
+
 def pool_scores(
     logits: torch.Tensor,
     kind: str = "genmean",
@@ -79,7 +87,9 @@ def pool_scores(
     if kind == "topk":
         k = max(1, round(k_frac * logits.shape[0]))
         return torch.sigmoid(logits).topk(k).values.mean()
-    raise ValueError(f"unknown pooling {kind!r}: use genmean, lse or topk")
+    if kind == "geomean":
+        return torch.exp(F.logsigmoid(logits).mean())
+    raise ValueError(f"unknown pooling {kind!r}: use {', '.join(POOLINGS)}")
 
 
 def pooled_event_loss(
@@ -127,8 +137,10 @@ def pooled_event_loss(
             torch.logsumexp((tracks / tau).masked_fill(~inside, neg_inf), dim=1) - log_n
         )
         nll = F.softplus(-pooled_logit)  # -log(sigmoid(pooled_logit))
+    elif kind == "geomean":
+        nll = -(F.logsigmoid(tracks) * inside.to(logits.dtype)).sum(dim=1) / torch.exp(log_n)
     else:
-        raise ValueError(f"unknown pooling {kind!r}: use genmean, lse or topk")
+        raise ValueError(f"unknown pooling {kind!r}: use {', '.join(POOLINGS)}")
     return (nll.clamp_max(-np.log(1e-6)) * w_t).sum() / denominator
 
 
@@ -185,6 +197,11 @@ class LossConfig:
     #: pooled term alone lets the confident frames drift later into a cry).
     onset: float = 0.0
     onset_frames: int = 20
+    #: The onset term's own pooling (None: `pooling` and `pooling_r`, as term 2). A cry's
+    #: opening sobs are answered late when a few confident frames satisfy the generalised
+    #: mean; "geomean" asks every frame of the opening to be confident (thirty-first round).
+    onset_pooling: str | None = None
+    onset_pooling_r: float | None = None
     #: Teacher term (models/teacher.py): a training-only head on the temporal features
     #: learns YAMNet's scores of the background; needs `harken train --teacher`.
     teacher: float = 0.0
@@ -230,6 +247,16 @@ class LossConfig:
     def __post_init__(self) -> None:
         if self.kind not in ("event", "bce"):
             raise ValueError(f"loss.kind must be 'event' or 'bce', got {self.kind!r}")
+        for name in ("pooling", "onset_pooling"):
+            kind = getattr(self, name)
+            if kind is not None and kind not in POOLINGS:
+                raise ValueError(f"loss.{name} must be one of {', '.join(POOLINGS)}, got {kind!r}")
+        for name in ("pooling_r", "onset_pooling_r"):
+            r = getattr(self, name)
+            if r is not None and not r > 0:
+                raise ValueError(f"loss.{name} must be > 0, got {r}")
+        if self.onset_frames < 1:
+            raise ValueError(f"loss.onset_frames must be >= 1, got {self.onset_frames}")
         if self.teacher_kind not in ("scores", "embedding"):
             raise ValueError(f"loss.teacher_kind must be 'scores' or 'embedding', got {self.teacher_kind!r}")
         if self.teacher_dims < 1:
@@ -297,7 +324,13 @@ class EventAwareLoss:
                 for b, c, f, e, w in (events if onset_events is None else onset_events)
             ]
             parts["onset"] = cfg.onset * pooled_event_loss(
-                logits, heads, cfg.pooling, cfg.pooling_r, cfg.pooling_tau, cfg.pooling_k_frac, cw
+                logits,
+                heads,
+                cfg.onset_pooling or cfg.pooling,
+                cfg.pooling_r if cfg.onset_pooling_r is None else cfg.onset_pooling_r,
+                cfg.pooling_tau,
+                cfg.pooling_k_frac,
+                cw,
             )
         if cfg.smooth > 0:
             parts["smooth"] = cfg.smooth * smoothness_loss(logits, cw)

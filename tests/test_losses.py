@@ -181,3 +181,59 @@ def test_class_weights_scale_each_class_part_and_renormalise_nothing() -> None:
         EventAwareLoss(LossConfig(class_weights={name: 0.0 for name in CLASSES}), CLASSES)
     with pytest.raises(ValueError, match=r"class_weights must be >= 0"):
         LossConfig(class_weights={"baby_cry": -1.0})
+
+
+def test_geometric_pooling_asks_every_frame_of_the_opening_to_be_confident() -> None:
+    # A cry that opens with sobs the network answers weakly, then the long confident cry.
+    late = [0.05] * 6 + [0.95] * 6
+    steady = [0.9] * 12
+    events = [(0, 0, 0, 12, 1.0)]
+    gen = {kind: float(pooled_event_loss(track(late), events, kind)) for kind in ("genmean", "geomean")}
+    # The generalised mean (r = 3) is content with half the frames confident; the
+    # geometric mean costs the weak opening nearly as much as frame-wise cross-entropy.
+    assert gen["genmean"] < 0.5 < 1.0 < gen["geomean"]
+    target = torch.ones(1, 12, 1)
+    assert gen["geomean"] == pytest.approx(
+        float(frame_bce_loss(track(late), target, torch.ones_like(target))), rel=1e-4
+    )
+    assert float(pooled_event_loss(track(steady), events, "geomean")) < 0.15
+    # Its gradient reaches the weak frames, where the generalised mean's hardly does.
+    for kind, weak_share in (("genmean", 0.1), ("geomean", 0.5)):
+        z = track(late).requires_grad_(True)
+        pooled_event_loss(z, events, kind).backward()
+        grad = z.grad[0, :, 0].abs()
+        share = float(grad[:6].sum() / grad.sum())
+        assert (share < weak_share) if kind == "genmean" else (share > weak_share)
+    # Vectorised and per-event paths agree; the pooled value is the scores' geometric mean.
+    scores = torch.tensor([0.9, 0.1, 0.8, 0.05, 0.7, 0.02])
+    pooled = float(pool_scores(logit(scores), "geomean"))
+    assert pooled == pytest.approx(float(torch.exp(torch.log(scores).mean())), rel=1e-4)
+    vec = pooled_event_loss(logit(scores)[None, :, None], [(0, 0, 0, 6, 1.0)], "geomean")
+    assert float(vec) == pytest.approx(-torch.log(torch.tensor(pooled)).item(), rel=1e-4)
+
+
+def test_the_onset_term_pools_its_own_way_when_asked() -> None:
+    z = track([0.05] * 6 + [0.95] * 14)
+    target = torch.zeros(1, 20, 1)
+    target[0, :, 0] = 1
+    weight = torch.ones_like(target)
+    events = [(0, 0, 0, 20, 1.0)]
+    names = CLASSES[:1]
+    base = dict(non_target=0.0, smooth=0.0, cross=0.0, cross_matrix=[[0.0]], onset=1.0, onset_frames=12)
+    _, same = EventAwareLoss(LossConfig(**base), names)(z, target, weight, events)
+    _, geo = EventAwareLoss(LossConfig(**base, onset_pooling="geomean"), names)(z, target, weight, events)
+    _, plain = EventAwareLoss(LossConfig(**base, onset_pooling_r=1.0), names)(z, target, weight, events)
+    heads = [(0, 0, 0, 12, 1.0)]
+    assert same["onset"] == pytest.approx(float(pooled_event_loss(z, heads, "genmean", 3.0)), rel=1e-5)
+    assert geo["onset"] == pytest.approx(float(pooled_event_loss(z, heads, "geomean")), rel=1e-5)
+    assert plain["onset"] == pytest.approx(float(pooled_event_loss(z, heads, "genmean", 1.0)), rel=1e-5)
+    assert same["onset"] < plain["onset"] < geo["onset"]
+    # The pooled term (the whole event) keeps its own pooling.
+    assert same["pooled"] == geo["pooled"] == plain["pooled"]
+    for bad, match in (
+        (dict(onset_pooling="median"), r"loss.onset_pooling must be one of genmean, lse, topk, geomean, got 'median'"),
+        (dict(onset_pooling_r=0.0), r"loss.onset_pooling_r must be > 0, got 0.0"),
+        (dict(onset_frames=0), r"loss.onset_frames must be >= 1, got 0"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            LossConfig(**bad)
