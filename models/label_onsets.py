@@ -11,6 +11,10 @@ so the late reports can be split into labels that open early and networks that h
 
     python -m models.label_onsets --report runs/eval-270/report.json --data ../shared/data \
         [--class baby_cry] [--plot late.png] [--plot-clips 14] [--json onsets.json]
+
+`--split train` (instead of `--report`) reads every clip of a split with the label training
+gives it, so the openings the onset term asks to be confident can be checked (thirty-first
+round).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from models.onset_probe import COLLAR_S
 from service.audio.features import FeatureParams, LogMel, mel_filterbank
 
 VOICED_BAND_HZ = (300.0, 4000.0)  # a cry's fundamental and its strongest harmonics
-KINDS = ("on_time", "late", "early", "missed")
+KINDS = ("on_time", "late", "early", "missed", "unscored")  # unscored: no report read
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,35 @@ def clip_onsets(report: Mapping[str, Any], data_dir: Path, class_name: str = "ba
     return out
 
 
+def split_onsets(data_dir: Path, split: str, class_name: str = "baby_cry") -> list[ClipOnsets]:
+    """Every `class_name` clip of one split with the label training gives it (the manifest's
+    onset, else `models.data.activity_spans`, the evaluation's activity detector) and its
+    voiced onset; nothing is reported (kind "unscored"). Silent clips, which training drops,
+    are left out."""
+    from models.data import MERGE_GAP_S, activity_spans, load_audio, read_clips, select
+
+    params = FeatureParams()
+    logmel = LogMel(params)
+    out: list[ClipOnsets] = []
+    for clip in select(read_clips(data_dir), split):
+        if clip.class_name != class_name:
+            continue
+        path = Path(clip.path)  # the manifest reader joins it to data_dir
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: the manifest's clip is not in the data folder {data_dir}")
+        audio = load_audio(path)
+        if clip.onset_s is not None:
+            label_s = clip.onset_s
+        else:
+            spans = activity_spans(audio, MERGE_GAP_S[class_name])
+            if not spans:
+                continue
+            label_s = spans[0][0]
+        file = path.resolve().relative_to(Path(data_dir).resolve()).as_posix()
+        out.append(ClipOnsets(file, label_s, voiced_onset_s(logmel.frames(audio), params), None, "unscored"))
+    return out
+
+
 def summarise(clips: Sequence[ClipOnsets], gap_s: float = 0.3) -> dict[str, dict[str, float]]:
     """Per kind: clips, the median of voiced minus labelled onset, and how many begin their
     voiced sound `gap_s` or more after the label; for late clips also how many are reported
@@ -124,7 +157,10 @@ def summarise(clips: Sequence[ClipOnsets], gap_s: float = 0.3) -> dict[str, dict
             continue
         gap = np.array([c.voiced_s - c.label_s for c in chosen])
         row = {"clips": len(chosen), "median_voiced_after_label_s": round(float(np.median(gap)), 2),
-               "voiced_later_than_gap": int(np.sum(gap >= gap_s))}
+               "voiced_later_than_gap": int(np.sum(gap >= gap_s)),
+               # the onset term's window in the recipes (20 frames) and STO9's (12)
+               "voiced_later_than_0.4s": int(np.sum(gap >= 0.4)),
+               "voiced_later_than_0.24s": int(np.sum(gap >= 0.24))}
         if kind == "late":
             row["reported_on_time_for_voiced"] = int(sum(
                 abs(c.reported_s - c.voiced_s) <= COLLAR_S for c in chosen if c.reported_s is not None))
@@ -176,21 +212,32 @@ def plot_late(clips: Sequence[ClipOnsets], data_dir: Path, out: Path, n_clips: i
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m models.label_onsets", description=__doc__.split("\n")[0])
-    parser.add_argument("--report", type=Path, required=True, help="a `harken eval` report.json")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--report", type=Path, help="a `harken eval` report.json")
+    source.add_argument("--split", help="no report: every clip of this split with the label training gives it")
     parser.add_argument("--data", type=Path, required=True, help="the data folder the report was made on")
     parser.add_argument("--class", dest="class_name", default="baby_cry")
     parser.add_argument("--plot", type=Path, help="write the late clips' log-mel pictures here (PNG)")
     parser.add_argument("--plot-clips", type=int, default=14, help="how many late clips to draw")
     parser.add_argument("--json", type=Path, help="write every clip's onsets here")
     args = parser.parse_args(argv)
-    if not args.report.is_file():
-        parser.error(f"--report {args.report}: no such file (run `harken eval ... --out DIR` first)")
-    report = json.loads(args.report.read_text())
-    if "per_file" not in report:
-        parser.error(f"--report {args.report}: not a harken eval report (no per_file)")
-    clips = clip_onsets(report, args.data, args.class_name)
-    if not clips:
-        parser.error(f"--report {args.report}: no {args.class_name} clips in it")
+    if args.split is not None:
+        if args.plot:
+            parser.error("--plot draws the late clips of a report: give --report, not --split")
+        if not (args.data / "MANIFEST.csv").is_file():
+            parser.error(f"--data {args.data}: no MANIFEST.csv there")
+        clips = split_onsets(args.data, args.split, args.class_name)
+        if not clips:
+            parser.error(f"--split {args.split}: no {args.class_name} clips in {args.data / 'MANIFEST.csv'}")
+    else:
+        if not args.report.is_file():
+            parser.error(f"--report {args.report}: no such file (run `harken eval ... --out DIR` first)")
+        report = json.loads(args.report.read_text())
+        if "per_file" not in report:
+            parser.error(f"--report {args.report}: not a harken eval report (no per_file)")
+        clips = clip_onsets(report, args.data, args.class_name)
+        if not clips:
+            parser.error(f"--report {args.report}: no {args.class_name} clips in it")
     for kind, row in summarise(clips).items():
         print(kind, row)
     if args.json:

@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from models.label_onsets import ClipOnsets, clip_onsets, main, onset_kind, summarise, voiced_onset_s
+from models.label_onsets import (
+    ClipOnsets,
+    clip_onsets,
+    main,
+    onset_kind,
+    split_onsets,
+    summarise,
+    voiced_onset_s,
+)
 from models.scenes import active_span
 from service.audio.features import FeatureParams, LogMel
 
@@ -65,7 +73,10 @@ def test_summary_counts_late_clips_reported_at_their_voiced_onset() -> None:
     ]
     table = summarise(clips)
     assert table["late"] == {"clips": 2, "median_voiced_after_label_s": 0.36, "voiced_later_than_gap": 1,
+                             "voiced_later_than_0.4s": 1, "voiced_later_than_0.24s": 1,
                              "reported_on_time_for_voiced": 1}
+    # The onset term's windows: the knock opens 0.7 s before the cry, c only 0.1 s.
+    assert table["on_time"]["voiced_later_than_0.24s"] == 0 and table["missed"]["voiced_later_than_0.4s"] == 1
     assert table["on_time"]["voiced_later_than_gap"] == 0
     assert table["missed"]["clips"] == 1 and "early" not in table
 
@@ -113,3 +124,36 @@ def test_command_names_a_missing_or_wrong_report(tmp_path: Path, capsys: pytest.
     with pytest.raises(SystemExit):
         main(["--report", str(wrong), "--data", str(tmp_path)])
     assert "not a harken eval report" in capsys.readouterr().err
+
+
+def test_split_mode_reads_the_manifest_with_the_training_label(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    (data / "baby_cry").mkdir(parents=True)
+    sf.write(data / "baby_cry" / "knock.flac", _cry_after_a_knock(), SR)
+    sf.write(data / "baby_cry" / "dev.flac", _cry_after_a_knock(), SR)
+    sf.write(data / "baby_cry" / "silent.flac", np.zeros(SR, dtype=np.float32), SR)
+    header = "path,class,split,source,license,group,onset,offset,quality,notes\n"
+    rows = [
+        "baby_cry/knock.flac,baby_cry,train,s,CC0-1.0,g1,,,verified,",
+        "baby_cry/silent.flac,baby_cry,train,s,CC0-1.0,g2,,,verified,",
+        "baby_cry/dev.flac,baby_cry,dev,s,CC0-1.0,g3,,,verified,",
+    ]
+    (data / "MANIFEST.csv").write_text(header + "\n".join(rows) + "\n")
+    (clip,) = split_onsets(data, "train")  # the silent clip has no label, as in training
+    assert clip.file == "baby_cry/knock.flac" and clip.kind == "unscored" and clip.reported_s is None
+    # The training label opens on the knock (0.3 s); the voiced cry begins at 1 s.
+    assert math.isclose(clip.label_s, 0.3, abs_tol=0.05)
+    assert math.isclose(clip.voiced_s, 1.0, abs_tol=0.1)
+    assert main(["--split", "train", "--data", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert "unscored {'clips': 1," in out and "'voiced_later_than_0.24s': 1" in out
+    with pytest.raises(SystemExit):
+        main(["--split", "test", "--data", str(data)])
+    assert "--split test: no baby_cry clips" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--split", "train", "--data", str(data), "--plot", str(tmp_path / "x.png")])
+    assert "give --report, not --split" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--split", "train", "--report", str(tmp_path / "r.json"), "--data", str(data)])
