@@ -35,6 +35,7 @@ from service.audio.features import FeatureParams, LogMel, mel_filterbank
 
 VOICED_BAND_HZ = (300.0, 4000.0)  # a cry's fundamental and its strongest harmonics
 KINDS = ("on_time", "late", "early", "missed", "unscored")  # unscored: no report read
+ONSET_WINDOWS_S = (0.4, 0.24)  # the onset term's window in the recipes (20 frames) and STO9's (12)
 
 
 @dataclass(frozen=True)
@@ -157,10 +158,8 @@ def summarise(clips: Sequence[ClipOnsets], gap_s: float = 0.3) -> dict[str, dict
             continue
         gap = np.array([c.voiced_s - c.label_s for c in chosen])
         row = {"clips": len(chosen), "median_voiced_after_label_s": round(float(np.median(gap)), 2),
-               "voiced_later_than_gap": int(np.sum(gap >= gap_s)),
-               # the onset term's window in the recipes (20 frames) and STO9's (12)
-               "voiced_later_than_0.4s": int(np.sum(gap >= 0.4)),
-               "voiced_later_than_0.24s": int(np.sum(gap >= 0.24))}
+               "voiced_later_than_gap": int(np.sum(gap >= gap_s))}
+        row.update({f"voiced_later_than_{w}s": int(np.sum(gap >= w)) for w in ONSET_WINDOWS_S})
         if kind == "late":
             row["reported_on_time_for_voiced"] = int(sum(
                 abs(c.reported_s - c.voiced_s) <= COLLAR_S for c in chosen if c.reported_s is not None))

@@ -125,7 +125,8 @@ def pooled_event_loss(
     first = torch.tensor([ev[2] for ev in events])[:, None]
     end = torch.tensor([ev[3] for ev in events])[:, None]
     inside = (frames[None, :] >= first) & (frames[None, :] < end)  # (E, T)
-    log_n = torch.log(inside.sum(dim=1).clamp_min(1).to(logits.dtype))
+    n_inside = inside.sum(dim=1).clamp_min(1).to(logits.dtype)
+    log_n = torch.log(n_inside)
     neg_inf = torch.finfo(logits.dtype).min
     if kind == "genmean":
         log_pool = (
@@ -138,7 +139,7 @@ def pooled_event_loss(
         )
         nll = F.softplus(-pooled_logit)  # -log(sigmoid(pooled_logit))
     elif kind == "geomean":
-        nll = -(F.logsigmoid(tracks) * inside.to(logits.dtype)).sum(dim=1) / torch.exp(log_n)
+        nll = -(F.logsigmoid(tracks) * inside.to(logits.dtype)).sum(dim=1) / n_inside
     else:
         raise ValueError(f"unknown pooling {kind!r}: use {', '.join(POOLINGS)}")
     return (nll.clamp_max(-np.log(1e-6)) * w_t).sum() / denominator
