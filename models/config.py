@@ -212,6 +212,11 @@ def config_from_dict(raw: Mapping[str, Any], where: str = "config") -> TrainConf
         )
     if cfg.eval.select_average < 1:
         raise ValueError(f"{where}: eval.select_average must be 1 or more evaluations, got {cfg.eval.select_average}")
+    if cfg.data.voiced_onset_classes and not (cfg.live.enabled and cfg.loss.kind == "event" and cfg.loss.onset > 0):
+        raise ValueError(
+            f"{where}: data.voiced_onset_classes {list(cfg.data.voiced_onset_classes)} moves the onset term's "
+            "window, so it needs live.enabled, loss.kind: event and loss.onset above 0"
+        )
     if cfg.eval.select_draws:
         from models.tuning import SCENE_DRAW_SEEDS
 

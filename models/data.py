@@ -37,6 +37,7 @@ import scipy.signal
 import soundfile as sf
 
 from models import synth
+from models.label_onsets import voiced_onset_s
 from models.manifest import licence_is_open, read_manifest
 from models.scenes import active_span
 from service.audio.features import FeatureParams, LogMel
@@ -137,6 +138,8 @@ class Event:
     offset_s: float
     weight: float = 1.0
     weak: bool = False
+    #: Where the onset term's window starts (seconds); None: at `onset_s`.
+    onset_anchor_s: float | None = None
 
 
 @dataclass
@@ -158,7 +161,7 @@ def frame_labels(
     weight = np.ones((n_frames, len(CLASSES)), dtype=np.float16)
     spans: list[tuple[int, int, int, float]] = []
     for ev in events:
-        inside = np.flatnonzero((centres >= ev.onset_s) & (centres < ev.offset_s))
+        inside = _frames_inside(ev, centres)
         if inside.size == 0:
             continue
         first, end = int(inside[0]), int(inside[-1]) + 1
@@ -169,6 +172,26 @@ def frame_labels(
             )
         spans.append((ev.class_index, first, end, ev.weight))
     return target, weight, spans
+
+
+def _frames_inside(ev: Event, centres: np.ndarray) -> np.ndarray:
+    return np.flatnonzero((centres >= ev.onset_s) & (centres < ev.offset_s))
+
+
+def onset_anchor_frames(events: Sequence[Event], n_frames: int, params: FeatureParams) -> list[int]:
+    """For each span `frame_labels` returns (the same events, the same order), the frame the
+    onset term's window starts at: the span's first frame at or after the event's
+    `onset_anchor_s` (its first frame when it has none); `n_frames` when the anchor lies past
+    the span's frames (an event cut off before its voiced sound has no window)."""
+    centres = np.asarray(params.frame_center_s(np.arange(n_frames)))
+    anchors: list[int] = []
+    for ev in events:
+        inside = _frames_inside(ev, centres)
+        if inside.size == 0:
+            continue
+        later = inside if ev.onset_anchor_s is None else inside[centres[inside] >= ev.onset_anchor_s]
+        anchors.append(int(later[0]) if later.size else n_frames)
+    return anchors
 
 
 # --------------------------------------------------------------------------- augmentation
@@ -293,8 +316,18 @@ class SceneConfig:
     #: each of the class's events is resampled by a factor drawn from it (pitch and tempo
     #: together, its labelled spans scaled with it): more voices and rhythms from few clips.
     speed: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: Classes whose real clips anchor the onset term at their voiced onset
+    #: (`models.label_onsets.voiced_onset_s`) rather than at the label: a cry labelled from
+    #: the breath or knock before it is asked for a confident score where the cry begins.
+    #: Frame labels and every other term keep the label.
+    voiced_onset_classes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        for name in self.voiced_onset_classes:
+            if name not in CLASSES:
+                raise ValueError(
+                    f"data.voiced_onset_classes: unknown class {name!r} (classes: {', '.join(CLASSES)})"
+                )
         for name, pair in self.speed.items():
             if name not in CLASSES:
                 raise ValueError(f"data.speed: unknown class {name!r} (classes: {', '.join(CLASSES)})")
@@ -421,6 +454,12 @@ def procedural_event(
     return sig, [(0.0, min(sig.shape[0] / SAMPLE_RATE, 0.6))]
 
 
+def _anchor_within(span: tuple[float, float], anchor_s: float) -> float:
+    """`anchor_s` where it lies inside `span`; the span's onset where it does not (never
+    before the label, and a clip whose voiced sound begins past the span keeps the label)."""
+    return anchor_s if span[0] <= anchor_s < span[1] else span[0]
+
+
 def change_speed(
     sig: np.ndarray, spans: Sequence[tuple[float, float]], factor: float
 ) -> tuple[np.ndarray, list[tuple[float, float]]]:
@@ -443,40 +482,67 @@ class SceneMaker:
         self.params = params or FeatureParams()
         self.logmel = LogMel(self.params)
         self.rirs = simulated_rirs(cfg.n_rirs, cfg.seed) if cfg.reverb_prob > 0 else []
+        # Each real clip's voiced onset (seconds into the clip), for the classes whose onset
+        # term starts there; measured once, on the clean clip.
+        self.voiced_onsets: dict[str, list[float]] = {
+            name: [voiced_onset_s(self.logmel.frames(audio), self.params) for audio, *_ in bank.targets[name]]
+            for name in cfg.voiced_onset_classes
+        }
 
     def pick_event(
         self, class_name: str, rng: np.random.Generator
     ) -> tuple[np.ndarray, list[tuple[float, float]], bool]:
         """An event of `class_name` (real or procedural), its labelled spans in seconds, and
         whether its labels are weak; at a drawn speed where `data.speed` names the class."""
-        sig, spans, weak = self._pick_clip(class_name, rng)
-        if class_name in self.cfg.speed:
-            sig, spans = change_speed(sig, spans, float(rng.uniform(*self.cfg.speed[class_name])))
+        sig, spans, _, weak = self.pick_event_anchored(class_name, rng)
         return sig, spans, weak
+
+    def pick_event_anchored(
+        self, class_name: str, rng: np.random.Generator
+    ) -> tuple[np.ndarray, list[tuple[float, float]], list[float], bool]:
+        """`pick_event` with, per span, where its onset term's window starts (seconds): the
+        span's onset, or the clip's voiced onset inside its first span where
+        `data.voiced_onset_classes` names the class. Draws what `pick_event` draws."""
+        sig, spans, anchors, weak = self._pick_clip(class_name, rng)
+        if class_name in self.cfg.speed:
+            # The anchors ride along as zero-length spans: one time axis for both.
+            sig, moved = change_speed(
+                sig, [*spans, *((t, t) for t in anchors)], float(rng.uniform(*self.cfg.speed[class_name]))
+            )
+            spans, anchors = moved[: len(spans)], [t for t, _ in moved[len(spans) :]]
+        return sig, spans, anchors, weak
 
     def _pick_clip(
         self, class_name: str, rng: np.random.Generator
-    ) -> tuple[np.ndarray, list[tuple[float, float]], bool]:
+    ) -> tuple[np.ndarray, list[tuple[float, float]], list[float], bool]:
         real = self.bank.targets[class_name]
         if not real or rng.random() < self.cfg.procedural_share.get(class_name, 0.0):
             sig, spans = procedural_event(class_name, rng)
-            return sig, spans, False
-        audio, spans, weak, _ = real[int(rng.integers(len(real)))]
+            return sig, spans, [a for a, _ in spans], False
+        index = int(rng.integers(len(real)))
+        audio, spans, weak, _ = real[index]
+        anchors = [a for a, _ in spans]
+        if class_name in self.voiced_onsets:
+            anchors[0] = _anchor_within(spans[0], self.voiced_onsets[class_name][index])
         duration_s = audio.shape[0] / SAMPLE_RATE
         if duration_s > self.cfg.excerpt_above_s and rng.random() < self.cfg.excerpt_prob:
             # A random stretch of a long recording: events of varied length, and scenes
             # that are not mostly one long cry.
             length_s = rng.uniform(1.5, self.cfg.excerpt_above_s)
             start_s = rng.uniform(0.0, duration_s - length_s)
-            cut = [
-                (max(a - start_s, 0.0), min(b - start_s, length_s))
-                for a, b in spans
+            kept = [
+                (a, b, anchor)
+                for (a, b), anchor in zip(spans, anchors, strict=True)
                 if b > start_s + 0.3 and a < start_s + length_s - 0.3
             ]
-            if cut:
+            if kept:
+                cut = [(max(a - start_s, 0.0), min(b - start_s, length_s)) for a, b, _ in kept]
+                cut_anchors = [
+                    _anchor_within(span, anchor - start_s) for span, (*_, anchor) in zip(cut, kept, strict=True)
+                ]
                 first = int(start_s * SAMPLE_RATE)
-                return audio[first : first + int(length_s * SAMPLE_RATE)], cut, weak
-        return audio, spans, weak
+                return audio[first : first + int(length_s * SAMPLE_RATE)], cut, cut_anchors, weak
+        return audio, spans, anchors, weak
 
     def augment_event(self, sig: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         if self.rirs and rng.random() < self.cfg.reverb_prob:

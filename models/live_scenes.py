@@ -40,6 +40,7 @@ from models.data import (
     _active_rms,
     frame_labels,
     negative_bed,
+    onset_anchor_frames,
 )
 from models.negatives import NegativePool
 from models.teacher import TeacherTrack
@@ -261,7 +262,7 @@ class LiveSceneMaker:
         class_p = np.array([self.scene_cfg.class_mix[c] for c in names], dtype=float)
         for _ in range(n_events):
             name = names[int(rng.choice(len(names), p=class_p / class_p.sum()))]
-            sig, spans, weak = self.maker.pick_event(name, rng)
+            sig, spans, anchors, weak = self.maker.pick_event_anchored(name, rng)
             sig = self.maker.augment_event(sig, rng)
             # Onsets anywhere in the crop (and some before it: events already going on).
             at = int(rng.uniform(-0.25, 0.95) * n)
@@ -277,11 +278,11 @@ class LiveSceneMaker:
             gain = level / (_active_rms(sig) + 1e-9)
             mix[a:b] += seg * gain
             cls = CLASSES.index(name)
-            for s0, s1 in spans:
+            for (s0, s1), anchor in zip(spans, anchors, strict=True):
                 on, off = at / SAMPLE_RATE + s0, min(at / SAMPLE_RATE + s1, n / SAMPLE_RATE)
                 if off - max(on, 0.0) >= 0.1:
                     w = self.scene_cfg.weak_event_weight if weak else 1.0
-                    events.append(Event(cls, on, off, w, weak))
+                    events.append(Event(cls, on, off, w, weak, at / SAMPLE_RATE + anchor))
         if rng.random() < self.scene_cfg.noise_prob:
             noise_db = -rng.uniform(15, 40)
             mix += rng.standard_normal(n).astype(np.float32) * (_active_rms(mix) + 1e-6) * 10 ** (noise_db / 20)
@@ -323,12 +324,15 @@ class LiveSceneMaker:
                 teacher_mask = ~in_gap[lo:hi]
         target, weight = target[lo:hi], weight[lo:hi].astype(np.float32)
         out_events, onsets = [], []
-        for c, first, end, w in spans:
+        anchors = onset_anchor_frames(events, feats.shape[0], self.params)
+        for (c, first, end, w), anchor in zip(spans, anchors, strict=True):
             f, e = max(first, lo) - lo, min(end, hi) - lo
             if e - f < 5 or target[f:e, c].sum() < 3:
                 continue
             out_events.append((c, f, e, w))
-            # Weak clips (weight below 1) have no trustworthy onset.
-            if lo <= first < hi and w >= 1.0:
-                onsets.append((c, f, e, w))
+            # Weak clips (weight below 1) have no trustworthy onset; the onset term's window
+            # starts at the event's anchor (its label unless data.voiced_onset_classes moves it;
+            # none when the anchor lies past the crop).
+            if lo <= first < hi and w >= 1.0 and anchor < hi:
+                onsets.append((c, anchor - lo, e, w))
         return LiveScene(feats, target, weight, out_events, onsets, teacher, teacher_mask)

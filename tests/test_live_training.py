@@ -895,6 +895,98 @@ def test_speed_changes_only_the_named_class(maker: LiveSceneMaker) -> None:
         D.SceneConfig(speed={"baby_cry": (0.1, 1.0)})
 
 
+def _cry_after_a_knock() -> tuple[np.ndarray, float, float]:
+    """3.5 s: quiet hiss, a loud 40-ms knock at 0.5 s, quiet hiss, then a voiced 2.5-s
+    "cry" (450 Hz and its harmonics) from 1.0 s. Returns the audio, the label's onset (the
+    knock) and where the voiced sound begins."""
+    rng = np.random.default_rng(0)
+    t = np.arange(int(3.5 * 16000)) / 16000
+    audio = 0.001 * rng.standard_normal(t.shape[0])
+    knock = slice(8000, 8000 + 640)
+    audio[knock] += 0.5 * rng.standard_normal(640)
+    voiced = t >= 1.0
+    audio[voiced] += 0.2 * sum(np.sin(2 * np.pi * 450 * k * t[voiced]) / k for k in (1, 2, 3, 4))
+    return audio.astype(np.float32), 0.5, 1.0
+
+
+def _cry_only_maker(maker: LiveSceneMaker, voiced: bool, **scene: Any) -> D.SceneMaker:
+    """A SceneMaker whose only cry is `_cry_after_a_knock`, labelled from the knock."""
+    from dataclasses import replace
+
+    audio, label_s, _ = _cry_after_a_knock()
+    bank = copy.copy(maker.bank)
+    bank.targets = {**maker.bank.targets, "baby_cry": [(audio, [(label_s, 3.5)], False, None)]}
+    cfg = replace(maker.scene_cfg, procedural_share={"baby_cry": 0.0}, voiced_onset_classes=["baby_cry"] if voiced
+                  else [], **scene)
+    return D.SceneMaker(bank, cfg)
+
+
+def test_the_onset_window_can_start_where_the_voiced_cry_does(maker: LiveSceneMaker) -> None:
+    """`data.voiced_onset_classes`: a cry labelled from the knock before it keeps its label,
+    and its onset term's anchor moves to the voiced cry (1.0 s), through excerpts and speed
+    changes; a maker without it anchors at the label; both draw the same events."""
+    _, label_s, voiced_s = _cry_after_a_knock()
+    plain, anchored = _cry_only_maker(maker, False), _cry_only_maker(maker, True)
+    assert anchored.voiced_onsets["baby_cry"][0] == pytest.approx(voiced_s, abs=0.1)
+    for seed in range(3):
+        sig, spans, anchors, _ = anchored.pick_event_anchored("baby_cry", np.random.default_rng(seed))
+        same, same_spans, _ = plain.pick_event("baby_cry", np.random.default_rng(seed))
+        np.testing.assert_array_equal(sig, same)
+        assert spans == same_spans == [(label_s, 3.5)]
+        assert anchors == [pytest.approx(voiced_s, abs=0.1)]
+        assert plain.pick_event_anchored("baby_cry", np.random.default_rng(seed))[2] == [label_s]
+    faster = _cry_only_maker(maker, True, speed={"baby_cry": (1.25, 1.25)})
+    _, spans, anchors, _ = faster.pick_event_anchored("baby_cry", np.random.default_rng(0))
+    assert spans == [pytest.approx((label_s / 1.25, 3.5 / 1.25))]
+    assert anchors == [pytest.approx(voiced_s / 1.25, abs=0.1)]
+    # Excerpts of a long recording: the anchor moves with the cut, and a cut that starts
+    # after the voiced onset anchors at its own start.
+    cuts = _cry_only_maker(maker, True, excerpt_above_s=2.0, excerpt_prob=1.0)
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        sig, spans, anchors, _ = cuts.pick_event_anchored("baby_cry", rng)
+        assert len(spans) == len(anchors) == 1 and spans[0][0] <= anchors[0] < spans[0][1]
+        assert anchors[0] == spans[0][0] or anchors[0] > 0.0  # the voiced onset inside the cut
+    with pytest.raises(ValueError, match=r"data\.voiced_onset_classes: unknown class 'cry'"):
+        D.SceneConfig(voiced_onset_classes=["cry"])
+
+
+def test_a_voiced_anchor_moves_only_the_onset_window_of_a_live_scene(maker: LiveSceneMaker) -> None:
+    """The same live scene with and without `data.voiced_onset_classes`: features, frame
+    labels and events are equal; each onset entry starts about 25 frames (0.5 s) later."""
+    live = LiveSceneConfig(enabled=True, events_per_scene=(0.0, 1.0, 0.0, 0.0), gap_prob=0.0, stream_start_prob=0.0,
+                           codec_prob=0.0)
+    scenes = {}
+    for voiced in (False, True):
+        cries = _cry_only_maker(maker, voiced, class_mix={"baby_cry": 1.0})
+        live_maker = LiveSceneMaker(cries.bank, maker.negatives, cries.cfg, live, crop_frames=400,
+                                    receptive_field=20, lookahead=4)
+        rng = np.random.default_rng(3)
+        scenes[voiced] = [live_maker.make(rng) for _ in range(12)]
+    moved = 0
+    for plain, anchored in zip(scenes[False], scenes[True], strict=True):
+        np.testing.assert_array_equal(plain.features, anchored.features)
+        np.testing.assert_array_equal(plain.target, anchored.target)
+        assert plain.events == anchored.events
+        assert {(c, e, w) for c, _, e, w in plain.onsets} >= {(c, e, w) for c, _, e, w in anchored.onsets}
+        for (c, f, e, w), (c2, f2, e2, w2) in zip(plain.onsets, anchored.onsets, strict=False):
+            if (c, e, w) == (c2, e2, w2):
+                assert f2 - f in range(20, 30) and f2 < e2
+                moved += 1
+    assert moved >= 3
+
+
+def test_voiced_onsets_need_the_onset_term_of_live_training() -> None:
+    from models.config import config_from_dict
+
+    recipe = {"data": {"voiced_onset_classes": ["baby_cry"]}, "live": {"enabled": True}, "loss": {"onset": 1.0}}
+    for change in ({"loss": {"onset": 0.0}}, {"live": {"enabled": False}}, {"loss": {"kind": "bce", "onset": 1.0}}):
+        with pytest.raises(ValueError, match=r"data\.voiced_onset_classes \['baby_cry'\] moves the onset term"):
+            config_from_dict({**recipe, **change})
+    cfg = config_from_dict(recipe)
+    assert cfg.data.voiced_onset_classes == ["baby_cry"]
+
+
 def test_train_head_rows_holds_every_other_weight_bit_for_bit(
     tiny: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
