@@ -240,12 +240,14 @@ def test_activity_spans_keep_pauses_inside_an_alarm() -> None:
 
 
 def test_bad_inputs_get_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["train", "--data", str(tmp_path)]) == 2
+    # --out in tmp_path: the default (runs/<config name>) would land in the working directory
+    out = ["--out", str(tmp_path / "run")]
+    assert cli.main(["train", "--data", str(tmp_path), *out]) == 2
     assert "MANIFEST.csv" in capsys.readouterr().err
     bad = tmp_path / "bad.yaml"
     bad.write_text("opt: {stepz: 3}\n")
     (tmp_path / "MANIFEST.csv").write_text("path,class\n")
-    assert cli.main(["train", "--config", str(bad), "--data", str(tmp_path)]) == 2
+    assert cli.main(["train", "--config", str(bad), "--data", str(tmp_path), *out]) == 2
     assert "unknown key(s) stepz" in capsys.readouterr().err
 
 
@@ -271,7 +273,7 @@ def test_train_without_torch_says_which_extra(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setitem(__import__("sys").modules, "torch", None)  # import torch -> ImportError
-    assert cli.main(["train", "--data", str(tmp_path)]) == 2
+    assert cli.main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run")]) == 2
     assert "harken[train]" in capsys.readouterr().err
 
 
