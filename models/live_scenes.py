@@ -90,6 +90,10 @@ class LiveSceneConfig:
     #: e.g. {smoke_alarm: 8.0}: a class whose false alarms are a small share of what was
     #: mined (S2s: 111 alarm windows of 1328) is otherwise barely shown to the network.
     hard_negative_class_weight: dict[str, float] = field(default_factory=dict)
+    #: Negative beds drawn with each kind of the negatives pool weighing this many times its
+    #: hours (1 for kinds not named), e.g. {confuser_effects: 6.0, confuser_ambience: 6.0}:
+    #: by time alone the train beds are 83 % music, the kind the networks are already quiet on.
+    negative_kind_weights: dict[str, float] = field(default_factory=dict)
     #: Per class, its own `ebr_db` and `event_min_dbfs` in place of the scene-wide ones, e.g.
     #: {glass_break: {ebr_db: [-10, 5], event_min_dbfs: [-60, -40]}}: a class's events over
     #: louder beds than the rest (the same draws of the generator, other ranges).
@@ -172,6 +176,11 @@ class LiveSceneMaker:
         self.n_frames = crop_frames + receptive_field
         self.n_samples = (self.n_frames - 1) * self.params.hop_samples + self.params.win_samples
         self.hard_negatives = list(hard_negatives)  # (start sample, length) in `negatives`
+        self.negative_chunk_p = (
+            negatives.chunk_probabilities(live_cfg.negative_kind_weights)
+            if negatives is not None and live_cfg.negative_kind_weights
+            else None
+        )
         self.hard_weights = self._hard_weights(live_cfg.hard_negative_class_weight, hard_negative_classes)
         # Mined confusers (reports per clip of `bank.negatives`) weigh more in confuser beds.
         self.confuser_weights: np.ndarray | None = None
@@ -224,7 +233,7 @@ class LiveSceneMaker:
         pool_start: int | None = None
         if kind in ("negatives", "both"):
             assert self.negatives is not None
-            excerpt, start = self.negatives.excerpt_at(n, rng)
+            excerpt, start = self.negatives.excerpt_at(n, rng, self.negative_chunk_p)
             pool_start = start if kind == "negatives" else None
             parts.append(excerpt / (_active_rms(excerpt) + 1e-6) * 0.05)
         if kind in ("confusers", "both"):

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,7 +133,31 @@ class NegativePool:
         """A random stretch of `n_samples` (crossing chunk borders is fine: streams do), float32."""
         return self.excerpt_at(n_samples, rng)[0]
 
-    def excerpt_at(self, n_samples: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
-        """`excerpt` and the sample where it starts in the pool (the same draw of `rng`)."""
-        start = int(rng.integers(0, max(1, self.audio.shape[0] - n_samples)))
+    def excerpt_at(
+        self, n_samples: int, rng: np.random.Generator, chunk_p: np.ndarray | None = None
+    ) -> tuple[np.ndarray, int]:
+        """`excerpt` and the sample where it starts in the pool (the same draw of `rng`).
+        `chunk_p` (from `chunk_probabilities`): the excerpt starts in a chunk drawn with
+        those probabilities, anywhere in it; None: anywhere in the pool, by time."""
+        last = max(1, self.audio.shape[0] - n_samples)
+        if chunk_p is None:
+            start = int(rng.integers(0, last))
+        else:
+            chunk = self.chunks[int(rng.choice(len(self.chunks), p=chunk_p))]
+            start = min(chunk.start + int(rng.integers(0, max(1, chunk.length))), last - 1)
         return np.asarray(self.audio[start : start + n_samples], dtype=np.float32) / 32768.0, start
+
+    def chunk_probabilities(self, kind_weights: Mapping[str, float]) -> np.ndarray:
+        """Per chunk, the probability that an excerpt starts in it when each kind's hours
+        count `kind_weights[kind]` times (1 for kinds not named), e.g. {confuser_effects: 6}
+        makes game effects six times as likely per hour as music. Unknown kinds and weights
+        that are not positive are refused by name."""
+        kinds = sorted({c.kind for c in self.chunks})
+        unknown = sorted(set(kind_weights) - set(kinds))
+        if unknown:
+            raise ValueError(f"negative kind weights name kinds this pool lacks: {unknown} (kinds: {kinds})")
+        bad = {k: w for k, w in kind_weights.items() if not float(w) > 0}
+        if bad:
+            raise ValueError(f"negative kind weights must be above 0, got {bad}")
+        mass = np.array([c.length * float(kind_weights.get(c.kind, 1.0)) for c in self.chunks], dtype=float)
+        return mass / mass.sum()

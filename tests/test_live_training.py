@@ -97,6 +97,52 @@ def test_two_runs_building_one_negatives_cache_at_once_both_get_it(
     np.testing.assert_array_equal(np.asarray(again.audio), np.asarray(outer.audio))
 
 
+def test_negative_beds_can_weigh_a_kind_more_than_its_hours() -> None:
+    """`live.negative_kind_weights`: a kind with a tenth of the pool's hours, weighted 9x,
+    starts about half the excerpts; unweighted, about a tenth; unknown kinds and weights
+    that are not positive are refused by name."""
+    from models.negatives import NegativeChunk
+
+    second = 16000
+    chunks = [NegativeChunk("m.flac", "confuser_music", "debian:m", "GPL", 0, 90 * second),
+              NegativeChunk("e.flac", "confuser_effects", "debian:e", "GPL", 90 * second, 10 * second)]
+    pool = NegativePool(np.zeros(100 * second, dtype=np.int16), chunks)
+
+    def effects_share(chunk_p: np.ndarray | None) -> float:
+        rng = np.random.default_rng(0)
+        starts = [pool.excerpt_at(2 * second, rng, chunk_p)[1] for _ in range(2000)]
+        assert all(0 <= s <= 98 * second for s in starts)  # a whole excerpt always fits
+        return float(np.mean(np.asarray(starts) >= 90 * second))
+
+    assert effects_share(None) == pytest.approx(0.1, abs=0.03)
+    weighted = pool.chunk_probabilities({"confuser_effects": 9.0})
+    np.testing.assert_allclose(weighted, [0.5, 0.5])
+    assert effects_share(weighted) == pytest.approx(0.5, abs=0.05)
+    with pytest.raises(ValueError, match=r"kinds this pool lacks: \['confuser_games'\]"):
+        pool.chunk_probabilities({"confuser_games": 2.0})
+    with pytest.raises(ValueError, match=r"must be above 0, got \{'confuser_music': 0.0\}"):
+        pool.chunk_probabilities({"confuser_music": 0.0})
+
+
+def test_live_beds_follow_the_kind_weights(maker: LiveSceneMaker) -> None:
+    """A live maker with `negative_kind_weights` draws its plain negative beds from the
+    weighted kind (speech here, a third of the tiny pool's hours) nearly always."""
+    pool = maker.negatives
+    assert pool is not None
+    speech = [(c.start, c.start + c.length) for c in pool.chunks if c.kind == "confuser_speech"]
+    live = LiveSceneConfig(enabled=True, bed={"negatives": 1.0}, negative_kind_weights={"confuser_speech": 200.0})
+    weighted = LiveSceneMaker(maker.bank, pool, maker.scene_cfg, live, crop_frames=200, receptive_field=20,
+                              lookahead=4)
+    rng = np.random.default_rng(2)
+    starts = [weighted._bed(rng)[2] for _ in range(200)]
+    in_speech = [any(a <= s < b for a, b in speech) for s in starts if s is not None]
+    assert len(in_speech) == 200 and np.mean(in_speech) > 0.95
+    with pytest.raises(ValueError, match="kinds this pool lacks"):
+        LiveSceneMaker(maker.bank, pool, maker.scene_cfg,
+                       LiveSceneConfig(enabled=True, negative_kind_weights={"effects": 2.0}),
+                       crop_frames=200, receptive_field=20, lookahead=4)
+
+
 def test_negative_pool_errors_name_the_folder(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"NEGATIVES\.csv"):
         NegativePool.load(tmp_path, "train")
