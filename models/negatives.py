@@ -155,9 +155,9 @@ class NegativePool:
         kinds = sorted({c.kind for c in self.chunks})
         unknown = sorted(set(kind_weights) - set(kinds))
         if unknown:
-            raise ValueError(f"negative kind weights name kinds this pool lacks: {unknown} (kinds: {kinds})")
+            raise ValueError(f"live.negative_kind_weights names kinds this pool lacks: {unknown} (kinds: {kinds})")
         bad = {k: w for k, w in kind_weights.items() if not float(w) > 0}
         if bad:
-            raise ValueError(f"negative kind weights must be above 0, got {bad}")
+            raise ValueError(f"live.negative_kind_weights must be above 0, got {bad}")
         mass = np.array([c.length * float(kind_weights.get(c.kind, 1.0)) for c in self.chunks], dtype=float)
         return mass / mass.sum()
