@@ -999,7 +999,7 @@ def test_the_onset_window_can_start_where_the_voiced_cry_does(maker: LiveSceneMa
 
 def test_a_voiced_anchor_moves_only_the_onset_window_of_a_live_scene(maker: LiveSceneMaker) -> None:
     """The same live scene with and without `data.voiced_onset_classes`: features, frame
-    labels and events are equal; each onset entry starts about 25 frames (0.5 s) later."""
+    labels and events are equal; each onset entry starts 20-30 frames later (knock at 0.5 s, cry at 1.0 s)."""
     live = LiveSceneConfig(enabled=True, events_per_scene=(0.0, 1.0, 0.0, 0.0), gap_prob=0.0, stream_start_prob=0.0,
                            codec_prob=0.0)
     scenes = {}
