@@ -129,6 +129,14 @@ def activity_spans(audio: np.ndarray, merge_gap_s: float) -> list[tuple[float, f
     return [(float(span.onset_s), float(span.offset_s))]
 
 
+def labelled_spans(clip: Clip, audio: np.ndarray) -> list[tuple[float, float]]:
+    """The spans (seconds) training gives a target clip: the manifest's onset and offset
+    where it has both, else the clip's active span (`activity_spans`); [] for a silent clip."""
+    if clip.onset_s is not None and clip.offset_s is not None:
+        return [(clip.onset_s, clip.offset_s)]
+    return activity_spans(audio, MERGE_GAP_S[clip.class_name])
+
+
 @dataclass(frozen=True)
 class Event:
     """A labelled event in a scene. `weight` scales its loss; `weak` means frame labels unknown."""
@@ -351,10 +359,7 @@ class ClipBank:
             if clip.is_target:
                 weak = clip.quality == "weak"
                 # Weak clips get the same span rule; only their weights differ.
-                if clip.onset_s is not None and clip.offset_s is not None:
-                    spans = [(clip.onset_s, clip.offset_s)]
-                else:
-                    spans = activity_spans(audio, MERGE_GAP_S[clip.class_name])
+                spans = labelled_spans(clip, audio)
                 if spans:
                     self.targets[clip.class_name].append((audio, spans, weak, clip))
             elif clip.class_name == "background" or clip.class_name.startswith("confuser"):

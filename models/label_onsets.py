@@ -119,11 +119,11 @@ def clip_onsets(report: Mapping[str, Any], data_dir: Path, class_name: str = "ba
 
 
 def split_onsets(data_dir: Path, split: str, class_name: str = "baby_cry") -> list[ClipOnsets]:
-    """Every `class_name` clip of one split with the label training gives it (the manifest's
-    onset, else `models.data.activity_spans`, the evaluation's activity detector) and its
-    voiced onset; nothing is reported (kind "unscored"). Silent clips, which training drops,
-    are left out."""
-    from models.data import MERGE_GAP_S, activity_spans, load_audio, read_clips, select
+    """Every `class_name` clip of one split with the label training gives it
+    (`models.data.labelled_spans`: the manifest's span, else the evaluation's activity
+    detector) and its voiced onset; nothing is reported (kind "unscored"). Silent clips,
+    which training drops, are left out."""
+    from models.data import labelled_spans, load_audio, read_clips, select
 
     params = FeatureParams()
     logmel = LogMel(params)
@@ -135,13 +135,10 @@ def split_onsets(data_dir: Path, split: str, class_name: str = "baby_cry") -> li
         if not path.is_file():
             raise FileNotFoundError(f"{path}: the manifest's clip is not in the data folder {data_dir}")
         audio = load_audio(path)
-        if clip.onset_s is not None:
-            label_s = clip.onset_s
-        else:
-            spans = activity_spans(audio, MERGE_GAP_S[class_name])
-            if not spans:
-                continue
-            label_s = spans[0][0]
+        spans = labelled_spans(clip, audio)
+        if not spans:
+            continue
+        label_s = spans[0][0]
         file = path.resolve().relative_to(Path(data_dir).resolve()).as_posix()
         out.append(ClipOnsets(file, label_s, voiced_onset_s(logmel.frames(audio), params), None, "unscored"))
     return out
