@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from models.data import SAMPLE_RATE
 from models.negatives import NegativePool
 
 LEVELS = (0.5, 0.9, 0.95, 0.99)
@@ -34,20 +35,16 @@ def share_at_or_above(scores: np.ndarray, levels: Sequence[float] = LEVELS) -> l
 def kind_streams(pool: NegativePool, minutes_per_kind: float) -> dict[str, np.ndarray]:
     """Each kind's chunks in the pool's order, back to back, cut at `minutes_per_kind`
     (float32, full scale 1): the same audio for every model read."""
-    from models.data import SAMPLE_RATE
-
     if minutes_per_kind <= 0:
         raise ValueError(f"--minutes-per-kind must be positive, got {minutes_per_kind}")
     limit = int(minutes_per_kind * 60 * SAMPLE_RATE)
     parts: dict[str, list[np.ndarray]] = {}
-    taken: dict[str, int] = {}
     for chunk in pool.chunks:
-        room = limit - taken.get(chunk.kind, 0)
-        if room <= 0:
-            continue
-        samples = np.asarray(pool.audio[chunk.start : chunk.start + min(chunk.length, room)])
-        parts.setdefault(chunk.kind, []).append(samples.astype(np.float32) / 32768.0)
-        taken[chunk.kind] = taken.get(chunk.kind, 0) + samples.shape[0]
+        pieces = parts.setdefault(chunk.kind, [])
+        room = limit - sum(piece.shape[0] for piece in pieces)
+        if room > 0:
+            end = chunk.start + min(chunk.length, room)
+            pieces.append(np.asarray(pool.audio[chunk.start : end], dtype=np.float32) / 32768.0)
     return {kind: np.concatenate(pieces) for kind, pieces in sorted(parts.items())}
 
 
@@ -73,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           + " / ".join(f"{level:g}" for level in LEVELS))
     for kind, audio in streams.items():
         frames = features.frames(audio)
-        print(f"{kind} ({audio.shape[0] / 16000 / 60:.1f} min, {frames.shape[0]} frames)")
+        print(f"{kind} ({audio.shape[0] / SAMPLE_RATE / 60:.1f} min, {frames.shape[0]} frames)")
         for path, model in zip(args.model, models, strict=True):
             column = model.scores(frames)[:, model.class_names.index(args.class_name)]
             shares = " / ".join(f"{share:.5f}" for share in share_at_or_above(column))
