@@ -248,7 +248,7 @@ class LiveSceneMaker:
                 else int(rng.choice(len(self.hard_negatives), p=self.hard_weights))
             )
             start, length = self.hard_negatives[pick]
-            seg = np.asarray(self.negatives.audio[start : start + min(length, n)], dtype=np.float32) / 32768.0
+            seg = self.negatives.samples(start, start + min(length, n))
             at = int(rng.integers(0, max(1, n - seg.shape[0])))
             loud = 10 ** (rng.uniform(-6, 10) / 20) * (_active_rms(bed) + 1e-6) / (_active_rms(seg) + 1e-6)
             bed[at : at + seg.shape[0]] += seg * loud

@@ -101,7 +101,7 @@ def mine(
     starts = np.array([c.start for c in pool.chunks])
     hop, t0 = params.hop_s, float(params.frame_center_s(0))
     for start in range(0, pool.audio.shape[0], n):
-        audio = np.asarray(pool.audio[start : start + n], dtype=np.float32) / 32768.0
+        audio = pool.samples(start, start + n)
         feats = logmel.frames(audio)
         if feats.shape[0] == 0:
             continue

@@ -44,7 +44,7 @@ def kind_streams(pool: NegativePool, minutes_per_kind: float) -> dict[str, np.nd
         room = limit - sum(piece.shape[0] for piece in pieces)
         if room > 0:
             end = chunk.start + min(chunk.length, room)
-            pieces.append(np.asarray(pool.audio[chunk.start : end], dtype=np.float32) / 32768.0)
+            pieces.append(pool.samples(chunk.start, end))
     return {kind: np.concatenate(pieces) for kind, pieces in sorted(parts.items())}
 
 

@@ -119,6 +119,11 @@ class NegativePool:
         log.info("negatives %s: %.2f h decoded into %s", split, pos / SAMPLE_RATE / 3600, array_file)
         return cls(np.load(array_file, mmap_mode="r"), chunks, f"{split}-{key}")
 
+    def samples(self, start: int, stop: int) -> np.ndarray:
+        """The pool's samples `start:stop` as float32 at full scale 1 (the stored int16 over
+        32768): the one conversion every reader of the pool uses."""
+        return np.asarray(self.audio[start:stop], dtype=np.float32) / 32768.0
+
     @property
     def hours(self) -> float:
         return self.audio.shape[0] / SAMPLE_RATE / 3600
@@ -145,7 +150,7 @@ class NegativePool:
         else:
             chunk = self.chunks[int(rng.choice(len(self.chunks), p=chunk_p))]
             start = min(chunk.start + int(rng.integers(0, max(1, chunk.length))), last - 1)
-        return np.asarray(self.audio[start : start + n_samples], dtype=np.float32) / 32768.0, start
+        return self.samples(start, start + n_samples), start
 
     def chunk_probabilities(self, kind_weights: Mapping[str, float]) -> np.ndarray:
         """Per chunk, the probability that an excerpt starts in it when each kind's hours

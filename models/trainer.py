@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -31,6 +31,9 @@ from models.live_scenes import LiveScene, LiveSceneMaker
 from models.losses import EventAwareLoss, EventSpan, distil_loss, teacher_embedding_loss, teacher_loss
 from models.tuning import dev_scores, evaluate, recipe_selection, tune_for_recipe
 from service.audio.features import FeatureParams
+
+if TYPE_CHECKING:
+    from models.negatives import NegativePool
 
 log = logging.getLogger(__name__)
 
@@ -333,7 +336,7 @@ def averaged_network(net: torch.nn.Module, evals_dir: Path, steps: Sequence[int]
 
 
 def dev_negative_items(
-    pool: Any, params: Any, stream_s: float = 600.0, frames: D.FramesOf | None = None
+    pool: NegativePool, params: Any, stream_s: float = 600.0, frames: D.FramesOf | None = None
 ) -> list[D.DevItem]:
     """The dev negatives as 10-minute streams (negative-only dev items, for false alarms
     per hour); `frames` as in `models.data.build_dev` (default: log-mel)."""
@@ -344,7 +347,7 @@ def dev_negative_items(
     total = pool.audio.shape[0]
     items = []
     for i, start in enumerate(range(0, total, n)):
-        audio = np.asarray(pool.audio[start : min(start + n, total)], dtype=np.float32) / 32768.0
+        audio = pool.samples(start, min(start + n, total))
         if audio.shape[0] < D.SAMPLE_RATE:
             continue
         feats = frames(audio).astype(np.float16)  # half the memory of 4 h of frames

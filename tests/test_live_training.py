@@ -28,7 +28,7 @@ from models.config import TrainConfig, build_net  # noqa: E402
 from models.data import CLASSES  # noqa: E402
 from models.live_scenes import LiveSceneConfig, LiveSceneMaker  # noqa: E402
 from models.losses import EventAwareLoss, LossConfig  # noqa: E402
-from models.negatives import NegativePool  # noqa: E402
+from models.negatives import NegativeChunk, NegativePool  # noqa: E402
 from models.net import FreqConvTCN  # noqa: E402
 from models.trainer import averaged_network  # noqa: E402
 from service import cli  # noqa: E402
@@ -69,6 +69,15 @@ def test_negative_pool_is_cached_and_sliced(tiny: dict[str, Path], tmp_path: Pat
     assert excerpt.shape == (16000,) and excerpt.dtype == np.float32 and np.abs(excerpt).max() <= 1.0
 
 
+def test_negative_pool_samples_are_float_at_full_scale_one() -> None:
+    chunks = [NegativeChunk("a.flac", "confuser_music", "pkg", "GPL", 0, 4)]
+    pool = NegativePool(np.array([-32768, -16384, 0, 32767], dtype=np.int16), chunks)
+    samples = pool.samples(1, 10)  # a stop past the end is cut, as slicing does
+    assert samples.dtype == np.float32
+    np.testing.assert_array_equal(samples, np.array([-0.5, 0.0, 32767 / 32768], dtype=np.float32))
+    assert pool.samples(0, 1)[0] == -1.0
+
+
 def test_two_runs_building_one_negatives_cache_at_once_both_get_it(
     tiny: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -101,7 +110,6 @@ def test_negative_beds_can_weigh_a_kind_more_than_its_hours() -> None:
     """`live.negative_kind_weights`: a kind with a tenth of the pool's hours, weighted 9x,
     starts about half the excerpts; unweighted, about a tenth; unknown kinds and weights
     that are not positive are refused by name."""
-    from models.negatives import NegativeChunk
 
     second = 16000
     chunks = [NegativeChunk("m.flac", "confuser_music", "debian:m", "GPL", 0, 90 * second),
