@@ -41,8 +41,9 @@ class EventPeak:
 
 def event_peaks(item: DevItem, scores: np.ndarray, class_name: str, opening_s: float) -> list[EventPeak]:
     """The peaks of each true `class_name` event in one item (`scores`: that class's frame
-    scores). An event's frames are those whose centres lie in it; the opening's from its
-    onset to `opening_s` later (cut at the offset only when the event is shorter)."""
+    scores). An event's frames are those whose centres lie in it; its opening's are those
+    from its onset to `opening_s` later, past the offset of a shorter event (a report is on
+    time when the score rises in that window, wherever the label ends)."""
     from service.audio.features import FeatureParams
 
     if scores.ndim != 1:
