@@ -30,6 +30,9 @@ def test_event_peaks_read_the_opening_and_the_whole_event() -> None:
     assert peak == EventPeak("clip.flac", "+3", 0.8, 0.99)
     (late,) = event_peaks(item, scores, "glass_break", opening_s=2.5)
     assert late.opening == 0.99
+    short = _item("glass_break:clip.flac:alone", 500, [("glass_break", 2.0, 2.3)])
+    (break_,) = event_peaks(short, scores, "glass_break", opening_s=1.0)
+    assert (break_.opening, break_.whole) == (0.8, 0.3)  # the opening runs past a short event's end
     alone = _item("glass_break:clip.flac:alone", 500, [("glass_break", 10.5, 12.0)])
     assert event_peaks(alone, scores, "glass_break", 1.0) == []  # no frame centre inside it
     with pytest.raises(ValueError, match="one class's frame scores"):
