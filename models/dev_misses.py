@@ -78,6 +78,13 @@ class EventFate:
         return family_of(self.bed_kind)
 
 
+def setting_of(item: DevItem) -> str:
+    """Where a dev item plays its events: the scene's EBR from its `:ebrN` name tag ("-3",
+    "+3", "+9"), or "alone" for a clip played alone (`alone_items`)."""
+    tag = item.name.rpartition(":")[2]
+    return tag[3:] if tag.startswith("ebr") else tag
+
+
 def bed_kind_under(bed: Sequence[BedPiece], onset_s: float, offset_s: float) -> str:
     """The manifest class of the bed piece that overlaps [onset_s, offset_s] longest
     ("none" for a scene without a recorded bed)."""
@@ -104,8 +111,7 @@ def event_fates(
         mine = [d for d in found if d.class_name == class_name]
         pairs, _ = _match(truth, mine)
         matched = {ti for ti, _ in pairs}
-        tag = item.name.rpartition(":")[2]
-        ebr = tag[3:] if tag.startswith("ebr") else tag  # "alone" for a clip played alone
+        ebr = setting_of(item)
         for ti, (on, off) in enumerate(truth):
             heard = any(d.start_s < off and d.end_s > on for d in mine)
             fate: Fate = "on_time" if ti in matched else "late" if heard else "missed"

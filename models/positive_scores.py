@@ -44,13 +44,13 @@ def event_peaks(item: DevItem, scores: np.ndarray, class_name: str, opening_s: f
     scores). An event's frames are those whose centres lie in it; its opening's are those
     from its onset to `opening_s` later, past the offset of a shorter event (a report is on
     time when the score rises in that window, wherever the label ends)."""
+    from models.dev_misses import setting_of
     from service.audio.features import FeatureParams
 
     if scores.ndim != 1:
         raise ValueError(f"one class's frame scores expected, got shape {scores.shape}")
     times = np.asarray(FeatureParams().frame_center_s(np.arange(scores.shape[0])))
-    tag = item.name.rpartition(":")[2]
-    setting = tag[3:] if tag.startswith("ebr") else tag
+    setting = setting_of(item)
     out = []
     for name, onset, offset in item.truth:
         if name != class_name:

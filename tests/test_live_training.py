@@ -110,7 +110,6 @@ def test_negative_beds_can_weigh_a_kind_more_than_its_hours() -> None:
     """`live.negative_kind_weights`: a kind with a tenth of the pool's hours, weighted 9x,
     starts about half the excerpts; unweighted, about a tenth; unknown kinds and weights
     that are not positive are refused by name."""
-
     second = 16000
     chunks = [NegativeChunk("m.flac", "confuser_music", "debian:m", "GPL", 0, 90 * second),
               NegativeChunk("e.flac", "confuser_effects", "debian:e", "GPL", 90 * second, 10 * second)]
