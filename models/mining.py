@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -47,10 +47,13 @@ def mine_confusers(
     decisions: dict[str, DecisionParams],
     class_names: tuple[str, ...],
     mining_threshold: float | None = None,
+    mined_classes: Collection[str] | None = None,
 ) -> dict[str, Any]:
     """Score each household confuser clip `(name, kind, audio)` of the shared data's train
     split as a stream of its own; return false alarms per hour and, per clip that drew a
-    report at the mining thresholds, how many (`live.hard_confuser_weight` uses them)."""
+    report at the mining thresholds, how many (`live.hard_confuser_weight` uses them).
+    With `mined_classes`, only reports of those classes count for a clip (the false alarms
+    per hour still count every class)."""
     params = FeatureParams()
     logmel = LogMel(params)
     loose = _loosen(decisions, mining_threshold)
@@ -66,7 +69,8 @@ def mine_confusers(
             continue
         scores = score(feats)
         strict.update(e.class_name for e in decide(scores, class_names, decisions, hop, t0))
-        found = decide(scores, class_names, loose, hop, t0)
+        found = [e for e in decide(scores, class_names, loose, hop, t0)
+                 if mined_classes is None or e.class_name in mined_classes]
         if found:
             reports[name] = len(found)
             by_kind.update(f"{e.class_name} <- {kind}" for e in found)
@@ -86,9 +90,12 @@ def mine(
     class_names: tuple[str, ...],
     stream_s: float = 600.0,
     mining_threshold: float | None = None,
+    mined_classes: Collection[str] | None = None,
 ) -> dict[str, Any]:
     """Score the pool; return false alarms per hour (at the tuned decisions and at the
-    mining thresholds) and the mined windows `[start_sample, n_samples]` in the pool."""
+    mining thresholds) and the mined windows `[start_sample, n_samples]` in the pool.
+    With `mined_classes`, only reports of those classes become windows (a round for one
+    class's member learns from that class's false alarms); the figures count every class."""
     params = FeatureParams()
     logmel = LogMel(params)
     loose = _loosen(decisions, mining_threshold)
@@ -110,6 +117,8 @@ def mine(
             strict_counts[event.class_name] += 1
         for event in decide(scores, class_names, loose, hop, t0):
             loose_counts[event.class_name] += 1
+            if mined_classes is not None and event.class_name not in mined_classes:
+                continue
             a = start + max(0, int((event.start_s - PRE_S) * SAMPLE_RATE))
             length = int(min(max(event.end_s - event.start_s + PRE_S, MIN_WINDOW_S), MAX_WINDOW_S) * SAMPLE_RATE)
             windows.append([a, length])
@@ -158,11 +167,19 @@ def cmd_mine(args: Any) -> int:
             k: DecisionParams.from_dict(v) for k, v in ckpt.get("tuned", cfg.to_dict()["decision"]).items()
         }
         score, class_names, licences = torch_scorer(net, cfg.net.lookahead_frames), CLASSES, cfg.data.licences
+    mined_classes = getattr(args, "classes", None)
+    if mined_classes:
+        unknown = sorted(set(mined_classes) - set(class_names))
+        if unknown:
+            raise ValueError(f"--classes: unknown class(es) {unknown} (the model's: {list(class_names)})")
     pool = NegativePool.load(args.negatives, "train", args.cache, licences)
-    result = mine(score, pool, decisions, class_names, mining_threshold=args.threshold)
+    result = mine(score, pool, decisions, class_names, mining_threshold=args.threshold,
+                  mined_classes=mined_classes)
     if args.data:
         result |= mine_confusers(score, confuser_clips(args.data, licences), decisions, class_names,
-                                 args.threshold)
+                                 args.threshold, mined_classes)
+    if mined_classes:
+        result["mined_classes"] = list(mined_classes)
     return _report(result, args)
 
 

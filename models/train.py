@@ -194,6 +194,7 @@ def add_mine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="JSON of mined windows")
     parser.add_argument("--cache", type=Path, help="negatives cache folder (default: in the negatives folder)")
     parser.add_argument("--threshold", type=float, help="mining on-threshold for every class (default 0.8x tuned)")
+    parser.add_argument("--classes", nargs="+", metavar="CLASS", help="mine these classes' reports only")
 
 
 def main(argv: list[str] | None = None) -> int:

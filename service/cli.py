@@ -563,6 +563,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="data folder (MANIFEST.csv): also score its train household confusers")
     mine.add_argument("--threshold", type=float,
                       help="mining on-threshold for every class (default: 0.8 x the tuned thresholds)")
+    mine.add_argument("--classes", nargs="+", metavar="CLASS",
+                      help="mine windows and confuser reports of these classes only "
+                           "(for a round training one class's member; the figures count every class)")
     mine.set_defaults(func=cmd_mine)
 
     export = sub.add_parser("export", help="write a trained checkpoint as ONNX with its contract")
