@@ -723,6 +723,19 @@ def test_live_training_resumes_exports_and_mines(
     assert by_onnx["confusers"]
     assert all((tiny["data"] / name).is_file() and n > 0 for name, n in by_onnx["confusers"].items())
     assert "confusers" not in by_torch
+    # --classes: one class's reports only, as windows and per confuser clip; an unknown class is named.
+    one_class = root / "hard-cry.json"
+    assert cli.main(["mine", "--checkpoint", str(onnx_path), "--negatives", str(tiny["negatives"]),
+                     "--out", str(one_class), "--threshold", "0.3", "--cache", str(root / "cache"),
+                     "--data", str(tiny["data"]), "--classes", "baby_cry"]) == 0
+    by_cry = json.loads(one_class.read_text())
+    assert by_cry["mined_classes"] == ["baby_cry"] and by_cry["fa_per_hour"] == by_onnx["fa_per_hour"]
+    assert by_cry["window_classes"] == [c for c in by_onnx["window_classes"] if c == "baby_cry"]
+    assert set(by_cry["confusers"]) <= set(by_onnx["confusers"])
+    capsys.readouterr()
+    assert cli.main(["mine", "--checkpoint", str(onnx_path), "--negatives", str(tiny["negatives"]),
+                     "--out", str(one_class), "--cache", str(root / "cache"), "--classes", "doorbell"]) != 0
+    assert "--classes: unknown class(es) ['doorbell']" in capsys.readouterr().err
     # A fine-tuning round with the mined windows starts from the checkpoint.
     assert cli.main([*base, "--out", str(root / "round2"), "--init", str(root / "whole" / "best.pt"),
                      "--hard-negatives", str(mined_onnx), str(mined), "--steps", "4", "--seed", "11"]) == 0
