@@ -549,11 +549,14 @@ class SceneMaker:
                 return audio[first : first + int(length_s * SAMPLE_RATE)], cut, cut_anchors, weak
         return audio, spans, anchors, weak
 
+    def reverberate(self, sig: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """`sig` in one of the simulated rooms, with a quarter of the room's tail after it."""
+        rir = self.rirs[int(rng.integers(len(self.rirs)))]
+        return scipy.signal.fftconvolve(sig, rir)[: sig.shape[0] + rir.shape[0] // 4].astype(np.float32)
+
     def augment_event(self, sig: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         if self.rirs and rng.random() < self.cfg.reverb_prob:
-            rir = self.rirs[int(rng.integers(len(self.rirs)))]
-            wet = scipy.signal.fftconvolve(sig, rir)[: sig.shape[0] + rir.shape[0] // 4]
-            sig = wet.astype(np.float32)
+            sig = self.reverberate(sig, rng)
         if rng.random() < self.cfg.eq_prob:
             sig = random_eq(sig, rng)
         return sig

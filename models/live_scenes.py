@@ -38,6 +38,7 @@ from models.data import (
     SceneConfig,
     SceneMaker,
     _active_rms,
+    change_speed,
     frame_labels,
     negative_bed,
     onset_anchor_frames,
@@ -98,6 +99,12 @@ class LiveSceneConfig:
     #: {glass_break: {ebr_db: [-10, 5], event_min_dbfs: [-60, -40]}}: a class's events over
     #: louder beds than the rest (the same draws of the generator, other ranges).
     class_levels: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
+    #: Household confuser beds played this many times as fast, drawn per bed from [low, high]
+    #: (pitch and length together, as `data.speed` plays events), and the share of them put
+    #: in one of the simulated rooms (`data.n_rirs`): a kind recorded by a dozen people in
+    #: train sounds like more of them. [1, 1] and 0: off (the random stream as before).
+    confuser_bed_speed: tuple[float, float] = (1.0, 1.0)
+    confuser_bed_reverb_prob: float = 0.0
 
     def event_level_ranges(self, name: str) -> tuple[tuple[float, float], tuple[float, float]]:
         """The EBR range and absolute level floor range of `name`'s events."""
@@ -115,6 +122,12 @@ class LiveSceneConfig:
             for key, pair in own.items():
                 if len(pair) != 2 or float(pair[0]) > float(pair[1]):
                     raise ValueError(f"live.class_levels.{name}.{key}: a [low, high] pair in dB, got {list(pair)}")
+        speed = [float(x) for x in self.confuser_bed_speed]
+        if len(speed) != 2 or not 0.5 <= speed[0] <= speed[1] <= 2.0:
+            raise ValueError(f"live.confuser_bed_speed: a [low, high] pair of speed factors within 0.5..2.0, "
+                             f"got {list(self.confuser_bed_speed)}")
+        if not 0.0 <= self.confuser_bed_reverb_prob <= 1.0:
+            raise ValueError(f"live.confuser_bed_reverb_prob must be in [0, 1], got {self.confuser_bed_reverb_prob}")
 
 
 @dataclass
@@ -191,6 +204,9 @@ class LiveSceneMaker:
                 )
             w = 1.0 + live_cfg.hard_confuser_weight * np.minimum(np.asarray(confuser_reports, dtype=float), 5)
             self.confuser_weights = w / w.sum()
+        if live_cfg.confuser_bed_reverb_prob > 0 and not self.maker.rirs:
+            raise ValueError("live.confuser_bed_reverb_prob needs the simulated rooms: data.reverb_prob and "
+                             "data.n_rirs must be above 0")
         self.teacher = teacher
         self.codec_ok = augment.codec_available()
         edges = mel_band_edges_hz(self.params)
@@ -237,7 +253,7 @@ class LiveSceneMaker:
             pool_start = start if kind == "negatives" else None
             parts.append(excerpt / (_active_rms(excerpt) + 1e-6) * 0.05)
         if kind in ("confusers", "both"):
-            bed = negative_bed(self.bank.negatives, n, rng, self.confuser_weights)
+            bed = self._confuser_bed(n, rng)
             gain = 10 ** (rng.uniform(-12, 6) / 20) if kind == "both" else 1.0
             parts.append(bed / (_active_rms(bed) + 1e-6) * 0.05 * gain)
         bed = np.sum(parts, axis=0).astype(np.float32)
@@ -254,6 +270,20 @@ class LiveSceneMaker:
             bed[at : at + seg.shape[0]] += seg * loud
             pool_start = None
         return bed, kind, pool_start
+
+    def _confuser_bed(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """`n` samples of household confusers, at another speed and in a simulated room
+        where `live.confuser_bed_speed` and `live.confuser_bed_reverb_prob` ask for them."""
+        low, high = self.cfg.confuser_bed_speed
+        factor = float(rng.uniform(low, high)) if (low, high) != (1.0, 1.0) else 1.0
+        if factor == 1.0:
+            bed = negative_bed(self.bank.negatives, n, rng, self.confuser_weights)
+        else:
+            laid = negative_bed(self.bank.negatives, int(np.ceil(n * factor)) + 8, rng, self.confuser_weights)
+            bed = change_speed(laid, [], factor)[0]
+        if self.cfg.confuser_bed_reverb_prob > 0 and rng.random() < self.cfg.confuser_bed_reverb_prob:
+            bed = self.maker.reverberate(bed, rng)
+        return np.pad(bed[:n], (0, max(0, n - bed.shape[0]))).astype(np.float32)
 
     # ------------------------------------------------------------------ scene
     def make(self, rng: np.random.Generator) -> LiveScene:

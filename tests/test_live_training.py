@@ -1306,3 +1306,41 @@ def test_threads_override_the_recipe_and_are_refused_below_one(
             cli.main([*base, "--out", str(root / "threads-bad"), "--threads", bad])
         assert message in capsys.readouterr().err
     assert not (root / "threads-bad").exists()
+
+
+def test_confuser_beds_at_another_speed_and_in_a_room(maker: LiveSceneMaker) -> None:
+    """`live.confuser_bed_speed` and `live.confuser_bed_reverb_prob`: a 1 kHz confuser played
+    1.25 times as fast sounds at 1.25 kHz, a room adds a tail after it, and with both off the
+    beds (and the random stream) are the ones before."""
+    n = maker.n_samples
+    rate = D.SAMPLE_RATE
+    tone = (0.1 * np.sin(2 * np.pi * 1000 * np.arange(4 * rate) / rate)).astype(np.float32)
+    bank = copy.copy(maker.bank)
+    bank.negatives = [tone]
+    confusers = dict(enabled=True, bed={"confusers": 1.0})
+
+    def bed_of(**extra: object) -> np.ndarray:
+        made = LiveSceneMaker(bank, None, D.SceneConfig(n_rirs=2), LiveSceneConfig(**confusers, **extra),
+                              crop_frames=200, receptive_field=20, lookahead=4)
+        return made._bed(np.random.default_rng(3))[0]
+
+    def peak_hz(sig: np.ndarray) -> float:
+        spectrum = np.abs(np.fft.rfft(sig * np.hanning(sig.shape[0])))
+        return float(np.fft.rfftfreq(sig.shape[0], 1 / rate)[int(np.argmax(spectrum))])
+
+    plain = bed_of()
+    off = bed_of(confuser_bed_speed=(1.0, 1.0), confuser_bed_reverb_prob=0.0)
+    np.testing.assert_array_equal(plain, off)
+    fast = bed_of(confuser_bed_speed=(1.25, 1.25))
+    assert plain.shape == fast.shape == (n,)
+    assert peak_hz(plain) == pytest.approx(1000, abs=15) and peak_hz(fast) == pytest.approx(1250, abs=15)
+    roomy = bed_of(confuser_bed_reverb_prob=1.0)
+    assert roomy.shape == (n,) and not np.allclose(roomy, plain)
+    for bad in ({"confuser_bed_speed": (1.2, 0.9)}, {"confuser_bed_speed": (0.2, 1.0)},
+                {"confuser_bed_reverb_prob": 1.5}):
+        with pytest.raises(ValueError, match="confuser_bed"):
+            LiveSceneConfig(enabled=True, **bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="simulated rooms"):
+        LiveSceneMaker(bank, None, D.SceneConfig(reverb_prob=0.0),
+                       LiveSceneConfig(**confusers, confuser_bed_reverb_prob=0.5),  # type: ignore[arg-type]
+                       crop_frames=200, receptive_field=20, lookahead=4)
