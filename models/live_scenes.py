@@ -275,10 +275,10 @@ class LiveSceneMaker:
         """`n` samples of household confusers, at another speed and in a simulated room
         where `live.confuser_bed_speed` and `live.confuser_bed_reverb_prob` ask for them."""
         low, high = self.cfg.confuser_bed_speed
-        factor = float(rng.uniform(low, high)) if (low, high) != (1.0, 1.0) else 1.0
-        if factor == 1.0:
+        if (low, high) == (1.0, 1.0):
             bed = negative_bed(self.bank.negatives, n, rng, self.confuser_weights)
         else:
+            factor = float(rng.uniform(low, high))
             laid = negative_bed(self.bank.negatives, int(np.ceil(n * factor)) + 8, rng, self.confuser_weights)
             bed = change_speed(laid, [], factor)[0]
         if self.cfg.confuser_bed_reverb_prob > 0 and rng.random() < self.cfg.confuser_bed_reverb_prob:

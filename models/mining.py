@@ -41,6 +41,11 @@ def _loosen(decisions: dict[str, DecisionParams], mining_threshold: float | None
     return {c: loosen(p) for c, p in decisions.items()}
 
 
+def _is_mined(class_name: str, mined_classes: Collection[str] | None) -> bool:
+    """Whether a report of `class_name` becomes a window or a clip's report (`--classes`)."""
+    return mined_classes is None or class_name in mined_classes
+
+
 def mine_confusers(
     score: Callable[[np.ndarray], np.ndarray],
     clips: list[tuple[str, str, np.ndarray]],
@@ -69,8 +74,7 @@ def mine_confusers(
             continue
         scores = score(feats)
         strict.update(e.class_name for e in decide(scores, class_names, decisions, hop, t0))
-        found = [e for e in decide(scores, class_names, loose, hop, t0)
-                 if mined_classes is None or e.class_name in mined_classes]
+        found = [e for e in decide(scores, class_names, loose, hop, t0) if _is_mined(e.class_name, mined_classes)]
         if found:
             reports[name] = len(found)
             by_kind.update(f"{e.class_name} <- {kind}" for e in found)
@@ -117,7 +121,7 @@ def mine(
             strict_counts[event.class_name] += 1
         for event in decide(scores, class_names, loose, hop, t0):
             loose_counts[event.class_name] += 1
-            if mined_classes is not None and event.class_name not in mined_classes:
+            if not _is_mined(event.class_name, mined_classes):
                 continue
             a = start + max(0, int((event.start_s - PRE_S) * SAMPLE_RATE))
             length = int(min(max(event.end_s - event.start_s + PRE_S, MIN_WINDOW_S), MAX_WINDOW_S) * SAMPLE_RATE)
