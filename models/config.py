@@ -98,6 +98,10 @@ class EvalConfig:
     #: Touch dating tuning tries last, as reaches in seconds (service/decision.py, rule 8);
     #: 0 is off, and the only reach by default, so recipes written before it tune as they did.
     onset_touches_s: tuple[float, ...] = (0.0,)
+    #: Onset advances tuning tries after touch dating, in seconds (service/decision.py,
+    #: rule 9); 0 is off, and the only advance by default, so recipes written before it
+    #: tune as they did.
+    onset_advances_s: tuple[float, ...] = (0.0,)
     dev_reps: dict[str, int] = field(
         default_factory=lambda: {"baby_cry": 1, "smoke_alarm": 6, "glass_break": 3}
     )

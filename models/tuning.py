@@ -292,6 +292,7 @@ def tune_decisions(
     onset_rises: Sequence[tuple[float, float]] = ((0.0, 0.0),),
     classes: Sequence[str] = CLASSES,
     onset_touches_s: Sequence[float] = (0.0,),
+    onset_advances_s: Sequence[float] = (0.0,),
 ) -> dict[str, DecisionParams]:
     """Per class of `classes` (the others keep `base`'s), the on-threshold, minimum duration,
     smoothing and onset window with the best dev F1 among those whose false alarms on dev
@@ -309,7 +310,8 @@ def tune_decisions(
     the onset look-back (`onset_lookbacks_s`): it moves reported onsets only, never what
     is reported or when, so it is tuned last and alone; so is rise dating (`onset_rises`,
     pairs of rise threshold and reach in seconds), after it, and touch dating
-    (`onset_touches_s`, reaches in seconds) after that. `class_on_thresholds` offers more
+    (`onset_touches_s`, reaches in seconds) after that, and the onset advance
+    (`onset_advances_s`, seconds) last. `class_on_thresholds` offers more
     on-thresholds to one class only (the alarm above 0.99: a change that cannot touch
     cries and glass, model card, rule 2's fifth-round clause)."""
     def rank(single: list[np.ndarray], c: str, cand: DecisionParams) -> tuple[float, ...]:
@@ -342,7 +344,7 @@ def tune_decisions(
                     best = (key, cand)
         assert best is not None
         best = _onset_dating_stages(
-            partial(rank, single, c), best, onset_lookbacks_s, onset_rises, onset_touches_s
+            partial(rank, single, c), best, onset_lookbacks_s, onset_rises, onset_touches_s, onset_advances_s
         )
         tuned[c] = best[1]
     return tuned
@@ -379,9 +381,11 @@ def _onset_dating_stages(
     onset_lookbacks_s: Sequence[float],
     onset_rises: Sequence[tuple[float, float]],
     onset_touches_s: Sequence[float],
+    onset_advances_s: Sequence[float] = (0.0,),
 ) -> tuple[tuple[float, ...], DecisionParams]:
     """From `best` (its key and setting), the onset-only parameters in turn: the look-back,
-    then rise dating, then touch dating, each kept only where it ranks strictly higher."""
+    then rise dating, then touch dating, then the onset advance, each kept only where it
+    ranks strictly higher."""
     for lookback in onset_lookbacks_s:
         cand = replace(best[1], onset_lookback_s=lookback)
         key = rank(cand)
@@ -396,6 +400,12 @@ def _onset_dating_stages(
     chosen = best[1]
     for touch_s in onset_touches_s:
         cand = replace(chosen, onset_touch_s=touch_s)
+        key = rank(cand)
+        if key > best[0]:
+            best = (key, cand)
+    chosen = best[1]
+    for advance_s in onset_advances_s:
+        cand = replace(chosen, onset_advance_s=advance_s)
         key = rank(cand)
         if key > best[0]:
             best = (key, cand)
@@ -424,7 +434,8 @@ def retune_onset_dating(
         )
         start = decisions[c]
         out[c] = _onset_dating_stages(
-            rank, (rank(start), start), e.onset_lookbacks_s, e.onset_rises, e.onset_touches_s
+            rank, (rank(start), start), e.onset_lookbacks_s, e.onset_rises, e.onset_touches_s,
+            e.onset_advances_s,
         )[1]
     return out
 
@@ -442,7 +453,7 @@ def tune_for_recipe(
         scores, dev, cfg.decision, e.on_thresholds, e.fa_per_hour_budget,
         e.min_duration_scales, e.max_min_duration_s, e.max_latency_s, e.onset_windows,
         e.fa_cost, e.onset_lookbacks_s, e.max_fa_per_hour, e.class_on_thresholds,
-        e.onset_rises, classes, e.onset_touches_s,
+        e.onset_rises, classes, e.onset_touches_s, e.onset_advances_s,
     )
 
 

@@ -71,6 +71,9 @@ class DecisionOverrides(Section):
         None, ge=0,
         description="Touch dating: how far back an onset may move to a frame that touched on_threshold (0: off).",
     )
+    onset_advance_s: float | None = Field(
+        None, ge=0, description="Onset advance: how much earlier than its dated onset an event is reported (0: off).",
+    )
 
 
 class ClassConfig(Section):

@@ -171,7 +171,7 @@ def test_nan_scores_count_as_silence_and_bad_shapes_are_refused() -> None:
     [({"on_threshold": 0.0}, "on_threshold"), ({"off_threshold": 0.6}, "off_threshold"),
      ({"onset_k": 6, "onset_n": 5}, "onset_k"), ({"merge_gap_s": -1}, "merge_gap_s"),
      ({"onset_rise_threshold": 1.5}, "onset_rise_threshold"), ({"onset_rise_s": -0.5}, "onset_rise_s"),
-     ({"onset_touch_s": -0.5}, "onset_touch_s")],
+     ({"onset_touch_s": -0.5}, "onset_touch_s"), ({"onset_advance_s": -0.1}, "onset_advance_s")],
 )
 def test_invalid_parameters_name_the_parameter(changes: dict[str, float], message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -267,6 +267,44 @@ def test_touch_dating_never_reaches_into_the_previous_event_or_makes_events() ->
     assert run(sobs, on_threshold=0.99, onset_k=10, onset_n=24, onset_touch_s=5.0) == []
 
 
+def test_onset_advance_reports_the_dated_onset_earlier_and_moves_nothing_else() -> None:
+    # A cry whose score touches the threshold 1 s in (the sobs before it masked by a bed).
+    x = scores((0.0, 50), (1.0, 100), (0.0, 50))
+    rule = {"on_threshold": 0.99, "off_threshold": 0.5, "onset_k": 10, "onset_n": 24, "merge_gap_s": 0.2}
+    plain = run(x, **rule)
+    advanced = run(x, **rule, onset_advance_s=0.4)
+    assert [e.start_s for e in plain] == [pytest.approx(50 * HOP)]
+    assert [e.start_s for e in advanced] == [pytest.approx(30 * HOP)]
+    # What is decided, and when, is as without it: the same decision frame, end and score.
+    assert [(e.detected_s, e.end_s, e.peak_score) for e in advanced] == [
+        (e.detected_s, e.end_s, e.peak_score) for e in plain]
+    # It applies after the dating rules: a touch-dated onset moves on from where touch put it.
+    sob = scores((0.0, 50), (1.0, 5), (0.2, 25), (1.0, 100), (0.0, 50))
+    dated = run(sob, **rule, onset_touch_s=1.0, onset_advance_s=0.4)
+    assert [e.start_s for e in dated] == [pytest.approx(30 * HOP)]
+    # The started event carries the same onset as the ended one (what the daemon publishes).
+    decider = EventDecider(["a"], {"a": DecisionParams(**{**PLAIN.to_dict(), **rule, "onset_advance_s": 0.4})}, HOP)
+    started = [d for d in decider.update(x) + decider.flush() if isinstance(d, EventStarted)]
+    assert [d.start_s for d in started] == [pytest.approx(30 * HOP)]
+
+
+def test_onset_advance_never_reaches_before_the_stream_or_into_the_previous_event() -> None:
+    rule = {"on_threshold": 0.99, "off_threshold": 0.5, "merge_gap_s": 0.2}
+    # An event 0.2 s into the stream, advanced by 1 s: it starts at the stream's first frame.
+    early = run(scores((0.0, 10), (1.0, 50), (0.0, 50)), **rule, onset_advance_s=1.0)
+    assert [e.start_s for e in early] == [pytest.approx(0.0)]
+    # Two events 0.4 s apart: the second starts no earlier than the first ended.
+    x = scores((1.0, 50), (0.0, 20), (1.0, 50), (0.0, 200))
+    plain = run(x, **rule)
+    events = run(x, **rule, onset_advance_s=3.0)
+    assert len(events) == len(plain) == 2
+    assert events[1].start_s == pytest.approx(plain[0].end_s)
+    assert events[1].start_s >= events[0].end_s
+    # With a cooldown, not before the cooldown's end either.
+    cooled = run(x, **rule, cooldown_s=0.1, onset_advance_s=3.0)
+    assert cooled[1].start_s == pytest.approx(plain[0].end_s + 0.1)
+
+
 class _FrameByFrame(EventDecider):
     """The decider without its bulk path: every non-idle frame goes through `_step`."""
 
@@ -301,7 +339,7 @@ def test_frames_taken_in_bulk_decide_exactly_as_frame_by_frame(seed: int) -> Non
                 merge_gap_s=float(rng.choice([0.0, 0.02, 0.05, 0.3, 1.0, 3.0])),
                 cooldown_s=float(rng.choice([0.0, 0.5, 2.0])), onset_lookback_s=float(rng.choice([0.0, 3.0])),
                 onset_rise_threshold=on * float(rng.uniform(0.2, 0.9)), onset_rise_s=float(rng.choice([0.0, 1.0])),
-                onset_touch_s=float(rng.choice([0.0, 2.0])),
+                onset_touch_s=float(rng.choice([0.0, 2.0])), onset_advance_s=float(rng.choice([0.0, 0.4])),
             )
         blocks = [frames] if case % 3 == 0 else [int(b) for b in rng.integers(1, 200, size=frames)]
         found = []

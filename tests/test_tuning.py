@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -177,13 +179,33 @@ def test_tuning_picks_touch_dating_when_cries_open_with_a_sob_too_short_for_a_ca
     assert (figures["f1"], figures["fa_per_hour"]) == (1.0, 0.0)
 
 
+def test_tuning_picks_an_onset_advance_when_the_score_lags_the_cry_alone() -> None:
+    """Each cry's score rises 0.7 s after its label (no earlier touch, sob or climb for the
+    dating rules to reach), so every cry is reported outside the 500 ms collar. Offered, an
+    advance of 0.4 s dates them on time; false alarms, and what is reported, do not move."""
+    items, scores = _shaped_cries([(135, 300, 0.999)])
+    negatives = np.full((3000, 3), 0.02, np.float32)
+    negatives[1000:1100, 0] = 0.999  # a false cry: the advance moves its onset, not its count
+    items.append(_item("negatives", negatives, [], True))
+    scores.append(negatives)
+    base = {c: DecisionParams(0.99, 0.5, 1, 10, 24, 0.1, 0.1, 0.0) for c in CLASSES}
+    plain = tune_decisions(scores, items, base, (0.99,), None, dur_scales=(1.0,), fa_cost=0.05,
+                           onset_touches_s=(0.0, 2.0))
+    assert plain["baby_cry"].onset_advance_s == 0.0
+    tuned = tune_decisions(scores, items, base, (0.99,), None, dur_scales=(1.0,), fa_cost=0.05,
+                           onset_touches_s=(0.0, 2.0), onset_advances_s=(0.0, 0.2, 0.4))
+    assert tuned["baby_cry"] == replace(plain["baby_cry"], onset_advance_s=0.4)
+    before = evaluate(scores, items, plain)["per_class"]["baby_cry"]
+    after = evaluate(scores, items, tuned)["per_class"]["baby_cry"]
+    assert (before["tp"], after["tp"]) == (0, 10)
+    assert before["fa_per_hour"] == after["fa_per_hour"] > 0
+
+
 def test_onset_dating_retuned_on_more_scenes_moves_onsets_alone() -> None:
     """The selection's cries hold no sob (every reach ties, so tuning keeps 0); a draw's
     cries open with a sob too short for a candidate. Tuned again on both, the onset-only
     parameters take the reach and every other parameter stays as it was chosen; on the
     selection alone they stay put, since a tie never moves them."""
-    from dataclasses import replace
-
     from models.config import EvalConfig, TrainConfig
 
     selection, selection_scores = _shaped_cries([(100, 300, 0.999)])
