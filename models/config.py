@@ -98,6 +98,9 @@ class EvalConfig:
     #: Touch dating tuning tries last, as reaches in seconds (service/decision.py, rule 8);
     #: 0 is off, and the only reach by default, so recipes written before it tune as they did.
     onset_touches_s: tuple[float, ...] = (0.0,)
+    #: Touch levels tried with each reach (`onset_touch_threshold`); 1.0 is the on-threshold
+    #: itself, and the only level by default, so recipes written before it tune as they did.
+    onset_touch_thresholds: tuple[float, ...] = (1.0,)
     #: Onset advances tuning tries after touch dating, in seconds (service/decision.py,
     #: rule 9); 0 is off, and the only advance by default, so recipes written before it
     #: tune as they did.

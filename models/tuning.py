@@ -293,6 +293,7 @@ def tune_decisions(
     classes: Sequence[str] = CLASSES,
     onset_touches_s: Sequence[float] = (0.0,),
     onset_advances_s: Sequence[float] = (0.0,),
+    onset_touch_thresholds: Sequence[float] = (1.0,),
 ) -> dict[str, DecisionParams]:
     """Per class of `classes` (the others keep `base`'s), the on-threshold, minimum duration,
     smoothing and onset window with the best dev F1 among those whose false alarms on dev
@@ -310,7 +311,8 @@ def tune_decisions(
     the onset look-back (`onset_lookbacks_s`): it moves reported onsets only, never what
     is reported or when, so it is tuned last and alone; so is rise dating (`onset_rises`,
     pairs of rise threshold and reach in seconds), after it, and touch dating
-    (`onset_touches_s`, reaches in seconds) after that, and the onset advance
+    (`onset_touches_s`, reaches in seconds, each with the levels `onset_touch_thresholds`)
+    after that, and the onset advance
     (`onset_advances_s`, seconds) last. `class_on_thresholds` offers more
     on-thresholds to one class only (the alarm above 0.99: a change that cannot touch
     cries and glass, model card, rule 2's fifth-round clause)."""
@@ -344,7 +346,8 @@ def tune_decisions(
                     best = (key, cand)
         assert best is not None
         best = _onset_dating_stages(
-            partial(rank, single, c), best, onset_lookbacks_s, onset_rises, onset_touches_s, onset_advances_s
+            partial(rank, single, c), best, onset_lookbacks_s, onset_rises, onset_touches_s, onset_advances_s,
+            onset_touch_thresholds,
         )
         tuned[c] = best[1]
     return tuned
@@ -382,10 +385,11 @@ def _onset_dating_stages(
     onset_rises: Sequence[tuple[float, float]],
     onset_touches_s: Sequence[float],
     onset_advances_s: Sequence[float] = (0.0,),
+    onset_touch_thresholds: Sequence[float] = (1.0,),
 ) -> tuple[tuple[float, ...], DecisionParams]:
     """From `best` (its key and setting), the onset-only parameters in turn: the look-back,
-    then rise dating, then touch dating, then the onset advance, each kept only where it
-    ranks strictly higher."""
+    then rise dating, then touch dating (each reach with each level), then the onset
+    advance, each kept only where it ranks strictly higher."""
     for lookback in onset_lookbacks_s:
         cand = replace(best[1], onset_lookback_s=lookback)
         key = rank(cand)
@@ -398,8 +402,8 @@ def _onset_dating_stages(
         if key > best[0]:
             best = (key, cand)
     chosen = best[1]
-    for touch_s in onset_touches_s:
-        cand = replace(chosen, onset_touch_s=touch_s)
+    for touch_s, level in itertools.product(onset_touches_s, onset_touch_thresholds):
+        cand = replace(chosen, onset_touch_s=touch_s, onset_touch_threshold=level)
         key = rank(cand)
         if key > best[0]:
             best = (key, cand)
@@ -435,7 +439,7 @@ def retune_onset_dating(
         start = decisions[c]
         out[c] = _onset_dating_stages(
             rank, (rank(start), start), e.onset_lookbacks_s, e.onset_rises, e.onset_touches_s,
-            e.onset_advances_s,
+            e.onset_advances_s, e.onset_touch_thresholds,
         )[1]
     return out
 
@@ -453,7 +457,7 @@ def tune_for_recipe(
         scores, dev, cfg.decision, e.on_thresholds, e.fa_per_hour_budget,
         e.min_duration_scales, e.max_min_duration_s, e.max_latency_s, e.onset_windows,
         e.fa_cost, e.onset_lookbacks_s, e.max_fa_per_hour, e.class_on_thresholds,
-        e.onset_rises, classes, e.onset_touches_s, e.onset_advances_s,
+        e.onset_rises, classes, e.onset_touches_s, e.onset_advances_s, e.onset_touch_thresholds,
     )
 
 

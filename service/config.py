@@ -71,6 +71,10 @@ class DecisionOverrides(Section):
         None, ge=0,
         description="Touch dating: how far back an onset may move to a frame that touched on_threshold (0: off).",
     )
+    onset_touch_threshold: float | None = Field(
+        None, gt=0, le=1,
+        description="Touch dating: the score a frame must reach to count as touched, where under on_threshold.",
+    )
     onset_advance_s: float | None = Field(
         None, ge=0, description="Onset advance: how much earlier than its dated onset an event is reported (0: off).",
     )

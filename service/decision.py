@@ -30,7 +30,9 @@ Per class, each frame goes through:
    whose smoothed score touched the on-threshold. A cry that comes in bursts with breaths
    between them touches a 0.99 threshold at its first burst and meets the k-of-n rule
    seconds later; no too-short candidate (rule 6) or unbroken climb (rule 7) dates it back.
-   Again only the onset reported moves.
+   The level touched may be set below the on-threshold (`onset_touch_threshold`): under a
+   bed a cry's first bursts often reach 0.9-0.98 where the on-threshold is 0.99. Again only
+   the onset reported moves.
 9. onset advance: the onset the rules above give is reported `onset_advance_s` earlier,
    never into the class's previous event nor before the stream. Under a bed of music or
    speech a cry's opening sobs are masked and the network's score touches its threshold
@@ -78,6 +80,9 @@ class DecisionParams:
     #: Touch dating (rule 8): how far back a candidate's reported onset may reach to a frame
     #: whose smoothed score touched the on-threshold. 0 s: off.
     onset_touch_s: float = 0.0
+    #: The smoothed score a frame must reach to count as touched: the lower of this and the
+    #: on-threshold (1.0: the on-threshold itself).
+    onset_touch_threshold: float = 1.0
     #: Onset advance (rule 9): how much earlier than its dated onset an event is reported,
     #: the score's usual lag behind the sound's start. 0 s: off.
     onset_advance_s: float = 0.0
@@ -95,6 +100,8 @@ class DecisionParams:
             raise ValueError(f"need 1 <= onset_k <= onset_n, got k={self.onset_k} n={self.onset_n}")
         if not 0.0 <= self.onset_rise_threshold <= 1.0:
             raise ValueError(f"onset_rise_threshold must be in [0, 1], got {self.onset_rise_threshold}")
+        if not 0.0 < self.onset_touch_threshold <= 1.0:
+            raise ValueError(f"onset_touch_threshold must be in (0, 1], got {self.onset_touch_threshold}")
         for name in ("min_duration_s", "merge_gap_s", "cooldown_s", "onset_lookback_s", "onset_rise_s",
                      "onset_touch_s", "onset_advance_s"):
             if getattr(self, name) < 0:
@@ -122,7 +129,8 @@ class DecisionParams:
         on = self.on_threshold**exponent
         off = min(on, self.off_threshold**exponent) if self.off_threshold > 0 else 0.0
         rise = min(on, self.onset_rise_threshold**exponent) if self.onset_rise_threshold > 0 else 0.0
-        return replace(self, on_threshold=on, off_threshold=off, onset_rise_threshold=rise)
+        touch = self.onset_touch_threshold**exponent
+        return replace(self, on_threshold=on, off_threshold=off, onset_rise_threshold=rise, onset_touch_threshold=touch)
 
 
 @dataclass(frozen=True)
@@ -431,8 +439,9 @@ class EventDecider:
 
     def _touch_start(self, state: _ClassState, c: int, start_row: int) -> int:
         """Rule 8: the earliest of the frames just before a candidate's start (row `start_row`
-        of the history) whose smoothed score reached the on-threshold, at most `onset_touch_s`
-        back and not before the class's previous event ended."""
+        of the history) whose smoothed score reached the touch level (the on-threshold, or
+        `onset_touch_threshold` where lower), at most `onset_touch_s` back and not before the
+        class's previous event ended."""
         p = state.params
         start_frame = state.start_frame
         # Frames of the previous event (and its cooldown) touched the threshold too: they
@@ -442,7 +451,8 @@ class EventDecider:
         )
         if reach <= 0:
             return start_frame
-        touched = np.flatnonzero(self._history[start_row - reach : start_row, c] >= p.on_threshold)
+        level = min(p.on_threshold, p.onset_touch_threshold)
+        touched = np.flatnonzero(self._history[start_row - reach : start_row, c] >= level)
         return start_frame if touched.size == 0 else start_frame - (reach - int(touched[0]))
 
     def _advanced(self, state: _ClassState, dated_frame: int) -> int:

@@ -153,6 +153,11 @@ def test_sensitivity_moves_both_thresholds_monotonically() -> None:
     assert more.on_threshold < base.on_threshold < less.on_threshold
     assert more.off_threshold < base.off_threshold < less.off_threshold
     assert more.off_threshold <= more.on_threshold
+    # A touch level under the on-threshold moves with it; the default (the on-threshold) stays so.
+    touching = replace(base, on_threshold=0.99, onset_touch_threshold=0.9)
+    more_touch, less_touch = (touching.with_sensitivity(v).onset_touch_threshold for v in (0.9, 0.1))
+    assert more_touch < 0.9 < less_touch
+    assert base.with_sensitivity(0.9).onset_touch_threshold == 1.0
     with pytest.raises(ValueError, match="sensitivity"):
         base.with_sensitivity(1.5)
 
@@ -171,7 +176,8 @@ def test_nan_scores_count_as_silence_and_bad_shapes_are_refused() -> None:
     [({"on_threshold": 0.0}, "on_threshold"), ({"off_threshold": 0.6}, "off_threshold"),
      ({"onset_k": 6, "onset_n": 5}, "onset_k"), ({"merge_gap_s": -1}, "merge_gap_s"),
      ({"onset_rise_threshold": 1.5}, "onset_rise_threshold"), ({"onset_rise_s": -0.5}, "onset_rise_s"),
-     ({"onset_touch_s": -0.5}, "onset_touch_s"), ({"onset_advance_s": -0.1}, "onset_advance_s")],
+     ({"onset_touch_s": -0.5}, "onset_touch_s"), ({"onset_touch_threshold": 0.0}, "onset_touch_threshold"),
+     ({"onset_advance_s": -0.1}, "onset_advance_s")],
 )
 def test_invalid_parameters_name_the_parameter(changes: dict[str, float], message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -258,6 +264,20 @@ def test_touch_dating_dates_a_cry_at_the_first_burst_that_touched_the_threshold(
     assert run(x, **rule, onset_rise_threshold=0.5, onset_rise_s=3.0)[0].start_s == pytest.approx(80 * HOP)
 
 
+def test_touch_dating_at_a_level_under_the_on_threshold_reaches_a_burst_the_bed_held_down() -> None:
+    # The first burst reaches 0.95 only (a bed masks it), the crying 1.0 after a breath.
+    x = scores((0.0, 50), (0.95, 10), (0.2, 20), (1.0, 100), (0.0, 50))
+    rule = {"on_threshold": 0.99, "off_threshold": 0.5, "onset_k": 10, "onset_n": 24, "onset_touch_s": 1.0}
+    assert run(x, **rule)[0].start_s == pytest.approx(80 * HOP)  # the burst never touched 0.99
+    lower = run(x, **rule, onset_touch_threshold=0.9)
+    assert [e.start_s for e in lower] == [pytest.approx(50 * HOP)]
+    assert (lower[0].detected_s, lower[0].end_s) == (run(x, **rule)[0].detected_s, run(x, **rule)[0].end_s)
+    # A level above the on-threshold is the on-threshold: touch dating as before.
+    assert run(x, **{**rule, "on_threshold": 0.9}, onset_touch_threshold=1.0)[0].start_s == pytest.approx(50 * HOP)
+    # Bursts at the lower level alone report nothing: it dates events, it does not start them.
+    assert run(scores((0.0, 20), (0.95, 200), (0.0, 20)), **rule, onset_touch_threshold=0.5) == []
+
+
 def test_touch_dating_never_reaches_into_the_previous_event_or_makes_events() -> None:
     x = scores((1.0, 50), (0.0, 40), (1.0, 50), (0.0, 200))
     events = run(x, on_threshold=0.99, off_threshold=0.5, merge_gap_s=0.2, onset_touch_s=5.0)
@@ -339,7 +359,8 @@ def test_frames_taken_in_bulk_decide_exactly_as_frame_by_frame(seed: int) -> Non
                 merge_gap_s=float(rng.choice([0.0, 0.02, 0.05, 0.3, 1.0, 3.0])),
                 cooldown_s=float(rng.choice([0.0, 0.5, 2.0])), onset_lookback_s=float(rng.choice([0.0, 3.0])),
                 onset_rise_threshold=on * float(rng.uniform(0.2, 0.9)), onset_rise_s=float(rng.choice([0.0, 1.0])),
-                onset_touch_s=float(rng.choice([0.0, 2.0])), onset_advance_s=float(rng.choice([0.0, 0.4])),
+                onset_touch_s=float(rng.choice([0.0, 2.0])), onset_touch_threshold=float(rng.choice([1.0, 0.6])),
+                onset_advance_s=float(rng.choice([0.0, 0.4])),
             )
         blocks = [frames] if case % 3 == 0 else [int(b) for b in rng.integers(1, 200, size=frames)]
         found = []

@@ -815,7 +815,8 @@ def test_live_training_resumes_exports_and_mines(
                      "--tune-draws", "7", "--tune-onset-draws", "8"]) == 0
     onset_tuned = json.loads(pair.with_suffix(".dev.json").read_text())
     assert onset_tuned["shipping"]["onset_tuned_on_draws"] == [8]
-    onset_only = {"onset_lookback_s", "onset_rise_threshold", "onset_rise_s", "onset_touch_s", "onset_advance_s"}
+    onset_only = {"onset_lookback_s", "onset_rise_threshold", "onset_rise_s", "onset_touch_s",
+                  "onset_touch_threshold", "onset_advance_s"}
     for c, params in onset_tuned["tuned_decisions"].items():
         assert {k: v for k, v in params.items() if k not in onset_only} == {
             k: v for k, v in tuned_before[c].items() if k not in onset_only}

@@ -179,6 +179,21 @@ def test_tuning_picks_touch_dating_when_cries_open_with_a_sob_too_short_for_a_ca
     assert (figures["f1"], figures["fa_per_hour"]) == (1.0, 0.0)
 
 
+def test_tuning_picks_a_touch_level_when_the_bed_holds_the_first_burst_under_the_threshold() -> None:
+    """Each cry: a 0.2 s burst at the labelled onset that reaches 0.95 only, a breath, then
+    crying at 0.999 decided 1 s late. Touch dating at the on-threshold (0.99) cannot reach
+    the burst; offered a level of 0.9 with the reach, the tuning dates every cry on time."""
+    items, scores = _shaped_cries([(100, 110, 0.95), (150, 300, 0.999)])
+    base = {c: DecisionParams(0.99, 0.5, 1, 10, 24, 0.1, 0.1, 0.0) for c in CLASSES}
+    at_threshold = tune_decisions(scores, items, base, (0.99,), None, dur_scales=(1.0,), fa_cost=0.05,
+                                  onset_touches_s=(0.0, 2.0))
+    assert evaluate(scores, items, at_threshold)["per_class"]["baby_cry"]["tp"] == 0
+    tuned = tune_decisions(scores, items, base, (0.99,), None, dur_scales=(1.0,), fa_cost=0.05,
+                           onset_touches_s=(0.0, 2.0), onset_touch_thresholds=(1.0, 0.9))
+    assert (tuned["baby_cry"].onset_touch_s, tuned["baby_cry"].onset_touch_threshold) == (2.0, 0.9)
+    assert evaluate(scores, items, tuned)["per_class"]["baby_cry"]["tp"] == 10
+
+
 def test_tuning_picks_an_onset_advance_when_the_score_lags_the_cry_alone() -> None:
     """Each cry's score rises 0.7 s after its label (no earlier touch, sob or climb for the
     dating rules to reach), so every cry is reported outside the 500 ms collar. Offered, an
