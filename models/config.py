@@ -121,6 +121,9 @@ class EvalConfig:
     #: {smoke_alarm: [0.995, 0.998]}: the alarm alone above 0.99, where the budget tier
     #: once chose settings that find 6 % of cries (model card, rule 2's fifth round).
     class_on_thresholds: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    #: Touch levels for one class in place of `onset_touch_thresholds`, e.g. {smoke_alarm:
+    #: [1.0, 0.9, 0.8]}: an onset change for the alarm alone (model card, thirty-seventh round).
+    class_onset_touch_thresholds: dict[str, tuple[float, ...]] = field(default_factory=dict)
     #: How a run chooses the network it keeps at each evaluation (models.tuning.recipe_selection):
     #: "terms", the quick selection terms over a few on-thresholds; "tuned", the export's own
     #: figure (decisions tuned with the settings above, F1 less 0.05 per false alarm an hour)
@@ -217,6 +220,15 @@ def config_from_dict(raw: Mapping[str, Any], where: str = "config") -> TrainConf
             f"{where}: eval.select_classes must name one or more of {', '.join(CLASSES)}, "
             f"got {list(cfg.eval.select_classes)}"
         )
+    levels = {"": cfg.eval.onset_touch_thresholds, **cfg.eval.class_onset_touch_thresholds}
+    for name, values in levels.items():
+        key = f"eval.class_onset_touch_thresholds.{name}" if name else "eval.onset_touch_thresholds"
+        if name and name not in CLASSES:
+            raise ValueError(f"{where}: {key}: unknown class (classes: {', '.join(CLASSES)})")
+        if not values or not all(0.0 < float(v) <= 1.0 for v in values):
+            raise ValueError(f"{where}: {key} must list touch levels in (0, 1], got {list(values)}")
+    if not all(float(v) >= 0.0 for v in cfg.eval.onset_advances_s):
+        raise ValueError(f"{where}: eval.onset_advances_s must be seconds >= 0, got {list(cfg.eval.onset_advances_s)}")
     if cfg.eval.select_average < 1:
         raise ValueError(f"{where}: eval.select_average must be 1 or more evaluations, got {cfg.eval.select_average}")
     if cfg.data.voiced_onset_classes and not (cfg.live.enabled and cfg.loss.kind == "event" and cfg.loss.onset > 0):

@@ -294,6 +294,7 @@ def tune_decisions(
     onset_touches_s: Sequence[float] = (0.0,),
     onset_advances_s: Sequence[float] = (0.0,),
     onset_touch_thresholds: Sequence[float] = (1.0,),
+    class_onset_touch_thresholds: Mapping[str, Sequence[float]] | None = None,
 ) -> dict[str, DecisionParams]:
     """Per class of `classes` (the others keep `base`'s), the on-threshold, minimum duration,
     smoothing and onset window with the best dev F1 among those whose false alarms on dev
@@ -315,7 +316,8 @@ def tune_decisions(
     after that, and the onset advance
     (`onset_advances_s`, seconds) last. `class_on_thresholds` offers more
     on-thresholds to one class only (the alarm above 0.99: a change that cannot touch
-    cries and glass, model card, rule 2's fifth-round clause)."""
+    cries and glass, model card, rule 2's fifth-round clause); `class_onset_touch_thresholds`
+    gives one class its own touch levels."""
     def rank(single: list[np.ndarray], c: str, cand: DecisionParams) -> tuple[float, ...]:
         return _tuning_rank(single, dev, c, cand, fa_budget, fa_cost, max_latency_s, max_fa_per_hour)
 
@@ -347,7 +349,7 @@ def tune_decisions(
         assert best is not None
         best = _onset_dating_stages(
             partial(rank, single, c), best, onset_lookbacks_s, onset_rises, onset_touches_s, onset_advances_s,
-            onset_touch_thresholds,
+            (class_onset_touch_thresholds or {}).get(c, onset_touch_thresholds),
         )
         tuned[c] = best[1]
     return tuned
@@ -439,7 +441,7 @@ def retune_onset_dating(
         start = decisions[c]
         out[c] = _onset_dating_stages(
             rank, (rank(start), start), e.onset_lookbacks_s, e.onset_rises, e.onset_touches_s,
-            e.onset_advances_s, e.onset_touch_thresholds,
+            e.onset_advances_s, e.class_onset_touch_thresholds.get(c, e.onset_touch_thresholds),
         )[1]
     return out
 
@@ -458,6 +460,7 @@ def tune_for_recipe(
         e.min_duration_scales, e.max_min_duration_s, e.max_latency_s, e.onset_windows,
         e.fa_cost, e.onset_lookbacks_s, e.max_fa_per_hour, e.class_on_thresholds,
         e.onset_rises, classes, e.onset_touches_s, e.onset_advances_s, e.onset_touch_thresholds,
+        e.class_onset_touch_thresholds,
     )
 
 

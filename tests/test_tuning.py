@@ -194,6 +194,28 @@ def test_tuning_picks_a_touch_level_when_the_bed_holds_the_first_burst_under_the
     assert evaluate(scores, items, tuned)["per_class"]["baby_cry"]["tp"] == 10
 
 
+def test_touch_levels_for_one_class_leave_the_others_at_the_on_threshold() -> None:
+    """eval.class_onset_touch_thresholds: the levels go to the named class only. Cries
+    whose first burst reaches 0.95 get no lower level when the levels are the alarm's, and
+    a recipe naming an unknown class, or a level outside (0, 1], is refused by name."""
+    from models.config import config_from_dict
+
+    items, scores = _shaped_cries([(100, 110, 0.95), (150, 300, 0.999)])
+    base = {c: DecisionParams(0.99, 0.5, 1, 10, 24, 0.1, 0.1, 0.0) for c in CLASSES}
+    grids = {"onset_touches_s": (0.0, 2.0), "fa_cost": 0.05, "dur_scales": (1.0,)}
+    alarm_only = tune_decisions(scores, items, base, (0.99,), None, **grids,
+                                class_onset_touch_thresholds={"smoke_alarm": (1.0, 0.9)})
+    assert alarm_only["baby_cry"].onset_touch_threshold == 1.0
+    cry_too = tune_decisions(scores, items, base, (0.99,), None, **grids,
+                             class_onset_touch_thresholds={"baby_cry": (1.0, 0.9)})
+    assert cry_too["baby_cry"].onset_touch_threshold == 0.9
+    for levels, message in (({"smoke": [0.9]}, "smoke: unknown class"), ({"smoke_alarm": [1.5]}, "in \\(0, 1\\]")):
+        with pytest.raises(ValueError, match=message):
+            config_from_dict({"eval": {"class_onset_touch_thresholds": levels}})
+    with pytest.raises(ValueError, match="onset_advances_s must be seconds"):
+        config_from_dict({"eval": {"onset_advances_s": [-0.2]}})
+
+
 def test_tuning_picks_an_onset_advance_when_the_score_lags_the_cry_alone() -> None:
     """Each cry's score rises 0.7 s after its label (no earlier touch, sob or climb for the
     dating rules to reach), so every cry is reported outside the 500 ms collar. Offered, an
