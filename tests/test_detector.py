@@ -36,10 +36,11 @@ def _streamed(detector: Detector, audio: np.ndarray, chunk: int) -> np.ndarray:
 
 
 def test_the_bundled_model_is_a_joined_quadruple_and_the_lite_option_keeps_its_contract(detector: Detector) -> None:
-    """models/harken.onnx (model card: S4DP + STG7 + STD9 + STL11A, 2.7.2) is four members
+    """models/harken.onnx (model card: S4DP + STG7 + STD9 + STL11A, 2.7.3) is four members
     joined into one network, each class taken from the members that hold it, its cries and alarms
     dated back to the first frame that touched the threshold (the card's rule 6, thirtieth round)
-    and then reported earlier by the score's usual lag (rule 9, thirty-seventh round);
+    and then reported earlier by the score's usual lag (rule 9, thirty-seventh round), the
+    alarm's touch at a level under its on-threshold (the card's rule 7);
     models/harken-lite.onnx (S3DP, one network, a quarter of the compute) loads through the same
     contract, streams like one pass and finds a T3 alarm, so `model:` can point at it on a slow
     machine."""
@@ -50,6 +51,8 @@ def test_the_bundled_model_is_a_joined_quadruple_and_the_lite_option_keeps_its_c
     assert c.decision["baby_cry"].onset_touch_s > 0 and c.decision["smoke_alarm"].onset_touch_s > 0
     # The advance stays inside the collar: an event dated at its label is still on time.
     assert 0 < c.decision["baby_cry"].onset_advance_s < 0.5 and c.decision["glass_break"].onset_advance_s == 0
+    alarm = c.decision["smoke_alarm"]
+    assert alarm.onset_touch_threshold < alarm.on_threshold and c.decision["baby_cry"].onset_touch_threshold == 1.0
     assert c.training["parameters"] <= 300_000 and c.training["macs_per_frame"] * 50 <= 15_000_000
     lite = Detector.load(bundled_model_path().with_name("harken-lite.onnx"))
     assert "members" not in lite.contract.training
