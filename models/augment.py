@@ -108,6 +108,20 @@ def set_level(audio: np.ndarray, peak_dbfs: float, overdrive_db: float = 0.0) ->
     return out.astype(np.float32)
 
 
+def freq_mask(features: np.ndarray, rng: np.random.Generator, masks: int, max_bands: int) -> np.ndarray:
+    """SpecAugment's frequency masking on log-mel frames (T, n_mels): `masks` times, a run of
+    1..`max_bands` bands is set to each band's median over the frames. The median, not zero
+    or the floor, keeps the band's level (a steady bed there), and takes away what changes
+    in it: an event's pattern in those bands is gone, as under a bed that covers them."""
+    out = features.copy()
+    n_mels = out.shape[1]
+    for _ in range(masks):
+        width = int(rng.integers(1, min(max_bands, n_mels) + 1))
+        first = int(rng.integers(0, n_mels - width + 1))
+        out[:, first : first + width] = np.median(out[:, first : first + width], axis=0)
+    return out
+
+
 def mel_eq(
     features: np.ndarray, mel_centres_hz: np.ndarray, rng: np.random.Generator, phone_prob: float = 0.15
 ) -> np.ndarray:

@@ -105,6 +105,13 @@ class LiveSceneConfig:
     #: train sounds like more of them. [1, 1] and 0: off (the random stream as before).
     confuser_bed_speed: tuple[float, float] = (1.0, 1.0)
     confuser_bed_reverb_prob: float = 0.0
+    #: Frequency masking (SpecAugment's, on the scene's log-mel frames): in this share of
+    #: scenes, `freq_masks` bands of up to `freq_mask_bands` mel bands each are flattened to
+    #: their median over the crop, so the event's pattern there is gone as under a bed that
+    #: covers those bands. 0: off (the random stream as before).
+    freq_mask_prob: float = 0.0
+    freq_masks: int = 2
+    freq_mask_bands: int = 8
 
     def event_level_ranges(self, name: str) -> tuple[tuple[float, float], tuple[float, float]]:
         """The EBR range and absolute level floor range of `name`'s events."""
@@ -128,6 +135,11 @@ class LiveSceneConfig:
                              f"got {list(self.confuser_bed_speed)}")
         if not 0.0 <= self.confuser_bed_reverb_prob <= 1.0:
             raise ValueError(f"live.confuser_bed_reverb_prob must be in [0, 1], got {self.confuser_bed_reverb_prob}")
+        if not 0.0 <= self.freq_mask_prob <= 1.0:
+            raise ValueError(f"live.freq_mask_prob must be in [0, 1], got {self.freq_mask_prob}")
+        if self.freq_masks < 1 or self.freq_mask_bands < 1:
+            raise ValueError(f"live.freq_masks and live.freq_mask_bands must be >= 1, got {self.freq_masks} "
+                             f"and {self.freq_mask_bands}")
 
 
 @dataclass
@@ -342,6 +354,8 @@ class LiveSceneMaker:
         feats = self.maker.logmel.frames(mix)[: self.n_frames]  # (n_frames, n_mels)
         if mix_eq:  # the microphone's response, on everything it hears
             feats = augment.mel_eq(feats, self.mel_centres_hz, rng)
+        if cfg.freq_mask_prob > 0 and rng.random() < cfg.freq_mask_prob:
+            feats = augment.freq_mask(feats, rng, cfg.freq_masks, cfg.freq_mask_bands)
         if rng.random() < cfg.stream_start_prob:
             # The first `context` frames are what service.detector puts before a stream.
             feats[: self.context] = feats[self.context]
