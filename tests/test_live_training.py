@@ -190,6 +190,41 @@ def test_mel_eq_flat_is_identity_and_phone_band_cuts_lows() -> None:
     assert (phone[:, 0] < feats[:, 0] - 5).all()  # 60 Hz is outside every phone band
 
 
+def test_freq_mask_flattens_whole_bands_to_their_median_and_leaves_the_rest() -> None:
+    rng = np.random.default_rng(4)
+    feats = rng.normal(-6.0, 2.0, (120, 64)).astype(np.float32)
+    masked = augment.freq_mask(feats, np.random.default_rng(1), masks=2, max_bands=8)
+    changed = np.flatnonzero((masked != feats).any(axis=0))
+    assert 1 <= changed.size <= 16
+    for band in changed:  # a masked band holds one value, its median over the frames
+        assert np.unique(masked[:, band]).size == 1
+        assert masked[0, band] == pytest.approx(float(np.median(feats[:, band])))
+    untouched = np.setdiff1d(np.arange(64), changed)
+    np.testing.assert_array_equal(masked[:, untouched], feats[:, untouched])
+    assert not np.shares_memory(masked, feats)
+
+
+def test_scenes_with_frequency_masking_off_are_the_scenes_before_it(maker: LiveSceneMaker) -> None:
+    """`live.freq_mask_prob`: at 0 (the default) no draw is taken and scenes are as before;
+    at 1 the same draws make the same scene with bands flattened; bad settings are refused."""
+    from dataclasses import replace
+
+    def scene_with(**extra: object) -> np.ndarray:
+        live = replace(maker.cfg, **extra)
+        made = LiveSceneMaker(maker.bank, maker.negatives, maker.scene_cfg, live, crop_frames=200,
+                              receptive_field=20, lookahead=4)
+        return made.make(np.random.default_rng(7)).features
+
+    plain = maker.make(np.random.default_rng(7)).features
+    np.testing.assert_array_equal(scene_with(freq_mask_prob=0.0), plain)
+    masked = scene_with(freq_mask_prob=1.0, freq_masks=1, freq_mask_bands=8)
+    flattened = [b for b in range(64) if np.unique(masked[:, b]).size == 1]
+    assert 1 <= len(flattened) <= 8 and masked.shape == plain.shape
+    for bad in ({"freq_mask_prob": 1.5}, {"freq_masks": 0}, {"freq_mask_bands": 0}):
+        with pytest.raises(ValueError, match="freq_mask"):
+            LiveSceneConfig(enabled=True, **bad)  # type: ignore[arg-type]
+
+
 def test_silence_gap_and_level() -> None:
     rng = np.random.default_rng(0)
     audio = np.full(48000, 0.1, np.float32)
