@@ -311,10 +311,9 @@ def tune_decisions(
     negatives do not reach, without moving the reported onset. Then, on the chosen setting,
     the onset look-back (`onset_lookbacks_s`): it moves reported onsets only, never what
     is reported or when, so it is tuned last and alone; so is rise dating (`onset_rises`,
-    pairs of rise threshold and reach in seconds), after it, and touch dating
-    (`onset_touches_s`, reaches in seconds, each with the levels `onset_touch_thresholds`)
-    after that, and the onset advance
-    (`onset_advances_s`, seconds) last. `class_on_thresholds` offers more
+    pairs of rise threshold and reach in seconds), after it, touch dating (`onset_touches_s`,
+    reaches in seconds, each with the levels `onset_touch_thresholds`) after that, and the
+    onset advance (`onset_advances_s`, seconds) last. `class_on_thresholds` offers more
     on-thresholds to one class only (the alarm above 0.99: a change that cannot touch
     cries and glass, model card, rule 2's fifth-round clause); `class_onset_touch_thresholds`
     gives one class its own touch levels."""
