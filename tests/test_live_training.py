@@ -204,22 +204,24 @@ def test_freq_mask_flattens_whole_bands_to_their_median_and_leaves_the_rest() ->
     assert not np.shares_memory(masked, feats)
 
 
-def test_scenes_with_frequency_masking_off_are_the_scenes_before_it(maker: LiveSceneMaker) -> None:
-    """`live.freq_mask_prob`: at 0 (the default) no draw is taken and scenes are as before;
-    at 1 the same draws make the same scene with bands flattened; bad settings are refused."""
+def test_frequency_masking_in_scenes_flattens_bands_and_changes_nothing_else(maker: LiveSceneMaker) -> None:
+    """`live.freq_mask_prob` 1: the scene the same generator makes without masking, with one
+    to eight whole bands flattened; its labels, weights and every other band are untouched
+    (the mask is drawn after the scene is made). Bad settings are refused by name."""
     from dataclasses import replace
 
-    def scene_with(**extra: object) -> np.ndarray:
-        live = replace(maker.cfg, **extra)
-        made = LiveSceneMaker(maker.bank, maker.negatives, maker.scene_cfg, live, crop_frames=200,
-                              receptive_field=20, lookahead=4)
-        return made.make(np.random.default_rng(7)).features
-
-    plain = maker.make(np.random.default_rng(7)).features
-    np.testing.assert_array_equal(scene_with(freq_mask_prob=0.0), plain)
-    masked = scene_with(freq_mask_prob=1.0, freq_masks=1, freq_mask_bands=8)
-    flattened = [b for b in range(64) if np.unique(masked[:, b]).size == 1]
-    assert 1 <= len(flattened) <= 8 and masked.shape == plain.shape
+    masking = LiveSceneMaker(maker.bank, maker.negatives, maker.scene_cfg,
+                             replace(maker.cfg, freq_mask_prob=1.0, freq_masks=1, freq_mask_bands=8),
+                             crop_frames=200, receptive_field=20, lookahead=4)
+    plain, masked = maker.make(np.random.default_rng(7)), masking.make(np.random.default_rng(7))
+    changed = [b for b in range(64) if not np.array_equal(masked.features[:, b], plain.features[:, b])]
+    assert 1 <= len(changed) <= 8 and changed == list(range(changed[0], changed[-1] + 1))
+    for band in changed:
+        assert np.unique(masked.features[:, band]).size == 1
+    others = [b for b in range(64) if b not in changed]
+    np.testing.assert_array_equal(masked.features[:, others], plain.features[:, others])
+    np.testing.assert_array_equal(masked.target, plain.target)
+    np.testing.assert_array_equal(masked.weight, plain.weight)
     for bad in ({"freq_mask_prob": 1.5}, {"freq_masks": 0}, {"freq_mask_bands": 0}):
         with pytest.raises(ValueError, match="freq_mask"):
             LiveSceneConfig(enabled=True, **bad)  # type: ignore[arg-type]
