@@ -220,11 +220,13 @@ def config_from_dict(raw: Mapping[str, Any], where: str = "config") -> TrainConf
             f"{where}: eval.select_classes must name one or more of {', '.join(CLASSES)}, "
             f"got {list(cfg.eval.select_classes)}"
         )
-    levels = {"": cfg.eval.onset_touch_thresholds, **cfg.eval.class_onset_touch_thresholds}
-    for name, values in levels.items():
-        key = f"eval.class_onset_touch_thresholds.{name}" if name else "eval.onset_touch_thresholds"
-        if name and name not in CLASSES:
-            raise ValueError(f"{where}: {key}: unknown class (classes: {', '.join(CLASSES)})")
+    unknown_classes = [c for c in cfg.eval.class_onset_touch_thresholds if c not in CLASSES]
+    if unknown_classes:
+        raise ValueError(f"{where}: eval.class_onset_touch_thresholds.{unknown_classes[0]}: unknown class "
+                         f"(classes: {', '.join(CLASSES)})")
+    levels = {"eval.onset_touch_thresholds": cfg.eval.onset_touch_thresholds} | {
+        f"eval.class_onset_touch_thresholds.{c}": v for c, v in cfg.eval.class_onset_touch_thresholds.items()}
+    for key, values in levels.items():
         if not values or not all(0.0 < float(v) <= 1.0 for v in values):
             raise ValueError(f"{where}: {key} must list touch levels in (0, 1], got {list(values)}")
     if not all(float(v) >= 0.0 for v in cfg.eval.onset_advances_s):

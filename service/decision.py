@@ -185,6 +185,12 @@ class _ClassState:
     was_above_off: bool = True
     gates: list[str] = field(default_factory=list)
 
+    @property
+    def onset_floor_frame(self) -> int:
+        """The earliest frame a reported onset may reach: after the class's previous event
+        and its cooldown, and not before the stream (rules 7-9)."""
+        return max(self.cooldown_until_frame, 0)
+
 
 class EventDecider:
     """Per-class event state machines over a stream of frame scores.
@@ -435,7 +441,7 @@ class EventDecider:
         before = self._history[start_row - reach : start_row, c]
         below = np.flatnonzero(before < p.onset_rise_threshold)
         risen = reach if below.size == 0 else reach - 1 - int(below[-1])
-        return max(start_frame - risen, state.cooldown_until_frame, 0)
+        return max(start_frame - risen, state.onset_floor_frame)
 
     def _touch_start(self, state: _ClassState, c: int, start_row: int) -> int:
         """Rule 8: the earliest of the frames just before a candidate's start (row `start_row`
@@ -447,7 +453,7 @@ class EventDecider:
         # Frames of the previous event (and its cooldown) touched the threshold too: they
         # are out of reach, not clamped to its end.
         reach = min(
-            round(p.onset_touch_s / self.hop_s), start_row, start_frame - max(state.cooldown_until_frame, 0)
+            round(p.onset_touch_s / self.hop_s), start_row, start_frame - state.onset_floor_frame
         )
         if reach <= 0:
             return start_frame
@@ -459,7 +465,7 @@ class EventDecider:
         """Rule 9: `dated_frame` moved `onset_advance_s` earlier, not before the class's
         previous event ended (nor its cooldown) and not before the stream's first frame."""
         advance = round(state.params.onset_advance_s / self.hop_s)
-        floor = max(state.cooldown_until_frame, 0)
+        floor = state.onset_floor_frame
         if advance <= 0 or dated_frame <= floor:
             return dated_frame
         return max(dated_frame - advance, floor)
