@@ -93,6 +93,7 @@ def tune_on_dev(
         scene_draws_score,
         shipping_score,
         tune_for_recipe,
+        tuning_scenes,
     )
 
     cache = Path(args.cache or Path(args.checkpoint).parent / "cache")
@@ -126,14 +127,19 @@ def tune_on_dev(
         return scored_scene_draws(cfg, Path(args.data), seeds, cache, score, frames, frames_key)
 
     def with_draws(
-        base_scores: list[np.ndarray], base_items: list[DevItem], seeds: Sequence[int]
+        base_scores: list[np.ndarray], base_items: list[DevItem], seeds: Sequence[int], shared_each: bool = False
     ) -> tuple[list[np.ndarray], list[DevItem]]:
-        # More scenes for the tuning; the shared negatives stay counted once.
-        more = drawn(seeds)
-        return ([*base_scores, *(s for _, ss, _ in more for s in ss)],
-                [*base_items, *(i for _, _, items in more for i in items)])
+        # More scenes for the tuning; the shared items (after the selection's scenes) counted
+        # once, or once with each draw.
+        if not seeds:
+            return base_scores, base_items
+        n = info["scene_items"]
+        return tuning_scenes(base_scores, base_items, drawn(seeds), scores[n:], dev[n:], shared_each)
 
-    tune_scores, tune_items = with_draws(scores, dev, tune_seeds)
+    shared_each = getattr(args, "tune_draws_shared", "once") == "each"
+    if shared_each and not tune_seeds:
+        raise ValueError("--tune-draws-shared each: give the draws with --tune-draws")
+    tune_scores, tune_items = with_draws(scores, dev, tune_seeds, shared_each)
     decisions = tune_for_recipe(tune_scores, tune_items, cfg)
     if onset_seeds:
         # Onset-only parameters on more scenes: they move onsets and nothing else.
@@ -162,6 +168,7 @@ def tune_on_dev(
     report["shipping"] = shipping_score(report)
     if tune_seeds:
         report["shipping"]["tuned_on_draws"] = list(tune_seeds)
+        report["shipping"]["tuned_shared"] = "each draw" if shared_each else "once"
     if onset_seeds:
         report["shipping"]["onset_tuned_on_draws"] = list(onset_seeds)
     if draw_seeds is not None:

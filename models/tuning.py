@@ -596,6 +596,31 @@ def shipping_score(report: Mapping[str, Any]) -> dict[str, Any]:
 SCENE_DRAW_SEEDS = (11, 12, 13, 14, 15)
 
 
+def tuning_scenes(
+    base_scores: Sequence[np.ndarray],
+    base_items: Sequence[D.DevItem],
+    draws: Sequence[tuple[int, Sequence[np.ndarray], Sequence[D.DevItem]]],
+    shared_scores: Sequence[np.ndarray],
+    shared_items: Sequence[D.DevItem],
+    shared_each_draw: bool = False,
+) -> tuple[list[np.ndarray], list[D.DevItem]]:
+    """The scores and items the decisions are tuned on: the base set (the selection's scenes,
+    which already hold the shared items) and each draw's scenes (`--tune-draws`). By default
+    the shared items (the quiet rooms and Debian dev negatives) are counted once: with k draws
+    their false alarms weigh 1 / (1 + k) as much in the pooled F1's precision as rule 5, which
+    scores each draw with its own count of them, gives them (false alarms an hour are over
+    the negatives' hours either way). With `shared_each_draw` each draw brings its own copy
+    and the pooled F1 weighs them as rule 5 does (fortieth round)."""
+    scores, items = list(base_scores), list(base_items)
+    for _, draw_scores, draw_items in draws:
+        scores += draw_scores
+        items += draw_items
+        if shared_each_draw:
+            scores += shared_scores
+            items += shared_items
+    return scores, items
+
+
 def scene_draws_score(
     draws: Sequence[tuple[int, Sequence[np.ndarray], Sequence[D.DevItem]]],
     shared_scores: Sequence[np.ndarray],

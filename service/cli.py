@@ -613,6 +613,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "(these scene seeds; none given: the rule's 11-15), the mean of rule 4's figure")
     export.add_argument("--tune-draws", type=int, nargs="+", metavar="SEED",
                         help="tune the decisions on these draws of the dev scenes too, beside the selection's")
+    export.add_argument("--tune-draws-shared", choices=("once", "each"), default="once",
+                        help="with --tune-draws: count the shared negatives and quiet rooms once in the tuning "
+                             "(the default) or once with each draw, as rule 5 scores a draw")
     export.add_argument("--tune-onset-draws", type=int, nargs="+", metavar="SEED",
                         help="then tune the onset-only parameters (look-back, rise and touch dating: they move "
                              "reported onsets and nothing else) on these draws too, the rest kept")

@@ -844,6 +844,11 @@ def test_live_training_resumes_exports_and_mines(
     assert cli.main([*retune, "--out", str(pair), "--ensemble", str(other), "--scene-draws", "11",
                      "--tune-draws", "7"]) == 0
     assert json.loads(pair.with_suffix(".dev.json").read_text())["shipping"]["tuned_on_draws"] == [7]
+    # ... with the shared negatives counted with each tuning draw, as rule 5 scores a draw.
+    assert cli.main([*retune, "--out", str(pair), "--ensemble", str(other), "--scene-draws", "11",
+                     "--tune-draws", "7", "--tune-draws-shared", "each"]) == 0
+    assert json.loads(pair.with_suffix(".dev.json").read_text())["shipping"]["tuned_shared"] == "each draw"
+    assert cli.main([*retune, "--out", str(pair), "--ensemble", str(other), "--tune-draws-shared", "each"]) != 0
     assert cli.main([*retune, "--out", str(pair), "--ensemble", str(other), "--scene-draws", "7",
                      "--tune-draws", "7"]) != 0
     # --tune-onset-draws: the onset-only parameters tuned on more draws, nothing else moved.
