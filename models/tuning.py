@@ -607,10 +607,11 @@ def tuning_scenes(
     """The scores and items the decisions are tuned on: the base set (the selection's scenes,
     which already hold the shared items) and each draw's scenes (`--tune-draws`). By default
     the shared items (the quiet rooms and Debian dev negatives) are counted once: with k draws
-    their false alarms weigh 1 / (1 + k) as much in the pooled F1's precision as rule 5, which
-    scores each draw with its own count of them, gives them (false alarms an hour are over
-    the negatives' hours either way). With `shared_each_draw` each draw brings its own copy
-    and the pooled F1 weighs them as rule 5 does (fortieth round)."""
+    their false alarms weigh 1 / (1 + k) as much in the pooled F1's precision as rule 5 (which
+    scores each draw with its own count of them) gives them, and less in the pooled false
+    alarms an hour, whose hours grow with each draw's own negative streams. With
+    `shared_each_draw` each draw brings its own copy, and the pooled figures weigh them as
+    rule 5 does (fortieth round)."""
     scores, items = list(base_scores), list(base_items)
     for _, draw_scores, draw_items in draws:
         scores += draw_scores
