@@ -159,6 +159,7 @@ def test_tuning_scenes_count_the_shared_negatives_once_or_with_each_draw() -> No
     assert pooled_once["fa_per_hour"] < 0.9 * one_set["fa_per_hour"]  # and the draws' quiet hours
     assert tuning_scenes(scores, dev, [], shared_scores, shared, True) == (scores, dev)
 
+
 def _shaped_cries(runs: list[tuple[int, int, float]]) -> tuple[list[D.DevItem], list[np.ndarray]]:
     """Ten 10 s items, each a cry labelled at frames 100-300 whose score is 0.02 but for
     the `(first, end, score)` runs of frames."""
