@@ -388,12 +388,13 @@ def negative_bed(
     n_samples: int,
     rng: np.random.Generator,
     weights: np.ndarray | None = None,
-    placed: list[tuple[int, int, int]] | None = None,
+    placed: list[tuple[int, int, int, int]] | None = None,
 ) -> np.ndarray:
     """A stream of random negative clips with random gains and short cross-fades.
     `weights` (one per clip) makes some clips likelier, e.g. mined confusers. `placed`,
-    when given, receives (clip index, first sample, end sample) of every piece laid in the
-    stream; it draws nothing from `rng`, so the stream is the same with or without it."""
+    when given, receives (clip index, first sample, end sample, the clip's own sample at
+    the first) of every piece laid in the stream; it draws nothing from `rng`, so the
+    stream is the same with or without it."""
     out = np.zeros(n_samples, dtype=np.float32)
     if not negatives:
         return (synth.background(n_samples / SAMPLE_RATE, rng) * 0.1)[:n_samples]
@@ -411,7 +412,7 @@ def negative_bed(
         if b > a:
             out[a:b] += seg[a - pos : b - pos]
             if placed is not None:
-                placed.append((pick, a, b))
+                placed.append((pick, a, b, a - pos))
         pos += max(seg.shape[0] - fade, int(0.2 * SAMPLE_RATE)) + int(
             rng.uniform(0, 0.5) * SAMPLE_RATE
         )
@@ -696,7 +697,7 @@ def build_dev(
                 pre_s = float(rng.uniform(2.0, 5.0))
                 total_s = pre_s + sig.shape[0] / SAMPLE_RATE + float(rng.uniform(3.0, 5.0))
                 n = int(total_s * SAMPLE_RATE)
-                placed: list[tuple[int, int, int]] = []
+                placed: list[tuple[int, int, int, int]] = []
                 bed = negative_bed(bank.negatives, n, rng, placed=placed)
                 at = int(pre_s * SAMPLE_RATE)
                 seg = sig[: n - at]
@@ -721,7 +722,7 @@ def build_dev(
                                 bank.negative_clips[i].path.name, bank.negative_clips[i].class_name,
                                 round(a / SAMPLE_RATE, 3), round(b / SAMPLE_RATE, 3),
                             )
-                            for i, a, b in placed
+                            for i, a, b, _ in placed
                         ),
                     )
                 )

@@ -44,7 +44,7 @@ from models.data import (
     onset_anchor_frames,
 )
 from models.negatives import NegativePool
-from models.teacher import TeacherTrack
+from models.teacher import ClipTeacher, TeacherTrack
 from service.audio.features import FeatureParams, _hz_to_mel, _mel_to_hz
 
 
@@ -142,6 +142,17 @@ class LiveSceneConfig:
                              f"and {self.freq_mask_bands}")
 
 
+@dataclass(frozen=True)
+class BedOrigin:
+    """What a scene's background was made of, as far as the teacher can describe it: a
+    plain stretch of the negatives pool from `pool_start`, or a plain confuser bed laid
+    from `pieces` (clip index, first sample, end sample, the clip's own sample at the
+    first); neither for quiet rooms, mixed beds and beds with a mined window laid in."""
+
+    pool_start: int | None = None
+    pieces: tuple[tuple[int, int, int, int], ...] = ()
+
+
 @dataclass
 class LiveScene:
     """One crop's input frames and labels, aligned to the network's output frames."""
@@ -152,7 +163,8 @@ class LiveScene:
     events: list[tuple[int, int, int, float]]  # (class, first, end, weight) in output frames
     onsets: list[tuple[int, int, int, float]]  # the events whose labelled start is in the crop
     #: With a teacher: its scores of the background per output frame (crop, K), and where
-    #: they hold (crop,) (only plain stretches of the negatives, outside dropouts).
+    #: they hold (crop,) (plain stretches of the negatives and, with a confuser teacher,
+    #: beds of household confusers, outside dropouts).
     teacher: np.ndarray | None = None
     teacher_mask: np.ndarray | None = None
 
@@ -191,6 +203,8 @@ class LiveSceneMaker:
         confuser_reports: Sequence[int] = (),
         teacher: TeacherTrack | None = None,
         hard_negative_classes: Sequence[str] = (),
+        confuser_teacher: ClipTeacher | None = None,
+        teacher_beds: Sequence[str] = ("negatives",),
     ) -> None:
         self.maker = SceneMaker(bank, scene_cfg, params)
         self.bank, self.negatives = bank, negatives
@@ -219,7 +233,15 @@ class LiveSceneMaker:
         if live_cfg.confuser_bed_reverb_prob > 0 and not self.maker.rirs:
             raise ValueError("live.confuser_bed_reverb_prob needs the simulated rooms: data.reverb_prob and "
                              "data.n_rirs must be above 0")
-        self.teacher = teacher
+        # `teacher_beds` (loss.teacher_beds): the pool's track is needed for its terms even
+        # where only confuser beds carry the teacher.
+        if teacher is not None and ("confusers" in teacher_beds) != (confuser_teacher is not None):
+            raise ValueError("teacher beds 'confusers' and a confuser teacher go together")
+        if confuser_teacher is not None and teacher is not None and confuser_teacher.n_classes != teacher.n_classes:
+            raise ValueError(f"the confuser teacher has {confuser_teacher.n_classes} components, the pool's "
+                             f"track {teacher.n_classes}: one head learns both")
+        self.teacher, self.confuser_teacher = teacher, confuser_teacher
+        self.teacher_on_pool = "negatives" in teacher_beds
         self.codec_ok = augment.codec_available()
         edges = mel_band_edges_hz(self.params)
         self.mel_centres_hz = edges[1:-1]
@@ -243,9 +265,10 @@ class LiveSceneMaker:
         return w / w.sum()
 
     # ------------------------------------------------------------------ background
-    def _bed(self, rng: np.random.Generator) -> tuple[np.ndarray, str, int | None]:
-        """The background, its kind, and where it starts in the negatives pool when it is a
-        plain stretch of it (what the teacher's scores describe), else None."""
+    def _bed(self, rng: np.random.Generator) -> tuple[np.ndarray, str, BedOrigin]:
+        """The background, its kind, and what the teacher can describe of it: where it
+        starts in the negatives pool when it is a plain stretch of it, or the confuser
+        pieces it was laid from when it is a plain confuser bed."""
         n = self.n_samples
         kinds = list(self.cfg.bed)
         probs = np.array([self.cfg.bed[k] for k in kinds], dtype=float)
@@ -256,16 +279,18 @@ class LiveSceneMaker:
             # Half the time a steady room (white to brown noise, maybe hum, nothing else).
             steady = rng.random() < 0.5
             quiet = steady_noise(n, rng) if steady else synth.background(n / SAMPLE_RATE + 0.1, rng)[:n]
-            return (quiet * 10 ** (rng.uniform(-60, -35) / 20)).astype(np.float32), kind, None
+            return (quiet * 10 ** (rng.uniform(-60, -35) / 20)).astype(np.float32), kind, BedOrigin()
         parts = []
-        pool_start: int | None = None
+        origin = BedOrigin()
         if kind in ("negatives", "both"):
             assert self.negatives is not None
             excerpt, start = self.negatives.excerpt_at(n, rng, self.negative_chunk_p)
-            pool_start = start if kind == "negatives" else None
+            origin = BedOrigin(pool_start=start) if kind == "negatives" else origin
             parts.append(excerpt / (_active_rms(excerpt) + 1e-6) * 0.05)
         if kind in ("confusers", "both"):
-            bed = self._confuser_bed(n, rng)
+            bed, pieces = self._confuser_bed(n, rng)
+            if kind == "confusers" and pieces is not None:
+                origin = BedOrigin(pieces=tuple(pieces))
             gain = 10 ** (rng.uniform(-12, 6) / 20) if kind == "both" else 1.0
             parts.append(bed / (_active_rms(bed) + 1e-6) * 0.05 * gain)
         bed = np.sum(parts, axis=0).astype(np.float32)
@@ -280,27 +305,32 @@ class LiveSceneMaker:
             at = int(rng.integers(0, max(1, n - seg.shape[0])))
             loud = 10 ** (rng.uniform(-6, 10) / 20) * (_active_rms(bed) + 1e-6) / (_active_rms(seg) + 1e-6)
             bed[at : at + seg.shape[0]] += seg * loud
-            pool_start = None
-        return bed, kind, pool_start
+            origin = BedOrigin()  # the teacher never heard the mined window in this bed
+        return bed, kind, origin
 
-    def _confuser_bed(self, n: int, rng: np.random.Generator) -> np.ndarray:
+    def _confuser_bed(
+        self, n: int, rng: np.random.Generator
+    ) -> tuple[np.ndarray, list[tuple[int, int, int, int]] | None]:
         """`n` samples of household confusers, at another speed and in a simulated room
-        where `live.confuser_bed_speed` and `live.confuser_bed_reverb_prob` ask for them."""
+        where `live.confuser_bed_speed` and `live.confuser_bed_reverb_prob` ask for them,
+        and the pieces it was laid from (`data.negative_bed`) when it is neither: the
+        teacher's rows of the clips describe only the clips as recorded."""
         low, high = self.cfg.confuser_bed_speed
+        pieces: list[tuple[int, int, int, int]] | None = []
         if (low, high) == (1.0, 1.0):
-            bed = negative_bed(self.bank.negatives, n, rng, self.confuser_weights)
+            bed = negative_bed(self.bank.negatives, n, rng, self.confuser_weights, placed=pieces)
         else:
             factor = float(rng.uniform(low, high))
             laid = negative_bed(self.bank.negatives, int(np.ceil(n * factor)) + 8, rng, self.confuser_weights)
-            bed = change_speed(laid, [], factor)[0]
+            bed, pieces = change_speed(laid, [], factor)[0], None
         if self.cfg.confuser_bed_reverb_prob > 0 and rng.random() < self.cfg.confuser_bed_reverb_prob:
-            bed = self.maker.reverberate(bed, rng)
-        return np.pad(bed[:n], (0, max(0, n - bed.shape[0]))).astype(np.float32)
+            bed, pieces = self.maker.reverberate(bed, rng), None
+        return np.pad(bed[:n], (0, max(0, n - bed.shape[0]))).astype(np.float32), pieces
 
     # ------------------------------------------------------------------ scene
     def make(self, rng: np.random.Generator) -> LiveScene:
         cfg, n = self.cfg, self.n_samples
-        bed, bed_kind, pool_start = self._bed(rng)
+        bed, bed_kind, origin = self._bed(rng)
         absolute = cfg.level == "absolute"
         if absolute:
             rms_range = cfg.quiet_rms_dbfs if bed_kind == "quiet" else cfg.bed_rms_dbfs
@@ -372,9 +402,12 @@ class LiveSceneMaker:
         if self.teacher is not None:
             teacher = np.zeros((self.crop, self.teacher.n_classes), dtype=np.float16)
             teacher_mask = np.zeros(self.crop, dtype=bool)
-            if pool_start is not None:
-                teacher = self.teacher.frames(pool_start, centres[lo:hi])
+            if origin.pool_start is not None and self.teacher_on_pool:
+                teacher = self.teacher.frames(origin.pool_start, centres[lo:hi])
                 teacher_mask = ~in_gap[lo:hi]
+            elif origin.pieces and self.confuser_teacher is not None:
+                teacher, held = self.confuser_teacher.frames(origin.pieces, centres[lo:hi])
+                teacher_mask = held & ~in_gap[lo:hi]
         target, weight = target[lo:hi], weight[lo:hi].astype(np.float32)
         out_events, onsets = [], []
         anchors = onset_anchor_frames(events, feats.shape[0], self.params)

@@ -212,6 +212,12 @@ class LossConfig:
     #: mean squared error): a denser description of what the background is.
     teacher_kind: str = "scores"
     teacher_dims: int = 64
+    #: The backgrounds whose teacher rows the head learns: "negatives" (plain stretches of
+    #: the Debian negatives pool) and "confusers" (beds laid from the household confuser
+    #: clips, where the false cries come from; their rows are scored per clip and laid as
+    #: the clips are, `teacher.ClipTeacher`). Mixed beds, quiet rooms and beds with a mined
+    #: window never carry the teacher.
+    teacher_beds: list[str] = field(default_factory=lambda: ["negatives"])
     #: Fine-tuning with `--init` and a teacher term: the teacher head is not in the exported
     #: model the run starts from, so a fresh head would first pull the trained network
     #: towards a random projection. With N > 0 the head is fitted to the starting network
@@ -262,6 +268,9 @@ class LossConfig:
             raise ValueError(f"loss.teacher_kind must be 'scores' or 'embedding', got {self.teacher_kind!r}")
         if self.teacher_dims < 1:
             raise ValueError(f"loss.teacher_dims must be >= 1, got {self.teacher_dims}")
+        unknown_beds = sorted(set(self.teacher_beds) - {"negatives", "confusers"})
+        if unknown_beds or not self.teacher_beds:
+            raise ValueError(f"loss.teacher_beds: a list of 'negatives' and 'confusers', got {self.teacher_beds}")
         if self.teacher_head_fit_batches < 0:
             raise ValueError(f"loss.teacher_head_fit_batches must be >= 0, got {self.teacher_head_fit_batches}")
         for name in ("non_target", "pooled", "smooth", "cross", "onset", "teacher", "distil"):

@@ -22,7 +22,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -130,39 +132,84 @@ def with_first_output(model: bytes, tensor_index: int) -> bytes:
     return bytes(edited)
 
 
+@dataclass(frozen=True)
+class PrincipalBasis:
+    """The leading principal components of some rows: their mean (D,), the components
+    (D, dims) and the spread of the rows along each (dims,), so that other rows (a
+    confuser clip's embeddings) land in the same standardised coordinates."""
+
+    mean: np.ndarray
+    vectors: np.ndarray
+    spread: np.ndarray
+
+    @classmethod
+    def fit(cls, rows: np.ndarray, dims: int) -> PrincipalBasis:
+        """Components are signed so that their largest loading is positive (the same rows
+        give the same basis)."""
+        x = rows.astype(np.float64)
+        mean = x.mean(axis=0)
+        x -= mean
+        dims = min(dims, x.shape[1])
+        values, vectors = np.linalg.eigh(x.T @ x / max(x.shape[0] - 1, 1))
+        vectors = vectors[:, np.argsort(values)[::-1][:dims]]
+        vectors *= np.sign(vectors[np.abs(vectors).argmax(axis=0), np.arange(dims)])
+        return cls(mean, vectors, (x @ vectors).std(axis=0))
+
+    def project(self, rows: np.ndarray) -> np.ndarray:
+        """`rows` (N, D) in the basis, each component scaled by the fitted rows' spread: (N, dims) float32."""
+        projected = (rows.astype(np.float64) - self.mean) @ self.vectors
+        return (projected / (self.spread + 1e-8)).astype(np.float32)
+
+    def save(self, path: Path) -> None:
+        """Written under a name of its own and moved into place whole (as `write_cached_array`)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{uuid.uuid4().hex}.tmp.npz")
+        np.savez(tmp, mean=self.mean, vectors=self.vectors, spread=self.spread)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> PrincipalBasis:
+        with np.load(path) as saved:
+            return cls(saved["mean"], saved["vectors"], saved["spread"])
+
+
 def principal_components(rows: np.ndarray, dims: int) -> np.ndarray:
     """`rows` (N, D) projected on their `dims` leading principal components, each scaled to
-    unit variance: (N, dims) float32. Components are signed so that their largest loading
-    is positive (the same rows give the same components)."""
-    x = rows.astype(np.float64)
-    x -= x.mean(axis=0)
-    dims = min(dims, x.shape[1])
-    values, vectors = np.linalg.eigh(x.T @ x / max(x.shape[0] - 1, 1))
-    order = np.argsort(values)[::-1][:dims]
-    vectors = vectors[:, order]
-    vectors *= np.sign(vectors[np.abs(vectors).argmax(axis=0), np.arange(dims)])
-    projected = x @ vectors
-    return (projected / (projected.std(axis=0) + 1e-8)).astype(np.float32)
+    unit variance: (N, dims) float32."""
+    return PrincipalBasis.fit(rows, dims).project(rows)
 
 
 def score_track(audio: np.ndarray, score: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-    """Teacher rows (scores or embeddings) of int16 audio, one per HOP_SAMPLES: (frames, K) float16."""
+    """Teacher rows (scores or embeddings) of audio, int16 or float in [-1, 1], one per
+    HOP_SAMPLES (a clip shorter than a window gets one, zero-padded): (frames, K) float16."""
+    scale = 32768.0 if np.issubdtype(audio.dtype, np.integer) else 1.0
     n = max(1, 1 + (audio.shape[0] - WINDOW_SAMPLES) // HOP_SAMPLES)
     rows = []
     for i in range(n):
         window = np.zeros(WINDOW_SAMPLES, dtype=np.float32)
         part = np.asarray(audio[i * HOP_SAMPLES : i * HOP_SAMPLES + WINDOW_SAMPLES], dtype=np.float32)
-        window[: part.shape[0]] = part / 32768.0
+        window[: part.shape[0]] = part / scale
         rows.append(score(window))
     return np.stack(rows).astype(np.float16)
+
+
+def window_rows(first_sample: np.ndarray) -> np.ndarray:
+    """The index of the teacher window whose centre is nearest each sample position of a
+    track that starts at sample 0 (may lie outside the track)."""
+    return np.rint((first_sample - WINDOW_SAMPLES / 2) / HOP_SAMPLES).astype(np.int64)
 
 
 class TeacherTrack:
     """Teacher scores over a negatives pool, and the pool samples they belong to."""
 
-    def __init__(self, scores: np.ndarray, classes: list[int]) -> None:
+    def __init__(
+        self, scores: np.ndarray, classes: list[int], basis: PrincipalBasis | None = None, key: str = ""
+    ) -> None:
         self.scores = scores  # (frames, len(classes)) float16
         self.classes = classes  # AudioSet class indices kept
+        self.basis = basis  # the embedding's components over the pool (kind "embedding")
+        self.key = key  # names the cache entry: the pool, the teacher model and the kind
+        self.kind = "scores" if basis is None else "embedding"
 
     @property
     def n_classes(self) -> int:
@@ -189,14 +236,25 @@ class TeacherTrack:
             raise ValueError(f"teacher kind must be 'scores' or 'embedding', got {kind!r}")
         model_key = hashlib.sha1(f"{path.name}:{path.stat().st_size}".encode()).hexdigest()[:10]
         suffix = "" if kind == "scores" else f"-embedding{dims}"
-        array_file = Path(cache_dir) / f"teacher-{pool.key}-{model_key}{suffix}.npy"
+        key = f"teacher-{pool.key}-{model_key}{suffix}"
+        array_file = Path(cache_dir) / f"{key}.npy"
         index_file = array_file.with_suffix(".json")
-        if array_file.is_file() and index_file.is_file():
-            return cls(np.load(array_file, mmap_mode="r"), json.loads(index_file.read_text())["classes"])
+        # The embedding's basis places confuser clips in the pool's components (`ClipTeacher`);
+        # an entry cached without it is built again.
+        basis_file = array_file.with_name(f"{key}-basis.npz") if kind == "embedding" else None
+        if array_file.is_file() and index_file.is_file() and (basis_file is None or basis_file.is_file()):
+            return cls(
+                np.load(array_file, mmap_mode="r"), json.loads(index_file.read_text())["classes"],
+                PrincipalBasis.load(basis_file) if basis_file is not None else None, key,
+            )
+        basis = None
         if kind == "embedding":
             rows = score_track(pool.audio, score or yamnet_embedder(path)).astype(np.float32)
-            full = principal_components(rows, dims).astype(np.float16)
+            basis = PrincipalBasis.fit(rows, dims)
+            full = basis.project(rows).astype(np.float16)
             classes = list(range(full.shape[1]))
+            assert basis_file is not None
+            basis.save(basis_file)  # before the index, which readers look for last
         else:
             full = score_track(pool.audio, score or yamnet_scorer(path))
             present = np.quantile(full.astype(np.float32), 0.999, axis=0) >= MIN_PRESENT
@@ -208,13 +266,82 @@ class TeacherTrack:
             {"classes": classes, "frames": int(full.shape[0])},
         )
         log.info("teacher: %d frames, %d of %d classes present", full.shape[0], len(classes), full.shape[1])
-        return cls(np.load(array_file, mmap_mode="r"), classes)
+        return cls(np.load(array_file, mmap_mode="r"), classes, basis, key)
 
     def frames(self, first_sample: int, centres: np.ndarray) -> np.ndarray:
         """Teacher rows for frames centred `centres` samples after pool sample `first_sample`
         (the window whose centre is nearest each frame's): (len(centres), n_classes) float16."""
-        idx = np.rint((first_sample + centres - WINDOW_SAMPLES / 2) / HOP_SAMPLES).astype(np.int64)
+        idx = window_rows(first_sample + centres)
         return np.asarray(self.scores[np.clip(idx, 0, self.scores.shape[0] - 1)])
+
+
+class ClipTeacher:
+    """Teacher rows of each household confuser clip, in the pool track's terms (its kept
+    AudioSet classes, or its embedding components), so that a confuser bed laid from
+    pieces of clips (`data.negative_bed`) carries the teacher as a plain stretch of the
+    negatives does."""
+
+    def __init__(self, rows: np.ndarray, starts: np.ndarray) -> None:
+        self.rows = rows  # (all clips' windows, K) float16, clip after clip
+        self.starts = starts  # (clips + 1,) int: clip i's rows are rows[starts[i]:starts[i + 1]]
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.rows.shape[1])
+
+    @classmethod
+    def for_clips(
+        cls,
+        clips: Sequence[np.ndarray],
+        track: TeacherTrack,
+        model_path: str | Path,
+        cache_dir: str | Path,
+        score: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> ClipTeacher:
+        """Score `clips` (float audio) with the teacher at `model_path` (or `score`, a
+        stand-in for it) as `track` scored its pool, or read the cached rows."""
+        if not clips:
+            raise ValueError("the confuser teacher needs household confuser clips in train (there are none)")
+        digest = hashlib.sha1(track.key.encode())
+        for clip in clips:
+            digest.update(np.ascontiguousarray(clip).tobytes())
+            digest.update(str(clip.shape[0]).encode())
+        array_file = Path(cache_dir) / f"{track.key}-clips-{digest.hexdigest()[:12]}.npy"
+        index_file = array_file.with_suffix(".json")
+        if array_file.is_file() and index_file.is_file():
+            return cls(np.load(array_file), np.asarray(json.loads(index_file.read_text())["starts"]))
+        if track.basis is not None:
+            embed = score or yamnet_embedder(model_path)
+            per_clip = [track.basis.project(score_track(c, embed).astype(np.float32)) for c in clips]
+        else:
+            scorer = score or yamnet_scorer(model_path)
+            per_clip = [score_track(c, scorer)[:, track.classes] for c in clips]
+        starts = np.concatenate([[0], np.cumsum([r.shape[0] for r in per_clip])]).astype(np.int64)
+        rows = np.concatenate(per_clip).astype(np.float16)
+        write_cached_array(array_file, rows, index_file, {"starts": [int(x) for x in starts]})
+        log.info("teacher: %d confuser clips, %d windows", len(clips), rows.shape[0])
+        return cls(rows, starts)
+
+    def frames(
+        self, pieces: Sequence[tuple[int, int, int, int]], centres: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Teacher rows for frames centred at `centres` (samples of a stream laid from
+        `pieces`: clip index, first sample, end sample, the clip's own sample at the first),
+        and where they hold: a frame inside a piece whose clip has a window centred within
+        half a hop of it. Frames in the silence between pieces, or at a clip's edge where
+        the nearest window would be off the clip, hold none. Where pieces cross-fade, the
+        later one counts. (len(centres), n_classes) float16 and (len(centres),) bool."""
+        rows = np.zeros((centres.shape[0], self.n_classes), dtype=np.float16)
+        held = np.zeros(centres.shape[0], dtype=bool)
+        for pick, first, end, clip_first in pieces:
+            inside = (centres >= first) & (centres < end)
+            idx = window_rows(centres[inside] - first + clip_first)
+            count = self.starts[pick + 1] - self.starts[pick]
+            ok = (idx >= 0) & (idx < count)
+            where = np.flatnonzero(inside)
+            rows[where[ok]] = self.rows[self.starts[pick] + idx[ok]]
+            held[where] = ok  # a later piece overrides an earlier one
+        return rows, held
 
 
 def fit_linear_head(

@@ -505,9 +505,9 @@ def train_live_command(
         from models.mining import load_mined
 
         hard, hard_classes, confuser_reports = load_mined(mined_paths, bank.negative_clips, data_dir)
-    teacher, teacher_head = None, None
+    teacher, teacher_head, confuser_teacher = None, None, None
     if cfg.loss.teacher > 0:
-        from models.teacher import TeacherTrack
+        from models.teacher import ClipTeacher, TeacherTrack
 
         if not getattr(args, "teacher", None):
             raise ValueError("config: loss.teacher > 0 needs --teacher (YAMNet's yamnet.tflite)")
@@ -518,6 +518,8 @@ def train_live_command(
         teacher = TeacherTrack.for_pool(
             pool, args.teacher, cache_dir, kind=cfg.loss.teacher_kind, dims=cfg.loss.teacher_dims
         )
+        if "confusers" in cfg.loss.teacher_beds:
+            confuser_teacher = ClipTeacher.for_clips(bank.negatives, teacher, args.teacher, cache_dir)
         torch.manual_seed(cfg.seed + 1)
         teacher_head = torch.nn.Conv1d(cfg.net.channels, teacher.n_classes, 1)
     distil_from = None
@@ -539,7 +541,8 @@ def train_live_command(
             raise ValueError("config: opt.train_head_rows needs --init (the network whose other rows are held)")
     maker = LiveSceneMaker(
         bank, pool, cfg.data, cfg.live, cfg.opt.crop_frames, net.receptive_field,
-        cfg.net.lookahead_frames, params, hard, confuser_reports, teacher, hard_classes,
+        cfg.net.lookahead_frames, params, hard, confuser_reports, teacher, hard_classes, confuser_teacher,
+        cfg.loss.teacher_beds,
     )
     info = {
         "train": bank.summary(),
@@ -552,6 +555,7 @@ def train_live_command(
         "hard_negative_files": [p.name for p in mined_paths],
         "hard_confuser_clips": sum(1 for r in confuser_reports if r > 0),
         "teacher_classes": teacher.n_classes if teacher is not None else 0,
+        "teacher_beds": cfg.loss.teacher_beds if teacher is not None else [],
         "distilled_from": Path(args.distil_from).name if distil_from is not None else "",
     }
     print(f"data ready in {time.monotonic() - t0:.0f}s: dev {info['dev']}")

@@ -86,11 +86,18 @@ def test_clip_patterns_tell_clips_missed_at_every_level() -> None:
 def test_negative_bed_records_its_pieces_without_changing_the_stream() -> None:
     negatives = [np.random.default_rng(i).standard_normal(16000 * 3).astype(np.float32) for i in range(4)]
     plain = D.negative_bed(negatives, 16000 * 10, np.random.default_rng(5))
-    placed: list[tuple[int, int, int]] = []
+    placed: list[tuple[int, int, int, int]] = []
     recorded = D.negative_bed(negatives, 16000 * 10, np.random.default_rng(5), placed=placed)
     assert np.array_equal(plain, recorded)
     assert placed[0][1] == 0 and placed[-1][2] == 16000 * 10  # the pieces cover the stream
-    assert all(0 <= pick < 4 and a < b for pick, a, b in placed)
+    assert all(0 <= pick < 4 and a < b for pick, a, b, _ in placed)
+    # The first piece starts inside its clip, the others at their clip's first sample.
+    assert placed[0][3] > 0 and all(first == 0 for *_, first in placed[1:])
+    # Where one piece lies alone, the stream is its clip at that clip's own samples, scaled.
+    pick, a, b, first = placed[1]
+    alone = slice(max(a, placed[0][2]) + 1000, min(b, placed[2][1]) - 1000)
+    ratio = recorded[alone] / negatives[pick][alone.start - a + first : alone.stop - a + first]
+    np.testing.assert_allclose(ratio, ratio[0], rtol=1e-4)
 
 
 def test_dev_scenes_record_the_negatives_under_each_event(tmp_path: Path) -> None:

@@ -20,9 +20,12 @@ from models.negatives import NegativePool  # noqa: E402
 from models.teacher import (  # noqa: E402
     HOP_SAMPLES,
     WINDOW_SAMPLES,
+    ClipTeacher,
+    PrincipalBasis,
     TeacherTrack,
     fit_linear_head,
     principal_components,
+    score_track,
     with_first_output,
     yamnet_embedder,
     yamnet_scorer,
@@ -135,6 +138,134 @@ def test_scenes_carry_teacher_scores_only_over_plain_negatives(tiny: dict[str, P
     np.testing.assert_array_equal(same.features, scenes[3].features)
 
 
+def test_a_principal_basis_places_other_rows_in_the_fitted_rows_coordinates(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    rows = rng.standard_normal((500, 6)) * np.array([5.0, 1.0, 3.0, 0.5, 0.1, 2.0]) + 4.0
+    basis = PrincipalBasis.fit(rows, 3)
+    np.testing.assert_array_equal(basis.project(rows), principal_components(rows, 3))
+    # Other rows: shifted along the leading direction (the first column) by one spread.
+    moved = rows[:10].copy()
+    moved[:, 0] += 5.0
+    delta = basis.project(moved) - basis.project(rows[:10])
+    np.testing.assert_allclose(np.abs(delta[:, 0]), 5.0 / basis.spread[0], rtol=0.05)
+    basis.save(tmp_path / "basis.npz")
+    again = PrincipalBasis.load(tmp_path / "basis.npz")
+    np.testing.assert_array_equal(again.project(moved), basis.project(moved))
+    assert [f.name for f in tmp_path.iterdir()] == ["basis.npz"]
+
+
+def test_embedding_cache_keeps_its_basis_and_is_rebuilt_without_it(tiny: dict[str, Path]) -> None:
+    cache = tiny["root"] / "cache-basis"
+    pool = NegativePool.load(tiny["negatives"], "train", cache)
+    track = TeacherTrack.for_pool(pool, tiny["model"], cache, score=stand_in_embedding, kind="embedding", dims=4)
+    assert track.basis is not None and track.kind == "embedding"
+    basis_file = cache / f"{track.key}-basis.npz"
+    assert basis_file.is_file()
+    basis_file.unlink()  # a cache written before the basis was kept
+    calls = []
+
+    def counting(window: np.ndarray) -> np.ndarray:
+        calls.append(1)
+        return stand_in_embedding(window)
+
+    rebuilt = TeacherTrack.for_pool(pool, tiny["model"], cache, score=counting, kind="embedding", dims=4)
+    assert calls and basis_file.is_file()
+    np.testing.assert_array_equal(np.asarray(rebuilt.scores), np.asarray(track.scores))
+    assert TeacherTrack.for_pool(pool, tiny["model"], cache, score=stand_in).basis is None
+
+
+def test_confuser_clips_are_scored_as_the_pool_was_and_cached(tiny: dict[str, Path]) -> None:
+    cache = tiny["root"] / "cache-clips"
+    pool = NegativePool.load(tiny["negatives"], "train", cache)
+    clips = [np.random.default_rng(i).uniform(-0.3, 0.3, 16000 * (i + 1)).astype(np.float32) for i in range(3)]
+    scores = TeacherTrack.for_pool(pool, tiny["model"], cache, score=stand_in)
+    by_clip = ClipTeacher.for_clips(clips, scores, tiny["model"], cache, score=stand_in)
+    assert by_clip.n_classes == 2 and list(by_clip.starts) == [0, 1, 4, 9]  # 1 s, 2 s and 3 s clips
+    np.testing.assert_array_equal(by_clip.rows[4:9], score_track(clips[2], stand_in)[:, [3, 7]])
+    embedding = TeacherTrack.for_pool(pool, tiny["model"], cache, score=stand_in_embedding, kind="embedding", dims=4)
+    in_pool_terms = ClipTeacher.for_clips(clips, embedding, tiny["model"], cache, score=stand_in_embedding)
+    assert embedding.basis is not None
+    expected = embedding.basis.project(score_track(clips[1], stand_in_embedding).astype(np.float32))
+    np.testing.assert_allclose(in_pool_terms.rows[1:4], expected, atol=0.01)
+
+    def never(_window: np.ndarray) -> np.ndarray:
+        raise AssertionError("the cached rows must be read, not recomputed")
+
+    again = ClipTeacher.for_clips(clips, embedding, tiny["model"], cache, score=never)
+    np.testing.assert_array_equal(again.rows, in_pool_terms.rows)
+    with pytest.raises(ValueError, match="household confuser clips in train"):
+        ClipTeacher.for_clips([], embedding, tiny["model"], cache, score=never)
+
+
+def test_clip_teacher_lays_rows_as_the_pieces_lie() -> None:
+    # Clip 0 has 4 windows, clip 1 one (a clip shorter than a window).
+    rows = np.arange(5, dtype=np.float16)[:, None] * np.ones((1, 2), dtype=np.float16)
+    teacher = ClipTeacher(rows, np.array([0, 4, 5]))
+    centre0 = WINDOW_SAMPLES // 2  # the centre of a clip's first window
+    pieces = [(0, 0, 40000, 5000), (1, 48000, 58000, 0)]  # clip 0 from its sample 5000, a gap, clip 1
+    centres = np.array([centre0 - 5000, centre0 - 5000 + 2 * HOP_SAMPLES, 39000, 44000, 48000 + centre0 - 100, 49000])
+    got, held = teacher.frames(pieces, centres.astype(float))
+    # Frame 0 sits on clip 0's first window, frame 1 on its third; frame 2 lies at clip 0's
+    # sample 44000, past its last window's reach (4 windows: centres up to 30840 + 3840);
+    # frame 3 in the silence between the pieces; frame 4 on clip 1's window, frame 5 at
+    # clip 1's sample 1000, more than half a hop before that window's centre.
+    assert held.tolist() == [True, True, False, False, True, False]
+    assert got[:2, 0].tolist() == [0.0, 2.0] and got[4, 0] == 4.0
+    # A later piece overrides an earlier one where they overlap (a cross-fade).
+    # At 7800 clip 1 (its sample 5800) holds; at 2500 clip 1's sample 500 holds none, though
+    # clip 0's sample 7500 would.
+    over, held_over = teacher.frames([(0, 0, 40000, 5000), (1, 2000, 12000, 0)], np.array([7800.0, 2500.0]))
+    assert held_over.tolist() == [True, False] and over[0, 0] == 4.0
+
+
+def test_confuser_beds_carry_the_teacher_of_their_clips(tiny: dict[str, Path]) -> None:
+    cache = tiny["root"] / "cache"
+    pool = NegativePool.load(tiny["negatives"], "train", cache)
+    track = TeacherTrack.for_pool(pool, tiny["model"], cache, score=stand_in)
+    bank = D.ClipBank(D.select(D.read_clips(tiny["data"]), "train"))
+    by_clip = ClipTeacher.for_clips(bank.negatives, track, tiny["model"], cache, score=stand_in)
+    live = LiveSceneConfig(enabled=True, bed={"confusers": 0.5, "negatives": 0.5}, gap_prob=0.0, codec_prob=0.0,
+                           level="absolute")
+    common = (bank, pool, D.SceneConfig(n_rirs=2), live)
+    maker = LiveSceneMaker(*common, crop_frames=200, receptive_field=20, lookahead=4, teacher=track,
+                           confuser_teacher=by_clip, teacher_beds=("negatives", "confusers"))
+    plain = LiveSceneMaker(*common, crop_frames=200, receptive_field=20, lookahead=4, teacher=track)
+    kinds = {i: maker._bed(np.random.default_rng(i))[2] for i in range(16)}
+    on_confusers = [i for i, origin in kinds.items() if origin.pieces]
+    on_pool = [i for i, origin in kinds.items() if origin.pool_start is not None]
+    assert on_confusers and on_pool
+    for i in on_confusers:
+        scene, before = maker.make(np.random.default_rng(i)), plain.make(np.random.default_rng(i))
+        # The same draws with the confuser teacher or without it; only the teacher's rows differ.
+        np.testing.assert_array_equal(scene.features, before.features)
+        assert before.teacher_mask is not None and not before.teacher_mask.any()
+        assert scene.teacher is not None and scene.teacher_mask is not None and scene.teacher_mask.any()
+        assert np.all(scene.teacher[scene.teacher_mask, 1] == np.float16(0.5))  # the stand-in's constant
+        assert not scene.teacher_mask.all()  # the gaps between pieces hold none
+    for i in on_pool:
+        np.testing.assert_array_equal(maker.make(np.random.default_rng(i)).teacher,
+                                      plain.make(np.random.default_rng(i)).teacher)
+    # A confuser bed played faster is no longer what the teacher scored: it carries none.
+    faster = LiveSceneConfig(enabled=True, bed={"confusers": 1.0}, gap_prob=0.0, codec_prob=0.0,
+                             confuser_bed_speed=(1.2, 1.3))
+    sped = LiveSceneMaker(bank, pool, D.SceneConfig(n_rirs=2), faster, crop_frames=200, receptive_field=20,
+                          lookahead=4, teacher=track, confuser_teacher=by_clip, teacher_beds=("confusers",))
+    sped_scene = sped.make(np.random.default_rng(0))
+    assert sped_scene.teacher_mask is not None and not sped_scene.teacher_mask.any()
+    # Confuser beds alone: the pool's stretches carry none.
+    only = LiveSceneMaker(*common, crop_frames=200, receptive_field=20, lookahead=4, teacher=track,
+                          confuser_teacher=by_clip, teacher_beds=("confusers",))
+    pool_scene = only.make(np.random.default_rng(on_pool[0]))
+    assert pool_scene.teacher_mask is not None and not pool_scene.teacher_mask.any()
+    wrong = ClipTeacher(np.zeros((5, 3), dtype=np.float16), np.array([0, 5]))
+    with pytest.raises(ValueError, match="3 components, the pool's track 2"):
+        LiveSceneMaker(*common, crop_frames=200, receptive_field=20, lookahead=4, teacher=track,
+                       confuser_teacher=wrong, teacher_beds=("confusers",))
+    with pytest.raises(ValueError, match="go together"):
+        LiveSceneMaker(*common, crop_frames=200, receptive_field=20, lookahead=4, teacher=track,
+                       teacher_beds=("confusers",))
+
+
 def test_training_with_the_teacher_learns_its_head_and_resumes(tiny: dict[str, Path]) -> None:
     root = tiny["root"]
     cache = root / "cache"
@@ -157,6 +288,34 @@ def test_training_with_the_teacher_learns_its_head_and_resumes(tiny: dict[str, P
     onnx_path = root / "teacher.onnx"
     assert cli.main(["export", "--checkpoint", str(root / "run" / "best.pt"), "--out", str(onnx_path)]) == 0
     assert onnx_path.stat().st_size > 0
+
+
+def test_training_with_the_teacher_on_confuser_beds(tiny: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    root = tiny["root"]
+    cache = root / "cache"
+    pool = NegativePool.load(tiny["negatives"], "train", cache)
+    TeacherTrack.for_pool(pool, tiny["model"], cache, score=stand_in_embedding, kind="embedding", dims=4)
+    bank = D.ClipBank(D.select(D.read_clips(tiny["data"]), "train"))
+    track = TeacherTrack.for_pool(pool, tiny["model"], cache, kind="embedding", dims=4)
+    ClipTeacher.for_clips(bank.negatives, track, tiny["model"], cache, score=stand_in_embedding)
+    config = root / "teacher-confusers.yaml"
+    config.write_text(LIVE_CONFIG.replace(
+        "loss: {onset: 1.0, onset_frames: 10}",
+        "loss: {onset: 1.0, onset_frames: 10, teacher: 1.0, teacher_kind: embedding, teacher_dims: 4, "
+        "teacher_beds: [confusers]}").replace("live: {enabled: true,", "live: {enabled: true, bed: {confusers: 1.0},"))
+    common = ["--data", str(tiny["data"]), "--negatives", str(tiny["negatives"]), "--cache", str(cache),
+              "--teacher", str(tiny["model"])]
+    assert cli.main(["train", "--config", str(config), *common, "--out", str(root / "confusers")]) == 0
+    report = json.loads((root / "confusers" / "report.json").read_text())
+    assert report["data"]["teacher_beds"] == ["confusers"]
+    history = json.loads((root / "confusers" / "history.json").read_text())["history"]
+    # Every bed is a confuser bed: without the clips' rows the term would be 0 throughout.
+    assert all(entry["teacher"] > 0 for entry in history)
+    bad = root / "teacher-beds.yaml"
+    bad.write_text(config.read_text().replace("teacher_beds: [confusers]", "teacher_beds: [confuser]"))
+    capsys.readouterr()
+    assert cli.main(["train", "--config", str(bad), *common, "--out", str(root / "bad")]) != 0
+    assert "loss.teacher_beds: a list of 'negatives' and 'confusers', got ['confuser']" in capsys.readouterr().err
 
 
 def test_training_learns_the_teachers_embedding(tiny: dict[str, Path]) -> None:
