@@ -6,7 +6,9 @@ pool once, 0.975 s windows every 0.48 s (a few minutes for 20 h on one core), an
 the scores are cached beside the pool. Only AudioSet classes that the pool actually
 contains are kept (a class whose 99.9th percentile reaches `MIN_PRESENT`). In training,
 a scene whose background is a plain stretch of the negatives carries the teacher's
-scores for that stretch, aligned to its output frames; a 1x1 head on the network's
+scores for that stretch, aligned to its output frames (with `loss.teacher_beds` naming
+`confusers`, a bed laid from household confuser clips carries each clip's own rows where
+the clip lies, `ClipTeacher`); a 1x1 head on the network's
 temporal features learns them (binary cross-entropy, `loss.teacher` weight). The network
 so learns what music, speech, engines and game sounds are from AudioSet's 521 classes,
 not only that they are "no target". The head is never exported: the ONNX model and its
