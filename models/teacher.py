@@ -8,8 +8,8 @@ contains are kept (a class whose 99.9th percentile reaches `MIN_PRESENT`). In tr
 a scene whose background is a plain stretch of the negatives carries the teacher's
 scores for that stretch, aligned to its output frames (with `loss.teacher_beds` naming
 `confusers`, a bed laid from household confuser clips carries each clip's own rows where
-the clip lies, `ClipTeacher`); a 1x1 head on the network's
-temporal features learns them (binary cross-entropy, `loss.teacher` weight). The network
+the clip lies, `ClipTeacher`); a 1x1 head on the network's temporal features learns them
+(binary cross-entropy, `loss.teacher` weight). The network
 so learns what music, speech, engines and game sounds are from AudioSet's 521 classes,
 not only that they are "no target". The head is never exported: the ONNX model and its
 contract do not change, and YAMNet is never loaded at run time.
@@ -195,10 +195,10 @@ def score_track(audio: np.ndarray, score: Callable[[np.ndarray], np.ndarray]) ->
     return np.stack(rows).astype(np.float16)
 
 
-def window_rows(first_sample: np.ndarray) -> np.ndarray:
-    """The index of the teacher window whose centre is nearest each sample position of a
-    track that starts at sample 0 (may lie outside the track)."""
-    return np.rint((first_sample - WINDOW_SAMPLES / 2) / HOP_SAMPLES).astype(np.int64)
+def window_rows(samples: np.ndarray) -> np.ndarray:
+    """The index of the teacher window whose centre is nearest each of `samples`, positions
+    in a track that starts at sample 0 (the index may lie outside the track)."""
+    return np.rint((samples - WINDOW_SAMPLES / 2) / HOP_SAMPLES).astype(np.int64)
 
 
 class TeacherTrack:
@@ -211,7 +211,6 @@ class TeacherTrack:
         self.classes = classes  # AudioSet class indices kept
         self.basis = basis  # the embedding's components over the pool (kind "embedding")
         self.key = key  # names the cache entry: the pool, the teacher model and the kind
-        self.kind = "scores" if basis is None else "embedding"
 
     @property
     def n_classes(self) -> int:
