@@ -164,7 +164,8 @@ class LiveScene:
     onsets: list[tuple[int, int, int, float]]  # the events whose labelled start is in the crop
     #: With a teacher: its scores of the background per output frame (crop, K), and where
     #: they hold (crop,) (plain stretches of the negatives and, with a confuser teacher,
-    #: beds of household confusers, outside dropouts).
+    #: beds of household confusers, outside dropouts): bool, or each frame's weight in the
+    #: term (float32) where confuser frames weigh other than 1.
     teacher: np.ndarray | None = None
     teacher_mask: np.ndarray | None = None
 
@@ -205,6 +206,7 @@ class LiveSceneMaker:
         hard_negative_classes: Sequence[str] = (),
         confuser_teacher: ClipTeacher | None = None,
         teacher_beds: Sequence[str] = ("negatives",),
+        confuser_teacher_weight: float = 1.0,
     ) -> None:
         self.maker = SceneMaker(bank, scene_cfg, params)
         self.bank, self.negatives = bank, negatives
@@ -242,6 +244,7 @@ class LiveSceneMaker:
                              f"track {teacher.n_classes}: one head learns both")
         self.teacher, self.confuser_teacher = teacher, confuser_teacher
         self.teacher_on_pool = "negatives" in teacher_beds
+        self.confuser_teacher_weight = confuser_teacher_weight
         self.codec_ok = augment.codec_available()
         edges = mel_band_edges_hz(self.params)
         self.mel_centres_hz = edges[1:-1]
@@ -408,6 +411,8 @@ class LiveSceneMaker:
             elif origin.pieces and self.confuser_teacher is not None:
                 teacher, held = self.confuser_teacher.frames(origin.pieces, centres[lo:hi])
                 teacher_mask = held & ~in_gap[lo:hi]
+                if self.confuser_teacher_weight != 1.0:  # a weight per frame, not a mask
+                    teacher_mask = teacher_mask * np.float32(self.confuser_teacher_weight)
         target, weight = target[lo:hi], weight[lo:hi].astype(np.float32)
         out_events, onsets = [], []
         anchors = onset_anchor_frames(events, feats.shape[0], self.params)

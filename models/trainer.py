@@ -54,7 +54,8 @@ def collate(scenes: Sequence[LiveScene]) -> Batch:
     teacher = mask = None
     if all(s.teacher is not None and s.teacher_mask is not None for s in scenes):
         teacher = torch.from_numpy(np.stack([s.teacher for s in scenes]).astype(np.float32))  # type: ignore[misc]
-        mask = torch.from_numpy(np.stack([s.teacher_mask for s in scenes]))  # type: ignore[misc]
+        # float32 throughout: pool scenes hold a bool mask, weighted confuser scenes weights
+        mask = torch.from_numpy(np.stack([s.teacher_mask for s in scenes]).astype(np.float32))  # type: ignore[misc]
     return x, y, w, events, onsets, teacher, mask
 
 
@@ -542,7 +543,7 @@ def train_live_command(
     maker = LiveSceneMaker(
         bank, pool, cfg.data, cfg.live, cfg.opt.crop_frames, net.receptive_field,
         cfg.net.lookahead_frames, params, hard, confuser_reports, teacher, hard_classes, confuser_teacher,
-        cfg.loss.teacher_beds,
+        cfg.loss.teacher_beds, cfg.loss.teacher_confuser_weight,
     )
     info = {
         "train": bank.summary(),

@@ -245,6 +245,17 @@ def test_confuser_beds_carry_the_teacher_of_their_clips(tiny: dict[str, Path]) -
     for i in on_pool:
         np.testing.assert_array_equal(maker.make(np.random.default_rng(i)).teacher,
                                       plain.make(np.random.default_rng(i)).teacher)
+    # Weighted confuser frames: the mask carries each frame's weight; pool frames keep 1.
+    weighted = LiveSceneMaker(*common, crop_frames=200, receptive_field=20, lookahead=4, teacher=track,
+                              confuser_teacher=by_clip, teacher_beds=("negatives", "confusers"),
+                              confuser_teacher_weight=0.25)
+    light = weighted.make(np.random.default_rng(on_confusers[0]))
+    full = maker.make(np.random.default_rng(on_confusers[0]))
+    assert light.teacher_mask is not None and full.teacher_mask is not None
+    np.testing.assert_array_equal(light.teacher_mask, 0.25 * full.teacher_mask.astype(np.float32))
+    np.testing.assert_array_equal(light.features, full.features)
+    pool_mask = weighted.make(np.random.default_rng(on_pool[0])).teacher_mask
+    assert pool_mask is not None and pool_mask.dtype == bool and pool_mask.any()
     # A confuser bed played faster is no longer what the teacher scored: it carries none.
     faster = LiveSceneConfig(enabled=True, bed={"confusers": 1.0}, gap_prob=0.0, codec_prob=0.0,
                              confuser_bed_speed=(1.2, 1.3))
@@ -302,7 +313,8 @@ def test_training_with_the_teacher_on_confuser_beds(tiny: dict[str, Path], capsy
     config.write_text(LIVE_CONFIG.replace(
         "loss: {onset: 1.0, onset_frames: 10}",
         "loss: {onset: 1.0, onset_frames: 10, teacher: 1.0, teacher_kind: embedding, teacher_dims: 4, "
-        "teacher_beds: [confusers]}").replace("live: {enabled: true,", "live: {enabled: true, bed: {confusers: 1.0},"))
+        "teacher_beds: [confusers], teacher_confuser_weight: 0.5}").replace(
+            "live: {enabled: true,", "live: {enabled: true, bed: {confusers: 1.0},"))
     common = ["--data", str(tiny["data"]), "--negatives", str(tiny["negatives"]), "--cache", str(cache),
               "--teacher", str(tiny["model"])]
     assert cli.main(["train", "--config", str(config), *common, "--out", str(root / "confusers")]) == 0
@@ -316,6 +328,20 @@ def test_training_with_the_teacher_on_confuser_beds(tiny: dict[str, Path], capsy
     capsys.readouterr()
     assert cli.main(["train", "--config", str(bad), *common, "--out", str(root / "bad")]) != 0
     assert "loss.teacher_beds: a list of 'negatives' and 'confusers', got ['confuser']" in capsys.readouterr().err
+
+
+def test_teacher_terms_weigh_frames_by_the_mask() -> None:
+    """A float mask is each frame's weight in the term's weighted mean; 0/1 is the old mask."""
+    from models.losses import LossConfig, teacher_embedding_loss
+
+    pred = torch.zeros(1, 3, 2)
+    teacher = torch.tensor([[[1.0, 1.0], [3.0, 3.0], [5.0, 5.0]]])
+    plain = teacher_embedding_loss(pred, teacher, torch.tensor([[True, True, False]]))
+    assert float(plain) == pytest.approx((1 + 9) / 2)
+    weighted = teacher_embedding_loss(pred, teacher, torch.tensor([[1.0, 0.25, 0.0]]))
+    assert float(weighted) == pytest.approx((1 + 0.25 * 9) / 1.25)
+    with pytest.raises(ValueError, match="teacher_confuser_weight must be > 0"):
+        LossConfig(teacher_confuser_weight=0.0)
 
 
 def test_training_learns_the_teachers_embedding(tiny: dict[str, Path]) -> None:
