@@ -354,30 +354,39 @@ def fit_linear_head(
 ) -> tuple[float, float]:
     """Set a 1x1 `torch.nn.Conv1d` teacher head (C -> K) to the ridge-regression fit of the
     teacher's rows from the network's temporal features: `features` (B, C, T), `targets`
-    (B, T, K) and `masks` (B, T) per batch, over the frames the masks mark. `ridge` is
-    relative to the features' mean energy (the bias is not penalised). Returns the masked
-    mean squared error per component before and after the fit."""
+    (B, T, K) and `masks` (B, T) per batch, over the frames the masks mark. A mask's value
+    is its frame's weight (`loss.teacher_confuser_weight` lightens confuser-bed frames), as
+    in the training term, so the fit is weighted least squares. `ridge` is relative to the
+    features' weighted mean energy (the bias is not penalised). Returns the weighted mean
+    squared error per component before and after the fit."""
     import torch
 
-    xs, ys = [], []
+    xs, ys, ws = [], [], []
     for f, t, m in zip(features, targets, masks, strict=True):
-        keep = m.reshape(-1) > 0
+        frame_weight = m.reshape(-1).double()
+        keep = frame_weight > 0
         xs.append(f.detach().transpose(1, 2).reshape(-1, f.shape[1])[keep].double())
         ys.append(t.detach().reshape(-1, t.shape[-1])[keep].double())
-    x, y = torch.cat(xs), torch.cat(ys)
+        ws.append(frame_weight[keep])
+    x, y, w = torch.cat(xs), torch.cat(ys), torch.cat(ws)
     if x.shape[0] == 0:
         raise ValueError("no teacher frames to fit the head on (no scene had a plain negative background)")
+    w = w / w.mean()  # a mean weight of one: `ridge` keeps its scale
+
+    def weighted_mse(residual: torch.Tensor) -> float:
+        return float(((residual**2).mean(dim=1) * w).mean())
+
     with torch.no_grad():
-        before = float(((head(x.T[None].float())[0].T.double() - y) ** 2).mean())
+        before = weighted_mse(head(x.T[None].float())[0].T.double() - y)
         ones = torch.ones(x.shape[0], 1, dtype=x.dtype)
         design = torch.cat([x, ones], dim=1)
-        gram = design.T @ design
-        penalty = ridge * float((x**2).mean()) * x.shape[0]
+        gram = design.T @ (design * w[:, None])
+        penalty = ridge * float(((x**2).mean(dim=1) * w).mean()) * x.shape[0]
         gram[:-1, :-1] += penalty * torch.eye(x.shape[1], dtype=x.dtype)
-        solution = torch.linalg.solve(gram, design.T @ y)  # (C + 1, K)
+        solution = torch.linalg.solve(gram, design.T @ (y * w[:, None]))  # (C + 1, K)
         head.weight.copy_(solution[:-1].T[..., None].to(head.weight.dtype))
         head.bias.copy_(solution[-1].to(head.bias.dtype))
-        after = float(((design @ solution - y) ** 2).mean())
+        after = weighted_mse(design @ solution - y)
     return before, after
 
 

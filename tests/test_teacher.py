@@ -275,6 +275,9 @@ def test_confuser_beds_carry_the_teacher_of_their_clips(tiny: dict[str, Path]) -
     with pytest.raises(ValueError, match="go together"):
         LiveSceneMaker(*common, crop_frames=200, receptive_field=20, lookahead=4, teacher=track,
                        teacher_beds=("confusers",))
+    with pytest.raises(ValueError, match="needs the pool's teacher track"):
+        LiveSceneMaker(*common, crop_frames=200, receptive_field=20, lookahead=4,
+                       confuser_teacher=by_clip, teacher_beds=("confusers",))
 
 
 def test_training_with_the_teacher_learns_its_head_and_resumes(tiny: dict[str, Path]) -> None:
@@ -379,6 +382,32 @@ def test_fit_linear_head_recovers_a_linear_map_over_marked_frames_only() -> None
     assert torch.allclose(head.bias, bias, atol=1e-3)
     with pytest.raises(ValueError, match="no teacher frames"):
         fit_linear_head(head, features, targets, [torch.zeros(2, 50) for _ in range(3)])
+
+
+def test_fit_linear_head_weighs_frames_as_the_training_term_does() -> None:
+    # Targets no linear map fits exactly: a frame weighing 2 pulls as the same frame twice.
+    gen = torch.Generator().manual_seed(5)
+    features = [torch.randn(2, 6, 40, generator=gen) for _ in range(2)]
+    targets = [torch.randn(2, 40, 3, generator=gen) for _ in range(2)]
+    masks = [torch.ones(2, 40) for _ in range(2)]
+    masks[0][0, :15] = 2.0
+    masks[1][1, 30:] = 0.0
+    weighted = torch.nn.Conv1d(6, 3, 1)
+    weighted_errors = fit_linear_head(weighted, features, targets, masks)
+    twice = [f[:1, :, :15] for f in features[:1]], [t[:1, :15] for t in targets[:1]]
+    duplicated = torch.nn.Conv1d(6, 3, 1)
+    duplicated_errors = fit_linear_head(
+        duplicated,
+        [*features, *twice[0]],
+        [*targets, *twice[1]],
+        [torch.ones(2, 40), masks[1], torch.ones(1, 15)],
+    )
+    assert torch.allclose(weighted.weight, duplicated.weight, atol=1e-5)
+    assert torch.allclose(weighted.bias, duplicated.bias, atol=1e-5)
+    assert weighted_errors[1] == pytest.approx(duplicated_errors[1], rel=1e-6)
+    unweighted = torch.nn.Conv1d(6, 3, 1)
+    fit_linear_head(unweighted, features, targets, [(m > 0).float() for m in masks])
+    assert not torch.allclose(weighted.weight, unweighted.weight, atol=1e-3)
 
 
 def test_fine_tuning_fits_the_teacher_head_to_the_starting_network(
