@@ -227,7 +227,8 @@ class LossConfig:
     #: model the run starts from, so a fresh head would first pull the trained network
     #: towards a random projection. With N > 0 the head is fitted to the starting network
     #: first, by ridge regression over N batches of training scenes, and the term then
-    #: holds the network near what it knew (fourteenth round). 0: a random head, as before.
+    #: holds the network near what it knew (fourteenth round); the fit weighs each frame as
+    #: the term does (`teacher_confuser_weight`). 0: a random head, as before.
     teacher_head_fit_batches: int = 0
     #: Distillation term: binary cross-entropy of the network's own logits against a
     #: harken model's scores of the same scenes (an ensemble distilled into one network of
