@@ -370,7 +370,7 @@ def fit_linear_head(
         ws.append(frame_weight[keep])
     x, y, w = torch.cat(xs), torch.cat(ys), torch.cat(ws)
     if x.shape[0] == 0:
-        raise ValueError("no teacher frames to fit the head on (no scene had a plain negative background)")
+        raise ValueError("no teacher frames to fit the head on (no scene had a background that carries the teacher)")
     w = w / w.mean()  # a mean weight of one: `ridge` keeps its scale
 
     def weighted_mse(residual: torch.Tensor) -> float:

@@ -394,12 +394,13 @@ def test_fit_linear_head_weighs_frames_as_the_training_term_does() -> None:
     masks[1][1, 30:] = 0.0
     weighted = torch.nn.Conv1d(6, 3, 1)
     weighted_errors = fit_linear_head(weighted, features, targets, masks)
-    twice = [f[:1, :, :15] for f in features[:1]], [t[:1, :15] for t in targets[:1]]
+    # The frames weighing 2, given once more as a batch of their own at weight 1.
+    heavy_features, heavy_targets = features[0][:1, :, :15], targets[0][:1, :15]
     duplicated = torch.nn.Conv1d(6, 3, 1)
     duplicated_errors = fit_linear_head(
         duplicated,
-        [*features, *twice[0]],
-        [*targets, *twice[1]],
+        [*features, heavy_features],
+        [*targets, heavy_targets],
         [torch.ones(2, 40), masks[1], torch.ones(1, 15)],
     )
     assert torch.allclose(weighted.weight, duplicated.weight, atol=1e-5)
