@@ -237,14 +237,15 @@ class LiveSceneMaker:
                              "data.n_rirs must be above 0")
         # `teacher_beds` (loss.teacher_beds): the pool's track is needed for its terms even
         # where only confuser beds carry the teacher.
-        if confuser_teacher is not None and teacher is None:
-            raise ValueError("a confuser teacher needs the pool's teacher track beside it (its rows' basis and "
-                             "the scenes' teacher arrays come from the track)")
+        if confuser_teacher is not None:
+            if teacher is None:
+                raise ValueError("a confuser teacher needs the pool's teacher track beside it (its rows' basis "
+                                 "and the scenes' teacher arrays come from the track)")
+            if confuser_teacher.n_classes != teacher.n_classes:
+                raise ValueError(f"the confuser teacher has {confuser_teacher.n_classes} components, the pool's "
+                                 f"track {teacher.n_classes}: one head learns both")
         if teacher is not None and ("confusers" in teacher_beds) != (confuser_teacher is not None):
             raise ValueError("teacher beds 'confusers' and a confuser teacher go together")
-        if confuser_teacher is not None and teacher is not None and confuser_teacher.n_classes != teacher.n_classes:
-            raise ValueError(f"the confuser teacher has {confuser_teacher.n_classes} components, the pool's "
-                             f"track {teacher.n_classes}: one head learns both")
         self.teacher, self.confuser_teacher = teacher, confuser_teacher
         self.teacher_on_pool = "negatives" in teacher_beds
         self.confuser_teacher_weight = confuser_teacher_weight

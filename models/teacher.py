@@ -9,10 +9,10 @@ a scene whose background is a plain stretch of the negatives carries the teacher
 scores for that stretch, aligned to its output frames (with `loss.teacher_beds` naming
 `confusers`, a bed laid from household confuser clips carries each clip's own rows where
 the clip lies, `ClipTeacher`); a 1x1 head on the network's temporal features learns them
-(binary cross-entropy, `loss.teacher` weight). The network
-so learns what music, speech, engines and game sounds are from AudioSet's 521 classes,
-not only that they are "no target". The head is never exported: the ONNX model and its
-contract do not change, and YAMNet is never loaded at run time.
+(binary cross-entropy, `loss.teacher` weight). The network so learns what music, speech,
+engines and game sounds are from AudioSet's 521 classes, not only that they are "no
+target". The head is never exported: the ONNX model and its contract do not change, and
+YAMNet is never loaded at run time.
 
 The second teacher is a harken model itself (`harken_scorer`): an ensemble that runs too
 slowly for the pipeline's budget scores every training batch, and a network of one
