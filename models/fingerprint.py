@@ -10,6 +10,11 @@ suspects, each printed as one line that two sessions can compare:
 * the **negatives** folder, rebuilt from Debian packages each session;
 * the **data** folder (`MANIFEST.csv` and its audio).
 
+The negatives folder has a third line, its build: the ffmpeg that decoded it and, per split,
+a digest of its packages' versions (`BUILD_INFO.json`, written by the recipe's build). Two
+sessions whose train samples differ with equal package versions were decoded differently
+(another ffmpeg build); with differing versions, the packages changed.
+
 A folder's line has two kinds of digest: its bytes (the listing and every audio file) and,
 per split of its listing (train, dev), its decoded samples. A rebuild by another FLAC encoder
 or package snapshot changes the bytes; only a change of the samples changes what a run
@@ -27,6 +32,7 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import json
 import platform
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -123,6 +129,28 @@ def _folder_line(label: str, root: Path, listing: str) -> str:
     return f"{label:<12} {value} ({count} audio files); samples: {samples}"
 
 
+def build_line(negatives: Path) -> str:
+    """The negatives build's ffmpeg and, per split, a digest of its packages' versions
+    (sorted `package=version` lines), from the recipe's `BUILD_INFO.json`."""
+    path = negatives / "BUILD_INFO.json"
+    if not path.is_file():
+        return f"build        {negatives} has no BUILD_INFO.json (not built by scripts/negatives)"
+    try:
+        info = json.loads(path.read_text())
+        packages: dict[str, dict] = info["packages"]
+        by_split: dict[str, list[str]] = {}
+        for name, stats in sorted(packages.items()):
+            by_split.setdefault(stats.get("split") or "unlisted", []).append(f"{name}={stats.get('version')}")
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"{path}: not a negatives build record ({error})") from error
+    ffmpeg = str(info.get("ffmpeg") or "ffmpeg unknown").split(" Copyright")[0]
+    versions = " ".join(
+        f"{split} {hashlib.sha256(chr(10).join(lines).encode()).hexdigest()[:16]} ({len(lines)} packages)"
+        for split, lines in sorted(by_split.items())
+    )
+    return f"build        {ffmpeg}; package versions: {versions}"
+
+
 def cpu_model() -> str:
     """The CPU's model name as the kernel reports it (platform.processor() is often empty)."""
     try:
@@ -146,6 +174,7 @@ def report(negatives: Path | None, data: Path | None, steps: int = 20) -> list[s
     ]
     if negatives is not None:
         lines.append(_folder_line("negatives", negatives, "NEGATIVES.csv"))
+        lines.append(build_line(negatives))
     if data is not None:
         lines.append(_folder_line("data", data, "MANIFEST.csv"))
     return lines
@@ -159,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         lines = report(args.negatives, args.data, args.steps)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ValueError) as error:
         parser.error(str(error))
     print("\n".join(lines))
     return 0

@@ -3,6 +3,7 @@ process and tells seeds and kernels apart; folder digests see a changed file."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -73,3 +74,42 @@ def test_the_sample_digest_sees_the_audio_not_its_encoding(tmp_path: Path) -> No
     assert after["dev"] != before["dev"] and after["train"] == before["train"]
     sf.write(tmp_path / "dev" / "stray.flac", samples, 16000, subtype="PCM_16")  # not in the listing
     assert set(fingerprint.sample_digests(tmp_path, "NEGATIVES.csv")) == {"dev", "train", "unlisted"}
+
+
+def test_the_build_line_tells_package_versions_from_the_decoder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A changed package version changes its own split's digest only; the ffmpeg build is
+    printed as the build recorded it; a folder without the record says so, a broken record
+    is named."""
+    (tmp_path / "NEGATIVES.csv").write_text("path,split\n")
+    assert "no BUILD_INFO.json" in fingerprint.build_line(tmp_path)
+    info = {
+        "ffmpeg": "ffmpeg version 5.1.9-0+deb12u1 Copyright (c) 2000-2026 the FFmpeg developers",
+        "packages": {
+            "game-data": {"split": "train", "version": "1.0-1"},
+            "music": {"split": "train", "version": "2.0-3"},
+            "prompts": {"split": "dev", "version": "0.9-2"},
+        },
+    }
+    record = tmp_path / "BUILD_INFO.json"
+    record.write_text(json.dumps(info))
+    before = fingerprint.build_line(tmp_path)
+    assert before.startswith("build        ffmpeg version 5.1.9-0+deb12u1; package versions: dev ")
+    assert "(1 packages)" in before and "(2 packages)" in before and "Copyright" not in before
+    info["packages"]["music"]["version"] = "2.0-4"
+    record.write_text(json.dumps(info))
+    after = fingerprint.build_line(tmp_path)
+    assert _split_digest(after, "dev") == _split_digest(before, "dev")
+    assert _split_digest(after, "train") != _split_digest(before, "train")
+    assert fingerprint.main(["--negatives", str(tmp_path), "--steps", "1"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == after
+    record.write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"BUILD_INFO\.json: not a negatives build record"):
+        fingerprint.build_line(tmp_path)
+    with pytest.raises(SystemExit):
+        fingerprint.main(["--negatives", str(tmp_path), "--steps", "1"])
+
+
+def _split_digest(build_line: str, split: str) -> str:
+    return build_line.split(f" {split} ")[1].split()[0]
