@@ -10,7 +10,7 @@ suspects, each printed as one line that two sessions can compare:
 * the **negatives** folder, rebuilt from Debian packages each session;
 * the **data** folder (`MANIFEST.csv` and its audio).
 
-The negatives folder has a third line, its build: the ffmpeg that decoded it and, per split,
+The negatives folder has a second line, its build: the ffmpeg that decoded it and, per split,
 a digest of its packages' versions (`BUILD_INFO.json`, written by the recipe's build). Two
 sessions whose train samples differ with equal package versions were decoded differently
 (another ffmpeg build); with differing versions, the packages changed.
@@ -129,6 +129,10 @@ def _folder_line(label: str, root: Path, listing: str) -> str:
     return f"{label:<12} {value} ({count} audio files); samples: {samples}"
 
 
+def _lines_digest(lines: list[str]) -> str:
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+
+
 def build_line(negatives: Path) -> str:
     """The negatives build's ffmpeg and, per split, a digest of its packages' versions
     (sorted `package=version` lines), from the recipe's `BUILD_INFO.json`."""
@@ -145,8 +149,7 @@ def build_line(negatives: Path) -> str:
         raise ValueError(f"{path}: not a negatives build record ({error})") from error
     ffmpeg = str(info.get("ffmpeg") or "ffmpeg unknown").split(" Copyright")[0]
     versions = " ".join(
-        f"{split} {hashlib.sha256(chr(10).join(lines).encode()).hexdigest()[:16]} ({len(lines)} packages)"
-        for split, lines in sorted(by_split.items())
+        f"{split} {_lines_digest(lines)} ({len(lines)} packages)" for split, lines in sorted(by_split.items())
     )
     return f"build        {ffmpeg}; package versions: {versions}"
 
