@@ -11,9 +11,13 @@ suspects, each printed as one line that two sessions can compare:
 * the **data** folder (`MANIFEST.csv` and its audio).
 
 The negatives folder has a second line, its build: the ffmpeg that decoded it and, per split,
-a digest of its packages' versions (`BUILD_INFO.json`, written by the recipe's build). Two
-sessions whose train samples differ with equal package versions were decoded differently
-(another ffmpeg build); with differing versions, the packages changed.
+a digest of its packages' versions (`BUILD_INFO.json`, written by the recipe's build). Equal
+builds do not make equal samples: libopenmpt draws random numbers while it plays some tracker
+modules, so three .it files of pingus-data (six train chunks) decode a little differently on
+every build, on one machine too (model card, forty-ninth round), and the train split's sample
+digest differs between any two builds. Per folder (`<split>/<package>`) the digests say which
+packages differ: `--write-folders FILE` records them, `--against FILE` compares with a record
+(`models/card/negatives-folders.tsv`, the forty-ninth round's build).
 
 A folder's line has two kinds of digest: its bytes (the listing and every audio file) and,
 per split of its listing (train, dev), its decoded samples. A rebuild by another FLAC encoder
@@ -24,7 +28,7 @@ while every re-measured dev figure was equal to the last digit).
 Equal lines rule a suspect out; a differing arithmetic line with equal data says the
 machine, not the recipe, is why a run does not repeat.
 
-    python -m models.fingerprint [--negatives DIR] [--data DIR]
+    python -m models.fingerprint [--negatives DIR [--against FILE] [--write-folders FILE]] [--data DIR]
 """
 
 from __future__ import annotations
@@ -111,21 +115,70 @@ def sample_digests(root: Path, listing: str) -> dict[str, str]:
     """sha256 of the decoded samples (and relative paths) of the audio of each split named
     by `listing`'s `split` column (train, dev, ...), in sorted path order; audio the listing
     does not name counts as "unlisted"."""
+    return decoded_digests(root, listing)[0]
+
+
+def decoded_digests(root: Path, listing: str) -> tuple[dict[str, str], dict[str, str]]:
+    """The decoded samples' digests of each split (as `sample_digests`) and of each folder
+    that holds audio (its path under `root`, `train/pingus-data` in the negatives), from one
+    pass over the audio (the negatives hold 24 hours)."""
     with (root / listing).open(newline="") as file:
         split_of = {row["path"]: row.get("split") or "unlisted" for row in csv.DictReader(file)}
     by_split: dict[str, hashlib._Hash] = {}
+    by_folder: dict[str, hashlib._Hash] = {}
     for path in audio_files(root):
         relative = path.relative_to(root).as_posix()
-        total = by_split.setdefault(split_of.get(relative, "unlisted"), hashlib.sha256())
         samples, rate = sf.read(path, dtype="int16", always_2d=True)  # the FLACs are 16-bit
-        total.update(relative.encode() + b"\0" + str(rate).encode() + b"\0")
-        total.update(np.ascontiguousarray(samples).tobytes())
-    return {split: total.hexdigest()[:16] for split, total in sorted(by_split.items())}
+        content = [relative.encode() + b"\0" + str(rate).encode() + b"\0", np.ascontiguousarray(samples).tobytes()]
+        folder = path.parent.relative_to(root).as_posix()
+        for total in (
+            by_split.setdefault(split_of.get(relative, "unlisted"), hashlib.sha256()),
+            by_folder.setdefault(folder, hashlib.sha256()),
+        ):
+            for part in content:
+                total.update(part)
+    return (
+        {split: total.hexdigest()[:16] for split, total in sorted(by_split.items())},
+        {folder: total.hexdigest()[:16] for folder, total in sorted(by_folder.items())},
+    )
 
 
-def _folder_line(label: str, root: Path, listing: str) -> str:
+def write_folder_record(path: Path, folders: dict[str, str], heading: str) -> None:
+    """A record of per-folder sample digests (tab-separated `folder digest` lines under a
+    `#` heading) that a later session compares with (`--against`)."""
+    lines = [f"# {heading}", *(f"{folder}\t{value}" for folder, value in sorted(folders.items()))]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def read_folder_record(path: Path) -> dict[str, str]:
+    """The per-folder digests of a record written by `write_folder_record`."""
+    folders: dict[str, str] = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        fields = line.split("\t")
+        if len(fields) != 2 or not fields[0] or not fields[1]:
+            raise ValueError(f"{path}:{number}: not a `folder<TAB>digest` line: {line!r}")
+        folders[fields[0]] = fields[1]
+    return folders
+
+
+def against_line(folders: dict[str, str], recorded: dict[str, str], name: str) -> str:
+    """Which folders' samples differ from a record, which are new, which are gone."""
+    shared = sorted(set(folders) & set(recorded))
+    differ = [folder for folder in shared if folders[folder] != recorded[folder]]
+    new = sorted(set(folders) - set(recorded))
+    gone = sorted(set(recorded) - set(folders))
+    parts = [f"folders      {len(shared) - len(differ)} of {len(recorded)} as in {name}"]
+    for label, names in (("differ", differ), ("new", new), ("gone", gone)):
+        if names:
+            parts.append(f"{label}: {' '.join(names)}")
+    return "; ".join(parts)
+
+
+def _folder_line(label: str, root: Path, listing: str, splits: dict[str, str]) -> str:
     value, count = folder_digest(root, listing)
-    samples = " ".join(f"{split} {value}" for split, value in sample_digests(root, listing).items())
+    samples = " ".join(f"{split} {value}" for split, value in splits.items())
     return f"{label:<12} {value} ({count} audio files); samples: {samples}"
 
 
@@ -165,21 +218,37 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def report(negatives: Path | None, data: Path | None, steps: int = 20) -> list[str]:
+def report(
+    negatives: Path | None,
+    data: Path | None,
+    steps: int = 20,
+    against: Path | None = None,
+    write_folders: Path | None = None,
+) -> list[str]:
+    recorded = read_folder_record(against) if against is not None else None  # a bad record fails first
     default = trained_weights(steps, onednn=True)
     plain = trained_weights(steps, onednn=False)
+    machine = (
+        f"{cpu_model()}; torch {torch.__version__}; "
+        f"{torch.get_num_threads()} threads; cpu capability {torch.backends.cpu.get_cpu_capability()}"
+    )
     lines = [
-        f"machine      {cpu_model()}; torch {torch.__version__}; "
-        f"{torch.get_num_threads()} threads; cpu capability {torch.backends.cpu.get_cpu_capability()}",
+        f"machine      {machine}",
         f"arithmetic   {digest(default)} (default kernels, {steps} steps)",
         f"arithmetic   {digest(plain)} (oneDNN off; largest weight difference from default "
         f"{float(np.abs(default - plain).max()):.2e})",
     ]
     if negatives is not None:
-        lines.append(_folder_line("negatives", negatives, "NEGATIVES.csv"))
-        lines.append(build_line(negatives))
+        splits, folders = decoded_digests(negatives, "NEGATIVES.csv")
+        build = build_line(negatives)
+        lines += [_folder_line("negatives", negatives, "NEGATIVES.csv", splits), build]
+        if recorded is not None and against is not None:
+            lines.append(against_line(folders, recorded, against.name))
+        if write_folders is not None:
+            decoder = build.removeprefix("build").strip()
+            write_folder_record(write_folders, folders, f"the negatives' samples by folder; {decoder}; {machine}")
     if data is not None:
-        lines.append(_folder_line("data", data, "MANIFEST.csv"))
+        lines.append(_folder_line("data", data, "MANIFEST.csv", sample_digests(data, "MANIFEST.csv")))
     return lines
 
 
@@ -188,9 +257,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--negatives", type=Path, help="the built negatives folder (NEGATIVES.csv)")
     parser.add_argument("--data", type=Path, help="the data folder (MANIFEST.csv)")
     parser.add_argument("--steps", type=int, default=20, help="optimiser steps of the arithmetic line")
+    parser.add_argument(
+        "--against", type=Path, help="a record of the negatives' samples by folder to compare with (with --negatives)"
+    )
+    parser.add_argument(
+        "--write-folders", type=Path, help="write the negatives' samples by folder to this record (with --negatives)"
+    )
     args = parser.parse_args(argv)
+    if args.negatives is None and (args.against is not None or args.write_folders is not None):
+        parser.error("--against and --write-folders read the negatives: give --negatives too")
     try:
-        lines = report(args.negatives, args.data, args.steps)
+        lines = report(args.negatives, args.data, args.steps, args.against, args.write_folders)
     except (FileNotFoundError, ValueError) as error:
         parser.error(str(error))
     print("\n".join(lines))

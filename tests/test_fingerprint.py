@@ -113,3 +113,49 @@ def test_the_build_line_tells_package_versions_from_the_decoder(
 
 def _split_digest(build_line: str, split: str) -> str:
     return build_line.split(f" {split} ")[1].split()[0]
+
+
+def test_the_folder_record_names_the_packages_whose_samples_differ(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Per-folder digests are written to a record and compared with it: a changed sample is
+    named by its folder, a new or vanished folder is named too, and a broken record or a
+    record without the negatives is refused with its reason."""
+    negatives = tmp_path / "negatives"
+    samples = (np.sin(np.arange(4000) * 0.07) * 6000).astype(np.int16)
+    for folder in ("train/game-data", "train/music", "dev/prompts"):
+        (negatives / folder).mkdir(parents=True)
+        sf.write(negatives / folder / "0000.flac", samples, 16000, subtype="PCM_16")
+    (negatives / "NEGATIVES.csv").write_text(
+        "path,split\ntrain/game-data/0000.flac,train\ntrain/music/0000.flac,train\ndev/prompts/0000.flac,dev\n"
+    )
+    splits, folders = fingerprint.decoded_digests(negatives, "NEGATIVES.csv")
+    assert splits == fingerprint.sample_digests(negatives, "NEGATIVES.csv")
+    assert set(folders) == {"train/game-data", "train/music", "dev/prompts"}
+    record = tmp_path / "record.tsv"
+    assert fingerprint.main(["--negatives", str(negatives), "--steps", "1", "--write-folders", str(record)]) == 0
+    capsys.readouterr()
+    decoder = fingerprint.build_line(negatives).removeprefix("build").strip()
+    assert record.read_text().startswith(f"# the negatives' samples by folder; {decoder}; ")
+    assert fingerprint.read_folder_record(record) == folders
+    assert fingerprint.against_line(folders, folders, "record.tsv") == "folders      3 of 3 as in record.tsv"
+
+    changed = samples.copy()
+    changed[1234] += 3  # a few units, as libopenmpt's random draws make
+    sf.write(negatives / "train" / "music" / "0000.flac", changed, 16000, subtype="PCM_16")
+    (negatives / "train" / "new-pack").mkdir()
+    sf.write(negatives / "train" / "new-pack" / "0000.flac", samples, 16000, subtype="PCM_16")
+    (negatives / "dev" / "prompts" / "0000.flac").unlink()
+    assert fingerprint.main(["--negatives", str(negatives), "--steps", "1", "--against", str(record)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "folders      1 of 3 as in record.tsv; differ: train/music; new: train/new-pack; gone: dev/prompts"
+    )
+
+    record.write_text("# heading\ntrain/music\n")
+    with pytest.raises(ValueError, match=r"record\.tsv:2: not a `folder<TAB>digest` line"):
+        fingerprint.read_folder_record(record)
+    with pytest.raises(SystemExit):
+        fingerprint.main(["--negatives", str(negatives), "--steps", "1", "--against", str(record)])
+    with pytest.raises(SystemExit):
+        fingerprint.main(["--against", str(record)])  # no negatives to compare
+    assert "give --negatives too" in capsys.readouterr().err
