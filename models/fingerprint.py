@@ -12,12 +12,13 @@ suspects, each printed as one line that two sessions can compare:
 
 The negatives folder has a second line, its build: the ffmpeg that decoded it and, per split,
 a digest of its packages' versions (`BUILD_INFO.json`, written by the recipe's build). Equal
-builds do not make equal samples: libopenmpt draws random numbers while it plays some tracker
-modules, so three .it files of pingus-data (six train chunks) decode a little differently on
-every build, on one machine too (model card, forty-ninth round), and the train split's sample
-digest differs between any two builds. Per folder (`<split>/<package>`) the digests say which
-packages differ: `--write-folders FILE` records them, `--against FILE` compares with a record
-(`models/card/negatives-folders.tsv`, the forty-ninth round's build).
+builds do not make equal samples: ffmpeg's player for tracker modules (libopenmpt) gives other
+samples on every run for some modules, so three .it files of pingus-data (six train chunks)
+decode a little differently on every build, on one machine too (model card, forty-ninth round),
+and the train split's sample digest differs between any two builds. Per folder
+(`<split>/<package>`) the digests say which packages differ: `--write-folders FILE` records
+them, `--against FILE` compares with a record (`models/card/negatives-folders.tsv`, the
+forty-ninth round's build).
 
 A folder's line has two kinds of digest: its bytes (the listing and every audio file) and,
 per split of its listing (train, dev), its decoded samples. A rebuild by another FLAC encoder
