@@ -190,9 +190,14 @@ def _lines_digest(lines: list[str]) -> str:
 def build_line(negatives: Path) -> str:
     """The negatives build's ffmpeg and, per split, a digest of its packages' versions
     (sorted `package=version` lines), from the recipe's `BUILD_INFO.json`."""
+    return f"build        {build_description(negatives)}"
+
+
+def build_description(negatives: Path) -> str:
+    """`build_line` without its label (also the folder record's heading)."""
     path = negatives / "BUILD_INFO.json"
     if not path.is_file():
-        return f"build        {negatives} has no BUILD_INFO.json (not built by scripts/negatives)"
+        return f"{negatives} has no BUILD_INFO.json (not built by scripts/negatives)"
     try:
         info = json.loads(path.read_text())
         packages: dict[str, dict] = info["packages"]
@@ -205,7 +210,7 @@ def build_line(negatives: Path) -> str:
     versions = " ".join(
         f"{split} {_lines_digest(lines)} ({len(lines)} packages)" for split, lines in sorted(by_split.items())
     )
-    return f"build        {ffmpeg}; package versions: {versions}"
+    return f"{ffmpeg}; package versions: {versions}"
 
 
 def cpu_model() -> str:
@@ -241,13 +246,12 @@ def report(
     ]
     if negatives is not None:
         splits, folders = decoded_digests(negatives, "NEGATIVES.csv")
-        build = build_line(negatives)
-        lines += [_folder_line("negatives", negatives, "NEGATIVES.csv", splits), build]
+        build = build_description(negatives)
+        lines += [_folder_line("negatives", negatives, "NEGATIVES.csv", splits), f"build        {build}"]
         if recorded is not None and against is not None:
             lines.append(against_line(folders, recorded, against.name))
         if write_folders is not None:
-            decoder = build.removeprefix("build").strip()
-            write_folder_record(write_folders, folders, f"the negatives' samples by folder; {decoder}; {machine}")
+            write_folder_record(write_folders, folders, f"the negatives' samples by folder; {build}; {machine}")
     if data is not None:
         lines.append(_folder_line("data", data, "MANIFEST.csv", sample_digests(data, "MANIFEST.csv")))
     return lines
