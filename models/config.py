@@ -45,6 +45,11 @@ class NetConfig:
     #: taken; with it the network reads a second plane, the band's level over that floor
     #: (`models.net.over_floor`), and remembers that much longer. 0: off.
     floor_frames: int = 0
+    #: freqconv only: frames over which per-channel energy normalisation (PCEN) smooths each
+    #: band's level (time constant half of it); with it the network reads one more plane,
+    #: each band's magnitude over that level, root-compressed (`models.net.pcen`), and
+    #: remembers that much longer. 0: off.
+    pcen_frames: int = 0
 
 
 @dataclass
@@ -267,10 +272,12 @@ def build_net(cfg: TrainConfig, params: FeatureParams) -> CompactTCN | FreqConvT
             dilations=tuple(cfg.net.dilations),
             kernel=cfg.net.kernel,
             floor_frames=cfg.net.floor_frames,
+            pcen_frames=cfg.net.pcen_frames,
         )
     elif cfg.net.kind == "tcn":
-        if cfg.net.floor_frames:
-            raise ValueError("net.floor_frames needs net.kind 'freqconv'")
+        for plane in ("floor_frames", "pcen_frames"):
+            if getattr(cfg.net, plane):
+                raise ValueError(f"net.{plane} needs net.kind 'freqconv'")
         net = CompactTCN(
             n_mels=params.n_mels,
             n_classes=len(CLASSES),

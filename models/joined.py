@@ -90,7 +90,9 @@ def read_freqconv(model: onnx.ModelProto, prefix: str = "") -> FreqConvWeights:
 
     def conv(node: onnx.NodeProto) -> Conv:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        weight, bias = values[node.input[1]], values[node.input[2]]
+        weight = values[node.input[1]]
+        # A convolution without a bias (the energy normalisation's smoother) adds zeros.
+        bias = values[node.input[2]] if len(node.input) > 2 else np.zeros(weight.shape[0], dtype=np.float32)
         return Conv(weight.astype(np.float32), bias.astype(np.float32), int(attrs.get("dilations", [1])[-1]))
 
     convs = [conv(n) for n in model.graph.node if n.op_type == "Conv" and n.output[0].startswith(prefix)]
@@ -101,8 +103,11 @@ def read_freqconv(model: onnx.ModelProto, prefix: str = "") -> FreqConvWeights:
     two_d = [c for c in convs if c.weight.ndim == 4]
     if len(stats["feature_mean"]) != 1 or len(stats["feature_std"]) != 1 or len(two_d) % 2 != 1:
         raise ValueError("not an exported FreqConvTCN (stem, depthwise-separable blocks, temporal convolutions)")
-    if two_d[0].weight.shape[1] != 1:  # the stem reads a second plane (models/net.py over_floor)
-        raise ValueError("a FreqConvTCN with a background-floor plane (net.floor_frames) is not read back here")
+    if two_d[0].weight.shape[1] != 1:  # the stem reads more planes (models/net.py over_floor, pcen)
+        raise ValueError(
+            "a FreqConvTCN with an extra input plane (a background-floor plane, net.floor_frames, "
+            "or energy normalisation, net.pcen_frames) is not read back here"
+        )
     n_blocks = (len(two_d) - 1) // 2
     one_d = convs[len(two_d) :]
     if len(one_d) < 2 or any(c.weight.ndim != 3 for c in one_d):

@@ -569,6 +569,10 @@ def train_live_command(
     grow = bool(getattr(args, "init_grow", False))
     if grow and not args.init:
         raise ValueError("--init-grow needs --init (the weights the network grows from)")
+    if args.init and getattr(net, "pcen_frames", 0):
+        raise ValueError(
+            "net.pcen_frames: a network with the energy-normalisation plane is trained from scratch (no --init)"
+        )
     if args.init and args.init.suffix == ".onnx":
         from models.unfold import state_from_onnx
 
@@ -587,9 +591,12 @@ def train_live_command(
             init_state = grown_state(net, init_state, torch.from_numpy(scene_sample()))
     else:
         # Normalisation statistics (inside the graph) from a sample of training scenes.
-        sample = scene_sample().reshape(-1, net.n_mels)
+        scenes = scene_sample()
+        sample = scenes.reshape(-1, net.n_mels)
         net.feature_mean.copy_(torch.from_numpy(sample.mean(axis=0)))
         net.feature_std.copy_(torch.from_numpy(sample.std(axis=0)).clamp_min(1e-3))
+        if getattr(net, "pcen_frames", 0):
+            net.set_pcen_statistics(torch.from_numpy(scenes))
 
     # Fresh draws of the dev scenes the tuned figure is scored on too (eval.select_draws).
     select_draws = [(seed, dev_scene_draw(cfg, data_dir, seed, cache_dir)) for seed in cfg.eval.select_draws]

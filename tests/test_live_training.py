@@ -283,9 +283,13 @@ def test_live_scene_edges_label_gaps_negative_and_pad_stream_starts(maker: LiveS
 def _freqconv_with_running_stats(
     seed: int, freq_channels: tuple[int, ...] = (4, 8, 8), dilations: tuple[int, ...] = (1, 2, 4),
     floor_frames: int = 0,
+    pcen_frames: int = 0,
 ) -> FreqConvTCN:
     torch.manual_seed(seed)
-    net = FreqConvTCN(freq_channels=freq_channels, channels=12, dilations=dilations, floor_frames=floor_frames).eval()
+    net = FreqConvTCN(
+        freq_channels=freq_channels, channels=12, dilations=dilations,
+        floor_frames=floor_frames, pcen_frames=pcen_frames,
+    ).eval()
     with torch.no_grad():
         for m in net.modules():
             if isinstance(m, torch.nn.BatchNorm1d | torch.nn.BatchNorm2d):
@@ -295,7 +299,11 @@ def _freqconv_with_running_stats(
 
 
 @pytest.mark.parametrize(
-    "variant", ["one", "one-floor", "pair", "pair-own-stats", "pair-mixed-sizes", "pair-longer-memory", "pair-floor"]
+    "variant",
+    [
+        "one", "one-floor", "one-pcen", "one-floor-pcen", "pair", "pair-own-stats", "pair-mixed-sizes",
+        "pair-longer-memory", "pair-floor", "pair-pcen",
+    ],
 )
 def test_freqconv_network_streams_like_one_pass_after_export(tmp_path: Path, variant: str) -> None:
     """One exported network, or two joined as one (`ensemble_onnx`: the mean of their
@@ -304,7 +312,8 @@ def test_freqconv_network_streams_like_one_pass_after_export(tmp_path: Path, var
     differ; members of different shapes run side by side, and a member with a shorter
     memory (receptive field) is aligned with the longer one on the same input frames. A
     network reading each band over its floor (`floor_frames`) remembers that much longer
-    and streams alike, alone or beside a plain one."""
+    and streams alike, alone or beside a plain one; so does one reading each band's energy
+    normalisation (`pcen_frames`), alone, with the floor plane too, or beside a plain one."""
     from models.export import ensemble_onnx, export_onnx
     from models.unfold import read_member
     from service.decision import DecisionParams
@@ -312,15 +321,22 @@ def test_freqconv_network_streams_like_one_pass_after_export(tmp_path: Path, var
     members = 1 if variant.startswith("one") else 2
     sizes = [(4, 8, 8), (8, 8, 8) if variant == "pair-mixed-sizes" else (4, 8, 8)]
     dilations = [(1, 2, 4), (1, 2, 4, 8) if variant == "pair-longer-memory" else (1, 2, 4)]
-    floors = [12 if variant == "one-floor" else 0, 12 if variant == "pair-floor" else 0]
+    floors = [12 if variant.startswith("one-floor") else 0, 12 if variant == "pair-floor" else 0]
+    pcens = [20 if variant in ("one-pcen", "one-floor-pcen") else 0, 20 if variant == "pair-pcen" else 0]
     nets = [
-        _freqconv_with_running_stats(seed, sizes[seed], dilations[seed], floors[seed]) for seed in range(members)
+        _freqconv_with_running_stats(seed, sizes[seed], dilations[seed], floors[seed], pcens[seed])
+        for seed in range(members)
     ]
     if variant == "pair-own-stats":
         with torch.no_grad():
             nets[1].feature_mean.uniform_(-0.5, 0.5)
             nets[1].feature_std.uniform_(0.5, 2.0)
-    assert nets[0].receptive_field == 2 * 3 + 2 * 7 + (4 + 11 if floors[0] else 0)
+    for net in nets:
+        if net.pcen_frames:  # statistics of its own plane, as training sets them
+            scene = LogMel().frames(synth.background(4.0, np.random.default_rng(5)))
+            net.set_pcen_statistics(torch.from_numpy(scene)[None])
+    extra = max(4 + 11 if floors[0] else 0, 19 if pcens[0] else 0)  # the longer of the planes' memories
+    assert nets[0].receptive_field == 2 * 3 + 2 * 7 + extra
     assert nets[0].macs_per_frame() > 0
     decisions = {c: DecisionParams() for c in D.CLASSES}
     paths = [tmp_path / f"fc{i}.onnx" for i in range(members)]
@@ -336,13 +352,14 @@ def test_freqconv_network_streams_like_one_pass_after_export(tmp_path: Path, var
         convs = sum(n.op_type == "Conv" for n in model.graph.node)
         one = sum(n.op_type == "Conv" for n in onnx.load(str(paths[0])).graph.node)
         own = sum(sum(n.op_type == "Conv" for n in onnx.load(str(p)).graph.node) for p in paths)
-        assert convs == (own if variant in ("pair-mixed-sizes", "pair-longer-memory", "pair-floor") else one)
+        side_by_side = ("pair-mixed-sizes", "pair-longer-memory", "pair-floor", "pair-pcen")
+        assert convs == (own if variant in side_by_side else one)
         assert contract.receptive_field_frames == max(net.receptive_field for net in nets)
         path = tmp_path / "pair.onnx"
         onnx.save(model, str(path))
-    if any(floors):  # its extra input plane is not a shape the join or --init reads back
-        with pytest.raises(ValueError, match="background-floor plane"):
-            read_member(paths[floors.index(12)])
+    if any(floors) or any(pcens):  # its extra input plane is not a shape the join or --init reads back
+        with pytest.raises(ValueError, match="extra input plane"):
+            read_member(paths[next(i for i in range(members) if floors[i] or pcens[i])])
     detector = Detector.load(path)
     feats = LogMel().frames(synth.background(6.0, np.random.default_rng(2)).astype(np.float32) * 0.1)
     whole = detector.scores(feats)
@@ -381,6 +398,40 @@ def test_over_floor_reads_an_event_alike_over_any_steady_bed() -> None:
         FreqConvTCN(floor_frames=1)
 
 
+def test_pcen_reads_a_steady_bed_alike_at_any_level_and_an_event_over_it() -> None:
+    """Per-channel energy normalisation: a steady bed reads about the same small value at
+    any level (within PCEN's gain exponent, 0.98: a bed 20 dB louder moves it by a few per
+    cent), an event rising over the bed reads far above it at its onset and less as it is
+    held (the smoothed level catches up: an automatic gain), and the plane's statistics
+    from a sample put it in unit units per band."""
+    from models.net import PCEN_BIAS, PCEN_ROOT, pcen, pcen_weights
+
+    weights = pcen_weights(50)
+    assert weights.shape == (50,) and abs(float(weights.sum()) - 1.0) < 1e-6
+    assert weights[-1] > weights[0]  # the newest frame weighs most
+    rng = np.random.default_rng(0)
+    bed = rng.normal(-8.0, 0.3, (1, 4, 300)).astype(np.float32)  # log power, steady
+    bed[:, :2, 200:240] += 6.0  # an event in the low bands, 0.8 s long, about 26 dB over the bed
+    kernel = weights.expand(4, 1, 50).clone()
+    plane = pcen(torch.from_numpy(bed), kernel)
+    assert plane.shape == (1, 4, 251)
+    steady = plane[0, 2:].numpy()
+    near_unity = (1.0 + PCEN_BIAS) ** PCEN_ROOT - PCEN_BIAS**PCEN_ROOT  # a band at its own level
+    assert abs(float(np.median(steady)) - near_unity) < 0.15
+    louder = pcen(torch.from_numpy(bed + np.log(100.0).astype(np.float32)), kernel)[0, 2:].numpy()
+    assert np.allclose(np.median(louder), np.median(steady), rtol=0.1)
+    onset, held = plane[0, :2, 200 - 49].numpy(), plane[0, :2, 238 - 49].numpy()
+    assert onset.min() > 5 * near_unity  # the event's first frame, far over its bed
+    assert (held < onset / 4).all()  # 0.76 s on, a held sound has raised its own level
+    net = FreqConvTCN(n_mels=4, freq_channels=(4, 8), channels=8, dilations=(1, 2), pcen_frames=50)
+    net.set_pcen_statistics(torch.from_numpy(bed).transpose(1, 2))
+    normalised = net.pcen_plane(torch.from_numpy(bed).transpose(1, 2))[0].numpy()
+    np.testing.assert_allclose(normalised.mean(axis=1), 0.0, atol=1e-4)
+    np.testing.assert_allclose(normalised.std(axis=1), 1.0, atol=1e-2)
+    with pytest.raises(ValueError, match="pcen_frames"):
+        FreqConvTCN(pcen_frames=1)
+
+
 def test_a_floor_plane_needs_the_freqconv_network() -> None:
     from models.config import TrainConfig, build_net
 
@@ -390,6 +441,11 @@ def test_a_floor_plane_needs_the_freqconv_network() -> None:
         build_net(cfg, FeatureParams())
     cfg.net.kind = "freqconv"
     assert build_net(cfg, FeatureParams()).receptive_field == 2 * 4 + 2 * 31 + 4 + 99
+    cfg.net.kind, cfg.net.floor_frames, cfg.net.pcen_frames = "tcn", 0, 100
+    with pytest.raises(ValueError, match="pcen_frames needs net"):
+        build_net(cfg, FeatureParams())
+    cfg.net.kind = "freqconv"
+    assert build_net(cfg, FeatureParams()).receptive_field == 2 * 4 + 2 * 31 + 99
 
 
 @pytest.mark.parametrize("second", [(4, 8, 8), (8, 8, 8)], ids=["joined", "side-by-side"])
