@@ -1152,6 +1152,30 @@ def test_voiced_onsets_need_the_onset_term_of_live_training() -> None:
     assert cfg.data.voiced_onset_classes == ["baby_cry"]
 
 
+def test_an_energy_normalisation_plane_trains_from_scratch_with_its_own_statistics(
+    tiny: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`net.pcen_frames` trains live from scratch: the plane's per-band statistics come from
+    the training scenes (not the defaults), the saved network is the longer-memory one, and
+    `--init` with such a recipe is refused with the reason."""
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(LIVE_CONFIG)
+    with_plane = tmp_path / "pcen.yaml"
+    with_plane.write_text(LIVE_CONFIG.replace("lookahead_frames: 2}", "lookahead_frames: 2, pcen_frames: 12}"))
+    base = ["train", "--data", str(tiny["data"]), "--negatives", str(tiny["negatives"]),
+            "--cache", str(tmp_path / "cache"), "--steps", "4"]
+    assert cli.main([*base, "--config", str(with_plane), "--out", str(tmp_path / "pcen")]) == 0
+    state = torch.load(tmp_path / "pcen" / "best.pt", weights_only=False)["state"]
+    assert state["stem.weight"].shape[1] == 2 and state["pcen_kernel"].shape[-1] == 12
+    assert not torch.equal(state["pcen_mean"], torch.zeros_like(state["pcen_mean"]))
+    assert not torch.equal(state["pcen_std"], torch.ones_like(state["pcen_std"]))
+    assert cli.main([*base, "--config", str(plain), "--out", str(tmp_path / "plain")]) == 0
+    capsys.readouterr()
+    start = tmp_path / "plain" / "best.pt"
+    assert cli.main([*base, "--config", str(with_plane), "--init", str(start), "--out", str(tmp_path / "x")]) != 0
+    assert "net.pcen_frames" in capsys.readouterr().err
+
+
 def test_train_head_rows_holds_every_other_weight_bit_for_bit(
     tiny: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
