@@ -95,6 +95,13 @@ class LiveSceneConfig:
     #: hours (1 for kinds not named), e.g. {confuser_effects: 6.0, confuser_ambience: 6.0}:
     #: by time alone the train beds are 83 % music, the kind the networks are already quiet on.
     negative_kind_weights: dict[str, float] = field(default_factory=dict)
+    #: Probability that a scene's background (any but a quiet room) carries procedural
+    #: game-like effects (`models.synth.effect`: sweeps, blips, impacts, creatures, engines,
+    #: whooshes), `procedural_effects_count` of them at `procedural_effects_db` over the bed.
+    #: At 0 nothing is drawn, so recipes without it keep their scenes to the sample.
+    procedural_effects_prob: float = 0.0
+    procedural_effects_count: tuple[int, int] = (1, 4)
+    procedural_effects_db: tuple[float, float] = (-6.0, 10.0)
     #: Per class, its own `ebr_db` and `event_min_dbfs` in place of the scene-wide ones, e.g.
     #: {glass_break: {ebr_db: [-10, 5], event_min_dbfs: [-60, -40]}}: a class's events over
     #: louder beds than the rest (the same draws of the generator, other ranges).
@@ -137,6 +144,16 @@ class LiveSceneConfig:
             raise ValueError(f"live.confuser_bed_reverb_prob must be in [0, 1], got {self.confuser_bed_reverb_prob}")
         if not 0.0 <= self.freq_mask_prob <= 1.0:
             raise ValueError(f"live.freq_mask_prob must be in [0, 1], got {self.freq_mask_prob}")
+        if not 0.0 <= self.procedural_effects_prob <= 1.0:
+            raise ValueError(f"live.procedural_effects_prob must be in [0, 1], got {self.procedural_effects_prob}")
+        count = list(self.procedural_effects_count)
+        if len(count) != 2 or int(count[0]) != count[0] or int(count[1]) != count[1] or not 1 <= count[0] <= count[1]:
+            raise ValueError(f"live.procedural_effects_count: a [low, high] pair of whole numbers, 1 <= low <= high, "
+                             f"got {count}")
+        level = [float(x) for x in self.procedural_effects_db]
+        if len(level) != 2 or level[0] > level[1]:
+            raise ValueError(f"live.procedural_effects_db: a [low, high] pair in dB, "
+                             f"got {list(self.procedural_effects_db)}")
         if self.freq_masks < 1 or self.freq_mask_bands < 1:
             raise ValueError(f"live.freq_masks and live.freq_mask_bands must be >= 1, got {self.freq_masks} "
                              f"and {self.freq_mask_bands}")
@@ -313,7 +330,22 @@ class LiveSceneMaker:
             loud = 10 ** (rng.uniform(-6, 10) / 20) * (_active_rms(bed) + 1e-6) / (_active_rms(seg) + 1e-6)
             bed[at : at + seg.shape[0]] += seg * loud
             origin = BedOrigin()  # the teacher never heard the mined window in this bed
+        if self.cfg.procedural_effects_prob > 0 and rng.random() < self.cfg.procedural_effects_prob:
+            self._lay_effects(bed, rng)
+            origin = BedOrigin()  # nor the effects
         return bed, kind, origin
+
+    def _lay_effects(self, bed: np.ndarray, rng: np.random.Generator) -> None:
+        """Procedural game-like effects added into `bed` (in place), each at its own level
+        over the bed's, anywhere in it (cut where it runs off the end)."""
+        low, high = (int(x) for x in self.cfg.procedural_effects_count)
+        reference = _active_rms(bed) + 1e-6
+        for _ in range(int(rng.integers(low, high + 1))):
+            sound = synth.effect(synth.EFFECT_KINDS[int(rng.integers(len(synth.EFFECT_KINDS)))], rng)
+            at = int(rng.integers(0, bed.shape[0]))
+            seg = sound[: bed.shape[0] - at]
+            gain = 10 ** (rng.uniform(*self.cfg.procedural_effects_db) / 20) * reference / (_active_rms(sound) + 1e-6)
+            bed[at : at + seg.shape[0]] += seg * gain
 
     def _confuser_bed(
         self, n: int, rng: np.random.Generator

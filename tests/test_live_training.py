@@ -150,6 +150,41 @@ def test_live_beds_follow_the_kind_weights(maker: LiveSceneMaker) -> None:
                        crop_frames=200, receptive_field=20, lookahead=4)
 
 
+def test_live_beds_carry_procedural_effects_only_when_asked(maker: LiveSceneMaker) -> None:
+    """`live.procedural_effects_prob`: at 0 the beds and the random stream after them are
+    those of a recipe without it; at 1 every bed is the same bed with effects added at the
+    asked level over it, and the teacher is told it never heard them."""
+    pool = maker.negatives
+    assert pool is not None
+
+    def live_maker(**extra: Any) -> LiveSceneMaker:
+        live = LiveSceneConfig(enabled=True, bed={"negatives": 1.0}, **extra)
+        return LiveSceneMaker(maker.bank, pool, maker.scene_cfg, live, crop_frames=200, receptive_field=20,
+                              lookahead=4)
+
+    plain, off = live_maker(), live_maker(procedural_effects_prob=0.0)
+    rng_plain, rng_off = np.random.default_rng(5), np.random.default_rng(5)
+    for _ in range(5):
+        np.testing.assert_array_equal(plain._bed(rng_plain)[0], off._bed(rng_off)[0])
+    assert rng_plain.random() == rng_off.random()
+
+    on = live_maker(procedural_effects_prob=1.0, procedural_effects_count=(1, 1), procedural_effects_db=(10.0, 10.0))
+    ratios = []
+    for seed in range(20):
+        bed, _, _ = plain._bed(np.random.default_rng(seed))
+        with_effects, kind, origin = on._bed(np.random.default_rng(seed))
+        added = with_effects - bed
+        assert kind == "negatives" and origin.pool_start is None and np.abs(added).max() > 0
+        ratios.append(D._active_rms(added[np.abs(added) > 0]) / D._active_rms(bed))
+    assert 2.0 < float(np.median(ratios)) < 5.0  # 10 dB is 3.16 times the bed's level
+    with pytest.raises(ValueError, match=r"live\.procedural_effects_prob"):
+        LiveSceneConfig(procedural_effects_prob=1.5)
+    with pytest.raises(ValueError, match=r"live\.procedural_effects_count"):
+        LiveSceneConfig(procedural_effects_count=(0, 2))
+    with pytest.raises(ValueError, match=r"live\.procedural_effects_db"):
+        LiveSceneConfig(procedural_effects_db=(10.0, -10.0))
+
+
 def test_negative_pool_errors_name_the_folder(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"NEGATIVES\.csv"):
         NegativePool.load(tmp_path, "train")

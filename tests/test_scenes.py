@@ -200,3 +200,34 @@ def test_build_scenes_is_seeded_and_writes_tsv(tiny_data: Path, tmp_path: Path) 
     assert len(truth.annotations) == len(events)
     with pytest.raises(ManifestError, match="background or confuser"):
         build_scenes([r for r in rows if r.is_target], 1, np.random.default_rng(0))
+
+
+def _low_share(wave: np.ndarray, below_hz: float = 400.0) -> float:
+    power = np.abs(np.fft.rfft(wave)) ** 2
+    freqs = np.fft.rfftfreq(wave.shape[0], 1 / synth.SAMPLE_RATE)
+    return float(power[freqs < below_hz].sum() / power.sum())
+
+
+@pytest.mark.parametrize("kind", synth.EFFECT_KINDS)
+def test_procedural_effects_are_seeded_short_and_full_scale(kind: str) -> None:
+    for seed in range(20):
+        wave = synth.effect(kind, np.random.default_rng(seed))
+        np.testing.assert_array_equal(wave, synth.effect(kind, np.random.default_rng(seed)))
+        assert wave.dtype == np.float32 and np.isfinite(wave).all()
+        assert 0.04 * synth.SAMPLE_RATE <= wave.shape[0] <= 2.0 * synth.SAMPLE_RATE
+        assert np.abs(wave).max() == pytest.approx(1.0, abs=1e-3)
+
+
+def test_procedural_effects_keep_their_kinds_shapes() -> None:
+    """Impacts decay (their first quarter outweighs their last), engines hum low (most of
+    their power under 400 Hz), sweeps and blips sit above it."""
+    rng = np.random.default_rng(4)
+    for _ in range(30):
+        impact = synth.effect("impact", rng)
+        quarter = impact.shape[0] // 4
+        assert np.sum(impact[:quarter] ** 2) > 2 * np.sum(impact[-quarter:] ** 2)
+        assert _low_share(synth.effect("engine", rng)) > 0.4
+    assert np.median([_low_share(synth.effect("sweep", rng)) for _ in range(30)]) < 0.3
+    assert np.median([_low_share(synth.effect("blips", rng)) for _ in range(30)]) < 0.3
+    with pytest.raises(ValueError, match=r"unknown effect kind 'laser' \(kinds: sweep, "):
+        synth.effect("laser", rng)
