@@ -8,7 +8,12 @@ ambience), the share of frames whose score for one class reaches each of a few l
 
     python -m models.negative_scores --model models/members/STG7.onnx \
         --model models/members/STGD9.onnx --negatives NEG [--split train] \
-        [--class glass_break] [--minutes-per-kind 30] [--cache runs/cache]
+        [--class glass_break] [--minutes-per-kind 30] [--cache runs/cache] \
+        [--procedural-minutes 10]
+
+`--procedural-minutes` adds a row per kind of procedural game-like effect
+(`models.synth.effect`, fifty-second round): does a network already score them low, or
+would laying them into training beds show it something new?
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from models.data import SAMPLE_RATE
+from models import synth
+from models.data import SAMPLE_RATE, _active_rms
 from models.negatives import NegativePool
 
 LEVELS = (0.5, 0.9, 0.95, 0.99)
@@ -48,6 +54,29 @@ def kind_streams(pool: NegativePool, minutes_per_kind: float) -> dict[str, np.nd
     return {kind: np.concatenate(pieces) for kind, pieces in sorted(parts.items())}
 
 
+def procedural_streams(minutes_per_kind: float, seed: int = 0) -> dict[str, np.ndarray]:
+    """Per kind of procedural effect, `minutes_per_kind` of them one after another over a
+    faint steady floor (-65 dBFS), each at its own level (-40..-10 dBFS, the louder half of
+    its 20 ms blocks) with 0.2-1 s between: the same audio for every model read."""
+    if minutes_per_kind <= 0:
+        raise ValueError(f"--procedural-minutes must be positive, got {minutes_per_kind}")
+    rng = np.random.default_rng(seed)
+    limit = int(minutes_per_kind * 60 * SAMPLE_RATE)
+    out: dict[str, np.ndarray] = {}
+    for kind in synth.EFFECT_KINDS:
+        stream = rng.standard_normal(limit).astype(np.float32) * np.float32(10 ** (-65 / 20))
+        at = 0
+        while True:
+            sound = synth.effect(kind, rng)
+            level = 10 ** (rng.uniform(-40, -10) / 20) / (_active_rms(sound) + 1e-9)
+            if at + sound.shape[0] > limit:
+                break
+            stream[at : at + sound.shape[0]] += sound * np.float32(level)
+            at += sound.shape[0] + int(rng.uniform(0.2, 1.0) * SAMPLE_RATE)
+        out[f"procedural_{kind}"] = np.clip(stream, -1.0, 1.0)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m models.negative_scores", description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, action="append", required=True, help="a harken .onnx (repeat)")
@@ -56,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--class", dest="class_name", default="glass_break")
     parser.add_argument("--minutes-per-kind", type=float, default=30.0)
     parser.add_argument("--cache", type=Path, help="where the decoded negatives are cached")
+    parser.add_argument("--procedural-minutes", type=float, default=0.0,
+                        help="add this many minutes of each kind of procedural game-like effect (0: none)")
     args = parser.parse_args(argv)
     from service.audio.features import FeatureParams, LogMel
     from service.detector import Detector
@@ -65,6 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.class_name not in model.class_names:
             parser.error(f"{path}: no class {args.class_name!r} (it has {', '.join(model.class_names)})")
     streams = kind_streams(NegativePool.load(args.negatives, args.split, args.cache), args.minutes_per_kind)
+    if args.procedural_minutes:
+        streams.update(procedural_streams(args.procedural_minutes))
     features = LogMel(FeatureParams())
     print(f"share of {args.split} negative frames with a {args.class_name} score at or above "
           + " / ".join(f"{level:g}" for level in LEVELS))

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.negative_scores import kind_streams, main, share_at_or_above
+from models import synth
+from models.negative_scores import kind_streams, main, procedural_streams, share_at_or_above
 from models.negatives import NegativePool
 from tests.negatives_data import make_negatives
 
@@ -55,3 +56,25 @@ def test_each_model_gets_a_row_per_kind_and_an_unknown_class_is_refused(
         assert len(shares) == 4 and all(0.0 <= s <= 1.0 for s in shares) and shares == sorted(shares, reverse=True)
     with pytest.raises(SystemExit):
         main([*args, "--class", "doorbell"])
+
+
+def test_procedural_streams_hold_each_effect_kind_over_a_faint_floor() -> None:
+    streams = procedural_streams(0.1, seed=3)
+    assert sorted(streams) == sorted(f"procedural_{kind}" for kind in synth.EFFECT_KINDS)
+    for kind, audio in streams.items():
+        assert audio.shape == (6 * 16000,) and audio.dtype == np.float32 and np.isfinite(audio).all()
+        blocks = np.sqrt(np.mean(audio[: audio.shape[0] // 320 * 320].reshape(-1, 320) ** 2, axis=1))
+        assert blocks.min() < 10 ** (-55 / 20), kind  # the floor shows between effects
+        assert blocks.max() > 10 ** (-40 / 20), kind  # and the effects over it
+    np.testing.assert_array_equal(streams["procedural_sweep"], procedural_streams(0.1, seed=3)["procedural_sweep"])
+    with pytest.raises(ValueError, match="procedural-minutes"):
+        procedural_streams(0)
+
+
+def test_procedural_rows_follow_the_pools_kinds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    negatives = make_negatives(tmp_path / "neg")
+    shipped = ROOT / "models" / "harken.onnx"
+    assert main(["--model", str(shipped), "--negatives", str(negatives), "--cache", str(tmp_path / "cache"),
+                 "--minutes-per-kind", "0.1", "--procedural-minutes", "0.05", "--class", "baby_cry"]) == 0
+    kinds = [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:] if not line.startswith(" ")]
+    assert kinds == ["confuser_music", "confuser_speech", *(f"procedural_{kind}" for kind in synth.EFFECT_KINDS)]
