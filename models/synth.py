@@ -157,7 +157,7 @@ def effect(kind: str, rng: np.random.Generator, sr: int = SAMPLE_RATE) -> np.nda
     cry's train of 0.6-1.4 s voiced sobs at 350-600 Hz:
     sweep (laser, power-up: a harmonic tone gliding over octaves), blips (chiptune pickups and
     menus: short square notes), impact (hits, explosions, footsteps: a decaying noise burst
-    over a low thump), creature (growls and moans: a low voiced source, 70-300 Hz, through
+    over a low thump), creature (growls and moans: a low voiced source, 70-250 Hz, through
     formants), engine (a sawtooth hum with a throttle), whoosh (a band of noise that swells).
     """
     if kind == "sweep":
@@ -191,7 +191,8 @@ def effect(kind: str, rng: np.random.Generator, sr: int = SAMPLE_RATE) -> np.nda
     elif kind == "creature":
         duration = rng.uniform(0.3, 1.8)
         t = np.arange(int(duration * sr)) / sr
-        f0 = rng.uniform(70, 300) * (1 + rng.uniform(-0.3, 0.3) * t / duration)
+        # Under 250 Hz (a glide of 30 % at most keeps it under 325): below a cry's 350-600 Hz.
+        f0 = rng.uniform(70, 250) * (1 + rng.uniform(-0.3, 0.3) * t / duration)
         f0 = f0 * (1 + rng.uniform(0.0, 0.05) * np.sin(2 * np.pi * rng.uniform(3, 25) * t))
         phase = 2 * np.pi * np.cumsum(f0) / sr
         source = sum(np.sin((k + 1) * phase) / (k + 1) for k in range(20))
