@@ -16,14 +16,16 @@ runtime and the [eval] extra (sed_scores_eval, matplotlib); no torch.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
 import re
 import sys
 import time
+import zlib
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,6 +53,7 @@ from models.metrics import (
     latency_stats,
     psds_and_curves,
 )
+from service.audio.sources import TARGET_RATE
 from service.decision import DecisionParams
 from service.detector import Detector
 
@@ -185,40 +188,67 @@ def decision_params(detector: Detector, config: str | Path | None = None) -> tup
     return params, settings.decision.arbitration_margin
 
 
+#: The quiet room a lead-in plays before each file (`harken eval --lead-in-s`), dBFS.
+LEAD_IN_DBFS = -65.0
+
+
+def lead_in_floor(file: str, lead_in_s: float, hop_samples: int) -> np.ndarray:
+    """`lead_in_s` (rounded to whole frames) of a steady white floor at `LEAD_IN_DBFS`,
+    seeded by the file's name: the same floor before the same file in every run."""
+    n = round(lead_in_s * TARGET_RATE / hop_samples) * hop_samples
+    rng = np.random.default_rng(zlib.crc32(file.encode()))
+    return (rng.standard_normal(n) * 10 ** (LEAD_IN_DBFS / 20)).astype(np.float32)
+
+
 def analyse_items(
     items: Sequence[EvalItem],
     detector: Detector,
     params: Mapping[str, DecisionParams],
     arbitration_margin: float | None,
     progress: bool = True,
+    lead_in_s: float = 0.0,
 ) -> tuple[list[FileResult], list[dict[str, str]]]:
-    """Run the daemon's pipeline over every item; unreadable files are listed, not fatal."""
+    """Run the daemon's pipeline over every item; unreadable files are listed, not fatal.
+
+    With `lead_in_s`, each file plays after that long of a quiet room (`lead_in_floor`), as
+    a microphone's running stream hears a sound begin, instead of as a stream of its own
+    whose past is its first frame; times and scores are the file's own (a detection in the
+    lead-in is kept, its onset at 0)."""
     from tqdm import tqdm
 
-    from service.audio.sources import SourceError
-    from service.pipeline import analyse_blocks, analyse_file
+    from service.audio.sources import SourceError, iter_file
+    from service.pipeline import analyse_blocks
 
+    hop_samples = detector.contract.features.hop_samples
     results: list[FileResult] = []
     failed: list[dict[str, str]] = []
     bar = tqdm(items, desc="harken eval", unit="file", disable=not progress, file=sys.stderr,
                dynamic_ncols=True)
     for item in bar:
+        floor = lead_in_floor(item.file, lead_in_s, hop_samples) if lead_in_s > 0 else None
         try:
             if item.audio is not None:
-                duration, events, scores = analyse_blocks(
-                    [item.audio], detector, params, arbitration_margin, keep_scores=True)
+                blocks: Iterable[np.ndarray] = [item.audio]
             else:
                 assert item.path is not None
-                analysis = analyse_file(item.path, detector, params, arbitration_margin,
-                                        keep_scores=True)
-                duration, events, scores = analysis.duration_s, analysis.events, analysis.scores
+                # Large blocks: features and ONNX run vectorised over many frames at once.
+                blocks = iter_file(item.path, block_s=60.0)
+            if floor is not None:
+                blocks = itertools.chain([floor], blocks)
+            duration, events, scores = analyse_blocks(blocks, detector, params, arbitration_margin,
+                                                      keep_scores=True)
         except SourceError as exc:
             log.warning("%s: %s", item.where or item.file, exc)
             failed.append({"file": item.file, "where": item.where, "error": str(exc)})
             continue
+        lead = 0.0
+        if floor is not None:
+            lead = floor.shape[0] / TARGET_RATE
+            duration -= lead
+            scores = scores[floor.shape[0] // hop_samples :]
         detections = [
-            Detection(item.file, e.class_name, e.start_s, e.end_s, e.detected_s, e.peak_score,
-                      e.flicker)
+            Detection(item.file, e.class_name, max(e.start_s - lead, 0.0), max(e.end_s - lead, 0.0),
+                      max(e.detected_s - lead, 0.0), e.peak_score, e.flicker)
             for e in events
         ]
         results.append(FileResult(item.file, duration, detections, scores))
@@ -488,6 +518,9 @@ def format_table(report: Mapping[str, Any]) -> str:
         extra.append(f"PSDS1 {_psds_value(psds, 'psds1')}  PSDS2 {_psds_value(psds, 'psds2')}")
     elif "error" in psds:
         extra.append(f"PSDS not computed: {psds['error']}")
+    if report.get("lead_in"):
+        extra.append(f"each file after {report['lead_in']['seconds']:g} s of a quiet room "
+                     f"({report['lead_in']['floor_dbfs']:g} dBFS)")
     if ds["failed_files"]:
         extra.append(f"{ds['failed_files']} file(s) could not be read: see report.json 'failed'")
     return "\n".join([*lines, "", *extra])
@@ -764,10 +797,14 @@ class EvalOptions:
     command: str = "harken eval"
     #: A built negatives folder: its chunks of the same split join as files without events.
     negatives: Path | None = None
+    #: Seconds of a quiet room before each file (`analyse_items`); 0: each file alone.
+    lead_in_s: float = 0.0
 
 
 def run_evaluation(options: EvalOptions) -> dict[str, Any]:
     """Build the evaluation set, run the pipeline, write report.json, report.md and plots."""
+    if options.lead_in_s < 0:
+        raise ManifestError(f"--lead-in-s must be 0 or more seconds, got {options.lead_in_s}")
     detector = Detector.load(options.model)
     params, margin = decision_params(detector, options.config)
     out = Path(options.out)
@@ -788,7 +825,8 @@ def run_evaluation(options: EvalOptions) -> dict[str, Any]:
         evalset.items.extend(extra)
         evalset.description["negatives"] = summary
     started = time.perf_counter()
-    results, failed = analyse_items(evalset.items, detector, params, margin, options.progress)
+    results, failed = analyse_items(evalset.items, detector, params, margin, options.progress,
+                                    options.lead_in_s)
     analysis_s = time.perf_counter() - started
     report = build_report(evalset, results, failed, detector, params, margin, options.collar_s,
                           options.psds, options.worst)
@@ -796,6 +834,8 @@ def run_evaluation(options: EvalOptions) -> dict[str, Any]:
     report["timing"] = {"analysis_s": round(analysis_s, 2),
                         "x_realtime": round(audio_s / analysis_s, 1) if analysis_s > 0 else None}
     report["command"] = options.command
+    report["lead_in"] = ({"seconds": options.lead_in_s, "floor_dbfs": LEAD_IN_DBFS}
+                         if options.lead_in_s > 0 else None)
     features = detector.contract.features
     plots = write_plots(report, results, evalset.references, params, features.hop_s,
                         float(features.frame_center_s(0)), out, evalset.items)

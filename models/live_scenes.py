@@ -102,6 +102,13 @@ class LiveSceneConfig:
     procedural_effects_prob: float = 0.0
     procedural_effects_count: tuple[int, int] = (1, 4)
     procedural_effects_db: tuple[float, float] = (-6.0, 10.0)
+    #: Probability that a background (any but a quiet room) starts late: a steady room floor
+    #: (`late_start_floor_db` under the bed's level) until a point in the crop's middle 80 %,
+    #: then the bed fading in over 10-50 ms. Without it only target events ever begin after a
+    #: quiet stretch, and the networks learnt that a sound beginning is a target (model card,
+    #: fifty-second round, question 7). At 0 nothing is drawn.
+    late_start_prob: float = 0.0
+    late_start_floor_db: tuple[float, float] = (-50.0, -25.0)
     #: Per class, its own `ebr_db` and `event_min_dbfs` in place of the scene-wide ones, e.g.
     #: {glass_break: {ebr_db: [-10, 5], event_min_dbfs: [-60, -40]}}: a class's events over
     #: louder beds than the rest (the same draws of the generator, other ranges).
@@ -154,6 +161,12 @@ class LiveSceneConfig:
         if len(level) != 2 or level[0] > level[1]:
             raise ValueError(f"live.procedural_effects_db: a [low, high] pair in dB, "
                              f"got {list(self.procedural_effects_db)}")
+        if not 0.0 <= self.late_start_prob <= 1.0:
+            raise ValueError(f"live.late_start_prob must be in [0, 1], got {self.late_start_prob}")
+        floor = [float(x) for x in self.late_start_floor_db]
+        if len(floor) != 2 or floor[0] > floor[1] or floor[1] > 0:
+            raise ValueError(f"live.late_start_floor_db: a [low, high] pair of dB at or under 0, "
+                             f"got {list(self.late_start_floor_db)}")
         if self.freq_masks < 1 or self.freq_mask_bands < 1:
             raise ValueError(f"live.freq_masks and live.freq_mask_bands must be >= 1, got {self.freq_masks} "
                              f"and {self.freq_mask_bands}")
@@ -333,7 +346,24 @@ class LiveSceneMaker:
         if self.cfg.procedural_effects_prob > 0 and rng.random() < self.cfg.procedural_effects_prob:
             self._lay_effects(bed, rng)
             origin = BedOrigin()  # nor the effects
+        if self.cfg.late_start_prob > 0 and rng.random() < self.cfg.late_start_prob:
+            bed = self._start_late(bed, rng)
+            origin = BedOrigin()  # the teacher's rows describe the bed from its first sample
         return bed, kind, origin
+
+    def _start_late(self, bed: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """`bed` silent but for a steady room floor until a point in the crop's middle 80 %,
+        then fading in (10-50 ms): a sound that is not a target beginning in a quiet room."""
+        n = bed.shape[0]
+        start = int(rng.uniform(0.1, 0.9) * n)
+        fade = int(rng.uniform(0.01, 0.05) * SAMPLE_RATE)
+        gain = np.ones(n, dtype=np.float32)
+        gain[:start] = 0.0
+        gain[start : start + fade] = np.linspace(0.0, 1.0, min(fade, n - start), dtype=np.float32)
+        floor_db = rng.uniform(*self.cfg.late_start_floor_db)
+        room = steady_noise(n, rng)
+        floor = room * np.float32(10 ** (floor_db / 20) * (_active_rms(bed) + 1e-6) / (_active_rms(room) + 1e-9))
+        return (bed * gain + floor).astype(np.float32)
 
     def _lay_effects(self, bed: np.ndarray, rng: np.random.Generator) -> None:
         """Procedural game-like effects added into `bed` (in place), each at its own level

@@ -400,6 +400,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         open_licences_only=args.open_licences, collar_s=args.collar, config=args.config,
         worst=args.worst, psds=not args.no_psds, write_scenes=args.write_scenes,
         progress=not args.no_progress, command=_eval_command(args), negatives=args.negatives,
+        lead_in_s=args.lead_in_s,
     )
     try:
         report = run_evaluation(options)
@@ -473,6 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="a built negatives folder (shared/data/negatives recipe): its chunks of the split "
              "count as hours of audio without events, for false alarms per hour")
     add("--collar", type=float, default=0.5, help="onset collar in s (default 0.5)")
+    add("--lead-in-s", type=float, default=0.0, metavar="S",
+        help="play each file after S seconds of a quiet room (-65 dBFS), as a running microphone "
+             "hears a sound begin (default 0: each file a stream of its own)")
     add("--config", type=Path, help="config file for per-class decision overrides")
     add("--worst", type=int, default=6, help="worst cases to plot (default 6)")
     add("--no-psds", action="store_true", help="skip PSDS and the score curves")

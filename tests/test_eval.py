@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 
 from models import synth
-from models.evaluate import EvalItem, analyse_items, decision_params, format_table
+from models.evaluate import LEAD_IN_DBFS, EvalItem, analyse_items, decision_params, format_table, lead_in_floor
 from service.cli import main
 from service.detector import Detector
 from service.pipeline import analyse_file
@@ -203,3 +203,38 @@ def test_eval_on_a_tiny_set_reports_psds_as_not_computable(tmp_path: Path,
     assert "PSDS2 – (not computable" in printed
     assert "not computable" in (out / "report.md").read_text()
     assert (out / "fa_vs_recall.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_lead_in_plays_each_file_after_a_quiet_room(dataset: Path) -> None:
+    """`--lead-in-s`: the file is scored after a seeded -65 dBFS floor, its scores and
+    detections on the file's own clock: as long as without it, and the alarm found where it
+    is without it (within a frame)."""
+    detector = Detector.load()
+    params, margin = decision_params(detector)
+    path = dataset / "smoke_alarm/1.flac"
+    alone, _ = analyse_items([EvalItem("a", path)], detector, params, margin, False)
+    led, failed = analyse_items([EvalItem("a", path)], detector, params, margin, False, lead_in_s=3.0)
+    assert not failed and led[0].duration_s == pytest.approx(alone[0].duration_s)
+    assert led[0].scores.shape == alone[0].scores.shape
+    alarms = [d for d in alone[0].detections if d.class_name == "smoke_alarm"]
+    led_alarms = [d for d in led[0].detections if d.class_name == "smoke_alarm"]
+    assert len(alarms) == len(led_alarms) >= 1
+    for a, b in zip(alarms, led_alarms, strict=True):
+        assert abs(a.onset_s - b.onset_s) <= 0.02 + 1e-6 and abs(a.detected_s - b.detected_s) <= 0.02 + 1e-6
+    floor = lead_in_floor("a", 3.0, detector.contract.features.hop_samples)
+    assert floor.shape == (48000,) and np.array_equal(floor, lead_in_floor("a", 3.0, 320))
+    assert 20 * np.log10(np.sqrt(np.mean(floor.astype(np.float64) ** 2))) == pytest.approx(LEAD_IN_DBFS, abs=0.2)
+    assert not np.array_equal(floor, lead_in_floor("b", 3.0, 320))
+
+
+def test_eval_records_its_lead_in_and_refuses_a_negative_one(dataset: Path, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    _need_eval_extra()
+    args = ["eval", "--data", str(dataset), "--no-progress", "--no-psds", "--worst", "0"]
+    assert main([*args, "--lead-in-s", "2", "--out", str(tmp_path / "a")]) == 0
+    report = json.loads((tmp_path / "a/report.json").read_text())
+    assert report["lead_in"] == {"seconds": 2.0, "floor_dbfs": LEAD_IN_DBFS}
+    assert "--lead-in-s 2.0" in report["command"]
+    assert "each file after 2 s of a quiet room (-65 dBFS)" in format_table(report)
+    assert main([*args, "--lead-in-s", "-1", "--out", str(tmp_path / "b")]) == 2
+    assert "--lead-in-s must be 0 or more seconds, got -1.0" in capsys.readouterr().err

@@ -185,6 +185,43 @@ def test_live_beds_carry_procedural_effects_only_when_asked(maker: LiveSceneMake
         LiveSceneConfig(procedural_effects_db=(10.0, -10.0))
 
 
+def test_live_beds_start_late_only_when_asked(maker: LiveSceneMaker) -> None:
+    """`live.late_start_prob`: at 0 the beds and the random stream after them are those of a
+    recipe without it; at 1 each bed is a steady floor at the asked level under the bed's
+    until a point in the crop's middle, then the same bed."""
+    pool = maker.negatives
+    assert pool is not None
+
+    def live_maker(**extra: Any) -> LiveSceneMaker:
+        live = LiveSceneConfig(enabled=True, bed={"negatives": 1.0}, **extra)
+        return LiveSceneMaker(maker.bank, pool, maker.scene_cfg, live, crop_frames=200, receptive_field=20,
+                              lookahead=4)
+
+    plain, off = live_maker(), live_maker(late_start_prob=0.0)
+    rng_plain, rng_off = np.random.default_rng(6), np.random.default_rng(6)
+    for _ in range(5):
+        np.testing.assert_array_equal(plain._bed(rng_plain)[0], off._bed(rng_off)[0])
+    assert rng_plain.random() == rng_off.random()
+
+    late = live_maker(late_start_prob=1.0, late_start_floor_db=(-40.0, -40.0))
+    starts = []
+    for seed in range(20):
+        bed, _, _ = plain._bed(np.random.default_rng(seed))
+        started, kind, origin = late._bed(np.random.default_rng(seed))
+        assert kind == "negatives" and origin.pool_start is None and started.shape == bed.shape
+        moved = np.flatnonzero(np.abs(started - bed) > 0.02 * np.abs(bed).max())
+        start = int(moved.max()) if moved.size else 0  # the bed is itself (and a faint floor) after it
+        assert 0.1 * bed.shape[0] - 1 <= start <= 0.9 * bed.shape[0] + 0.05 * 16000
+        quiet = started[: int(0.1 * bed.shape[0])]
+        assert D._active_rms(quiet) / D._active_rms(bed) == pytest.approx(10 ** (-40 / 20), rel=0.5)
+        starts.append(start / bed.shape[0])
+    assert np.ptp(starts) > 0.3  # the start moves from crop to crop
+    with pytest.raises(ValueError, match=r"live\.late_start_prob"):
+        LiveSceneConfig(late_start_prob=-0.1)
+    with pytest.raises(ValueError, match=r"live\.late_start_floor_db"):
+        LiveSceneConfig(late_start_floor_db=(-20.0, 5.0))
+
+
 def test_negative_pool_errors_name_the_folder(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"NEGATIVES\.csv"):
         NegativePool.load(tmp_path, "train")
