@@ -150,25 +150,32 @@ def test_live_beds_follow_the_kind_weights(maker: LiveSceneMaker) -> None:
                        crop_frames=200, receptive_field=20, lookahead=4)
 
 
+def _negative_beds(maker: LiveSceneMaker, **extra: Any) -> LiveSceneMaker:
+    """`maker`'s bank and pool, every bed a plain stretch of the negatives, `extra` asked."""
+    assert maker.negatives is not None
+    live = LiveSceneConfig(enabled=True, bed={"negatives": 1.0}, **extra)
+    return LiveSceneMaker(maker.bank, maker.negatives, maker.scene_cfg, live, crop_frames=200,
+                          receptive_field=20, lookahead=4)
+
+
+def _assert_off_draws_nothing(maker: LiveSceneMaker, seed: int, **off: Any) -> LiveSceneMaker:
+    """A switch at 0 keeps the beds, and the random stream after them, of a recipe without
+    it (recipes written before it make the same scenes); returns the plain maker."""
+    plain, switched_off = _negative_beds(maker), _negative_beds(maker, **off)
+    rng_plain, rng_off = np.random.default_rng(seed), np.random.default_rng(seed)
+    for _ in range(5):
+        np.testing.assert_array_equal(plain._bed(rng_plain)[0], switched_off._bed(rng_off)[0])
+    assert rng_plain.random() == rng_off.random()
+    return plain
+
+
 def test_live_beds_carry_procedural_effects_only_when_asked(maker: LiveSceneMaker) -> None:
     """`live.procedural_effects_prob`: at 0 the beds and the random stream after them are
     those of a recipe without it; at 1 every bed is the same bed with effects added at the
     asked level over it, and the teacher is told it never heard them."""
-    pool = maker.negatives
-    assert pool is not None
-
-    def live_maker(**extra: Any) -> LiveSceneMaker:
-        live = LiveSceneConfig(enabled=True, bed={"negatives": 1.0}, **extra)
-        return LiveSceneMaker(maker.bank, pool, maker.scene_cfg, live, crop_frames=200, receptive_field=20,
-                              lookahead=4)
-
-    plain, off = live_maker(), live_maker(procedural_effects_prob=0.0)
-    rng_plain, rng_off = np.random.default_rng(5), np.random.default_rng(5)
-    for _ in range(5):
-        np.testing.assert_array_equal(plain._bed(rng_plain)[0], off._bed(rng_off)[0])
-    assert rng_plain.random() == rng_off.random()
-
-    on = live_maker(procedural_effects_prob=1.0, procedural_effects_count=(1, 1), procedural_effects_db=(10.0, 10.0))
+    plain = _assert_off_draws_nothing(maker, 5, procedural_effects_prob=0.0)
+    on = _negative_beds(maker, procedural_effects_prob=1.0, procedural_effects_count=(1, 1),
+                        procedural_effects_db=(10.0, 10.0))
     ratios = []
     for seed in range(20):
         bed, _, _ = plain._bed(np.random.default_rng(seed))
@@ -189,21 +196,8 @@ def test_live_beds_start_late_only_when_asked(maker: LiveSceneMaker) -> None:
     """`live.late_start_prob`: at 0 the beds and the random stream after them are those of a
     recipe without it; at 1 each bed is a steady floor at the asked level under the bed's
     until a point in the crop's middle, then the same bed."""
-    pool = maker.negatives
-    assert pool is not None
-
-    def live_maker(**extra: Any) -> LiveSceneMaker:
-        live = LiveSceneConfig(enabled=True, bed={"negatives": 1.0}, **extra)
-        return LiveSceneMaker(maker.bank, pool, maker.scene_cfg, live, crop_frames=200, receptive_field=20,
-                              lookahead=4)
-
-    plain, off = live_maker(), live_maker(late_start_prob=0.0)
-    rng_plain, rng_off = np.random.default_rng(6), np.random.default_rng(6)
-    for _ in range(5):
-        np.testing.assert_array_equal(plain._bed(rng_plain)[0], off._bed(rng_off)[0])
-    assert rng_plain.random() == rng_off.random()
-
-    late = live_maker(late_start_prob=1.0, late_start_floor_db=(-40.0, -40.0))
+    plain = _assert_off_draws_nothing(maker, 6, late_start_prob=0.0)
+    late = _negative_beds(maker, late_start_prob=1.0, late_start_floor_db=(-40.0, -40.0))
     starts = []
     for seed in range(20):
         bed, _, _ = plain._bed(np.random.default_rng(seed))
