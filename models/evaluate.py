@@ -217,7 +217,7 @@ def analyse_items(
     from tqdm import tqdm
 
     from service.audio.sources import SourceError, iter_file
-    from service.pipeline import analyse_blocks
+    from service.pipeline import FILE_BLOCK_S, analyse_blocks
 
     hop_samples = detector.contract.features.hop_samples
     results: list[FileResult] = []
@@ -231,8 +231,7 @@ def analyse_items(
                 blocks: Iterable[np.ndarray] = [item.audio]
             else:
                 assert item.path is not None
-                # Large blocks: features and ONNX run vectorised over many frames at once.
-                blocks = iter_file(item.path, block_s=60.0)
+                blocks = iter_file(item.path, block_s=FILE_BLOCK_S)
             if floor is not None:
                 blocks = itertools.chain([floor], blocks)
             duration, events, scores = analyse_blocks(blocks, detector, params, arbitration_margin,

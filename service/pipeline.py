@@ -89,6 +89,11 @@ def analyse_blocks(
     return n_samples / TARGET_RATE, events, all_scores
 
 
+#: Seconds of audio a file is read in when analysed offline: large blocks, so features and
+#: ONNX run vectorised over many frames at once.
+FILE_BLOCK_S = 60.0
+
+
 def analyse_file(
     path: str | Path,
     detector: Detector,
@@ -97,9 +102,8 @@ def analyse_file(
     keep_scores: bool = False,
 ) -> FileAnalysis:
     """Events of one audio file; raises SourceError with a clear message for bad files."""
-    # Large blocks: features and ONNX run vectorised over many frames at once.
     duration, events, scores = analyse_blocks(
-        iter_file(path, block_s=60.0), detector, params, arbitration_margin, keep_scores
+        iter_file(path, block_s=FILE_BLOCK_S), detector, params, arbitration_margin, keep_scores
     )
     return FileAnalysis(Path(path), duration, events, scores)
 
