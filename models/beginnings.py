@@ -21,6 +21,7 @@ model takes for the class; a fix should bring the two shares together.
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--head-s must be positive and --min-file-s at least twice it")
     if args.lead_in_s < 0:
         parser.error(f"--lead-in-s must be 0 or more seconds, got {args.lead_in_s}")
+    # A clipped file is named once per model and lead-in by the reader; the count reads
+    # scores, and `harken eval` names such files in its own run.
+    logging.getLogger("service.audio.sources").setLevel(logging.ERROR)
     evalset = manifest_set(args.data, args.split)
     if args.negatives is not None:
         evalset.items.extend(negative_items(args.negatives, args.split)[0])
