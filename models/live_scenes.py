@@ -109,6 +109,14 @@ class LiveSceneConfig:
     #: fifty-second round, question 7). At 0 nothing is drawn.
     late_start_prob: float = 0.0
     late_start_floor_db: tuple[float, float] = (-50.0, -25.0)
+    #: Probability that a scene also holds `distractor_events_count` household confuser or
+    #: background clips placed as its targets are placed (anywhere in the crop, augmented
+    #: alike, at the events' levels over the bed, quiet rooms included) and left unlabelled.
+    #: Without it every short sound standing out of a bed is a target, and the networks
+    #: fire on short confuser clips played after quiet (model card, fifty-third round). At
+    #: 0 nothing is drawn.
+    distractor_events_prob: float = 0.0
+    distractor_events_count: tuple[int, int] = (1, 2)
     #: Per class, its own `ebr_db` and `event_min_dbfs` in place of the scene-wide ones, e.g.
     #: {glass_break: {ebr_db: [-10, 5], event_min_dbfs: [-60, -40]}}: a class's events over
     #: louder beds than the rest (the same draws of the generator, other ranges).
@@ -167,6 +175,12 @@ class LiveSceneConfig:
         if len(floor) != 2 or floor[0] > floor[1] or floor[1] > 0:
             raise ValueError(f"live.late_start_floor_db: a [low, high] pair of dB at or under 0, "
                              f"got {list(self.late_start_floor_db)}")
+        if not 0.0 <= self.distractor_events_prob <= 1.0:
+            raise ValueError(f"live.distractor_events_prob must be in [0, 1], got {self.distractor_events_prob}")
+        count = [int(x) for x in self.distractor_events_count]
+        if len(count) != 2 or not 1 <= count[0] <= count[1]:
+            raise ValueError(f"live.distractor_events_count: a [low, high] pair of counts from 1, "
+                             f"got {list(self.distractor_events_count)}")
         if self.freq_masks < 1 or self.freq_mask_bands < 1:
             raise ValueError(f"live.freq_masks and live.freq_mask_bands must be >= 1, got {self.freq_masks} "
                              f"and {self.freq_mask_bands}")
@@ -397,6 +411,24 @@ class LiveSceneMaker:
         return np.pad(bed[:n], (0, max(0, n - bed.shape[0]))).astype(np.float32), pieces
 
     # ------------------------------------------------------------------ scene
+    def _place(self, sig: np.ndarray, mix: np.ndarray, bed: np.ndarray, rng: np.random.Generator,
+               ebr_range: Sequence[float], floor_range: Sequence[float]) -> int | None:
+        """Add `sig` into `mix` (in place) as an event: its onset anywhere in the crop (and
+        some before it, a sound already going on), at an EBR in `ebr_range` over `bed` there
+        and, with level "absolute", at least a level in `floor_range`. Returns the onset in
+        samples, or None when less than 0.15 s of it falls in the crop (nothing added)."""
+        n = mix.shape[0]
+        at = int(rng.uniform(-0.25, 0.95) * n)
+        at = max(at, -sig.shape[0] // 2)
+        a, b = max(at, 0), min(at + sig.shape[0], n)
+        if b - a < int(0.15 * SAMPLE_RATE):
+            return None
+        level = (_active_rms(bed[a:b]) + 1e-5) * 10 ** (rng.uniform(*ebr_range) / 20)
+        if self.cfg.level == "absolute":
+            level = max(level, 10 ** (rng.uniform(*floor_range) / 20))
+        mix[a:b] += sig[a - at : b - at] * (level / (_active_rms(sig) + 1e-9))
+        return at
+
     def make(self, rng: np.random.Generator) -> LiveScene:
         cfg, n = self.cfg, self.n_samples
         bed, bed_kind, origin = self._bed(rng)
@@ -414,25 +446,21 @@ class LiveSceneMaker:
             name = names[int(rng.choice(len(names), p=class_p / class_p.sum()))]
             sig, spans, anchors, weak = self.maker.pick_event_anchored(name, rng)
             sig = self.maker.augment_event(sig, rng)
-            # Onsets anywhere in the crop (and some before it: events already going on).
-            at = int(rng.uniform(-0.25, 0.95) * n)
-            at = max(at, -sig.shape[0] // 2)
-            a, b = max(at, 0), min(at + sig.shape[0], n)
-            if b - a < int(0.15 * SAMPLE_RATE):
+            at = self._place(sig, mix, bed, rng, *cfg.event_level_ranges(name))
+            if at is None:
                 continue
-            seg = sig[a - at : b - at]
-            ebr_range, floor_range = cfg.event_level_ranges(name)
-            level = (_active_rms(bed[a:b]) + 1e-5) * 10 ** (rng.uniform(*ebr_range) / 20)
-            if absolute:
-                level = max(level, 10 ** (rng.uniform(*floor_range) / 20))
-            gain = level / (_active_rms(sig) + 1e-9)
-            mix[a:b] += seg * gain
             cls = CLASSES.index(name)
             for (s0, s1), anchor in zip(spans, anchors, strict=True):
                 on, off = at / SAMPLE_RATE + s0, min(at / SAMPLE_RATE + s1, n / SAMPLE_RATE)
                 if off - max(on, 0.0) >= 0.1:
                     w = self.scene_cfg.weak_event_weight if weak else 1.0
                     events.append(Event(cls, on, off, w, weak, at / SAMPLE_RATE + anchor))
+        if cfg.distractor_events_prob > 0 and self.bank.negatives and rng.random() < cfg.distractor_events_prob:
+            low, high = (int(x) for x in cfg.distractor_events_count)
+            for _ in range(int(rng.integers(low, high + 1))):
+                clip = self.bank.negatives[int(rng.integers(len(self.bank.negatives)))]
+                self._place(self.maker.augment_event(clip, rng), mix, bed, rng, cfg.ebr_db, cfg.event_min_dbfs)
+            origin = BedOrigin()  # the teacher's rows describe the bed without them
         if rng.random() < self.scene_cfg.noise_prob:
             noise_db = -rng.uniform(15, 40)
             mix += rng.standard_normal(n).astype(np.float32) * (_active_rms(mix) + 1e-6) * 10 ** (noise_db / 20)

@@ -1535,3 +1535,33 @@ def test_confuser_beds_at_another_speed_and_in_a_room(maker: LiveSceneMaker) -> 
         LiveSceneMaker(bank, None, D.SceneConfig(reverb_prob=0.0),
                        LiveSceneConfig(**confusers, confuser_bed_reverb_prob=0.5),  # type: ignore[arg-type]
                        crop_frames=200, receptive_field=20, lookahead=4)
+
+
+def test_live_scenes_hold_unlabelled_distractor_events_only_when_asked(maker: LiveSceneMaker) -> None:
+    """`live.distractor_events_prob`: at 0 whole scenes, and the random stream after them,
+    are those of a recipe without it; at 1 a quiet room with no targets holds household
+    clips standing out of it as events do, and every frame stays a negative."""
+    assert maker.negatives is not None and maker.bank.negatives
+
+    def scenes(**extra: Any) -> LiveSceneMaker:
+        live = LiveSceneConfig(enabled=True, bed={"quiet": 1.0}, events_per_scene=(1.0,), **extra)
+        return LiveSceneMaker(maker.bank, maker.negatives, maker.scene_cfg, live, crop_frames=200,
+                              receptive_field=20, lookahead=4)
+
+    plain, off = scenes(), scenes(distractor_events_prob=0.0)
+    rng_plain, rng_off = np.random.default_rng(8), np.random.default_rng(8)
+    for _ in range(3):
+        np.testing.assert_array_equal(plain.make(rng_plain).features, off.make(rng_off).features)
+    assert rng_plain.random() == rng_off.random()
+    on = scenes(distractor_events_prob=1.0, distractor_events_count=(2, 2))
+    louder = []
+    for seed in range(8):
+        room, busy = plain.make(np.random.default_rng(seed)), on.make(np.random.default_rng(seed))
+        assert busy.target.sum() == 0 and busy.events == [] and busy.onsets == []
+        # log-mel: the loudest frame over the quiet room's loudest, in natural-log units
+        louder.append(float(busy.features.max() - room.features.max()))
+    assert np.median(louder) > 1.0
+    with pytest.raises(ValueError, match=r"live\.distractor_events_prob"):
+        LiveSceneConfig(distractor_events_prob=2.0)
+    with pytest.raises(ValueError, match=r"live\.distractor_events_count"):
+        LiveSceneConfig(distractor_events_count=(0, 1))
