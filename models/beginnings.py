@@ -104,9 +104,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--head-s must be positive and --min-file-s at least twice it")
     if args.lead_in_s < 0:
         parser.error(f"--lead-in-s must be 0 or more seconds, got {args.lead_in_s}")
-    # A clipped file is named once per model and lead-in by the reader; the count reads
-    # scores, and `harken eval` names such files in its own run.
-    logging.getLogger("service.audio.sources").setLevel(logging.ERROR)
+    # A clipped file would be named once per model and lead-in by the reader; the count
+    # reads scores, and `harken eval` names such files in its own run. The level is put back
+    # after, for whatever else runs in this process.
+    reader_log = logging.getLogger("service.audio.sources")
+    level_before = reader_log.level
+    reader_log.setLevel(logging.ERROR)
+    try:
+        _count(parser, args)
+    finally:
+        reader_log.setLevel(level_before)
+    return 0
+
+
+def _count(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The table: per model, per lead-in, heads and later windows at the level."""
     evalset = manifest_set(args.data, args.split)
     if args.negatives is not None:
         evalset.items.extend(negative_items(args.negatives, args.split)[0])
@@ -134,7 +146,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             counted = reach(columns, per_window, args.level)
             print(f"{path.name:32s} {lead:7g} {counted.files:5d} {counted.heads:5d} "
                   f"{counted.head_share:6.1%} {counted.windows:7d} {counted.window_share:7.2%}")
-    return 0
 
 
 if __name__ == "__main__":
