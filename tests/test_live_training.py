@@ -150,12 +150,16 @@ def test_live_beds_follow_the_kind_weights(maker: LiveSceneMaker) -> None:
                        crop_frames=200, receptive_field=20, lookahead=4)
 
 
+def _live_maker(maker: LiveSceneMaker, **live: Any) -> LiveSceneMaker:
+    """`maker`'s bank and pool with the live settings `live` asks for."""
+    assert maker.negatives is not None
+    return LiveSceneMaker(maker.bank, maker.negatives, maker.scene_cfg, LiveSceneConfig(enabled=True, **live),
+                          crop_frames=200, receptive_field=20, lookahead=4)
+
+
 def _negative_beds(maker: LiveSceneMaker, **extra: Any) -> LiveSceneMaker:
     """`maker`'s bank and pool, every bed a plain stretch of the negatives, `extra` asked."""
-    assert maker.negatives is not None
-    live = LiveSceneConfig(enabled=True, bed={"negatives": 1.0}, **extra)
-    return LiveSceneMaker(maker.bank, maker.negatives, maker.scene_cfg, live, crop_frames=200,
-                          receptive_field=20, lookahead=4)
+    return _live_maker(maker, bed={"negatives": 1.0}, **extra)
 
 
 def _assert_off_draws_nothing(maker: LiveSceneMaker, seed: int, **off: Any) -> LiveSceneMaker:
@@ -1544,9 +1548,7 @@ def test_live_scenes_hold_unlabelled_distractor_events_only_when_asked(maker: Li
     assert maker.negatives is not None and maker.bank.negatives
 
     def scenes(**extra: Any) -> LiveSceneMaker:
-        live = LiveSceneConfig(enabled=True, bed={"quiet": 1.0}, events_per_scene=(1.0,), **extra)
-        return LiveSceneMaker(maker.bank, maker.negatives, maker.scene_cfg, live, crop_frames=200,
-                              receptive_field=20, lookahead=4)
+        return _live_maker(maker, bed={"quiet": 1.0}, events_per_scene=(1.0,), **extra)
 
     plain, off = scenes(), scenes(distractor_events_prob=0.0)
     rng_plain, rng_off = np.random.default_rng(8), np.random.default_rng(8)
